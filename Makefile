@@ -1,0 +1,37 @@
+# `make run` and `make test` set up everything they need on a fresh machine (Python 3.10-3.12).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+IMAGE ?= cnnpipe:latest
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test image compile clean
+
+# The virtual environment, rebuilt when the dependencies change; constraints.txt pins every
+# transitive version the pipeline was tested with.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+## run: the whole pipeline locally on the bundled digits (smoke preset); ARGS='--models lenet5' etc.
+run: $(STAMP)
+	$(BIN)/cnnpipe run $(ARGS)
+
+## test: the test suite (no GPU, no Docker, no internet needed)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## image: the one container image every step runs in (needs a Docker engine)
+image:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+## compile: pipeline.yaml for the cluster, steps on the GPU node pool
+compile: $(STAMP)
+	$(BIN)/cnnpipe compile --output pipeline.yaml --image $(IMAGE)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

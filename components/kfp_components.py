@@ -1,0 +1,116 @@
+"""The four steps as KFP components: thin typed wrappers over the plain step functions.
+
+Each body imports its step at run time, so the same definition runs in ``kfp.local`` (a
+subprocess of this Python), in ``kfp.local.DockerRunner`` and on a cluster, where the image
+named by ``DEFAULT_IMAGE`` (or ``cnnpipe compile --image``) has the project installed. User
+mistakes leave a step as one ``error: ...`` line and exit code 1, not a traceback.
+"""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+DEFAULT_IMAGE = "cnnpipe:latest"
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def prepare_data(source: str, validation_fraction: float, seed: int, dataset: Output[Dataset]):
+    """Load a dataset source, validate it, split it and write uint8 arrays plus a manifest.
+
+    Args:
+        source: `digits`, `cifar10`, `fashion_mnist`, `mnist`, an image folder (train/<class>/*.png,
+            test/<class>/...) or a CIFAR-10 binary archive; local path or gs:// URI.
+        validation_fraction: Share of the training images held out for validation (0 = use the test split).
+        seed: Seed of the validation split and of the bundled dataset's train/test split.
+    """
+    from components.data_prep import prepare
+    from components.errors import user_errors_as_exit
+
+    with user_errors_as_exit():
+        manifest = prepare(source, dataset.path, validation_fraction=validation_fraction, seed=seed)
+    dataset.metadata.update({key: manifest[key] for key in ("name", "num_classes", "image_shape", "splits")})
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def train_model(
+    dataset: Input[Dataset],
+    model_name: str,
+    train_config: dict,
+    checkpoint_root: str,
+    run_name: str,
+    pipeline_job_id: str,
+    model: Output[Model],
+):
+    """Train one zoo model with augmentation, an LR schedule and per-epoch checkpoints.
+
+    Args:
+        model_name: Registry key of the architecture (see `cnnpipe models`).
+        train_config: Fields of TrainConfig (epochs, batch_size, optimizer, learning_rate, schedule ...).
+        checkpoint_root: Durable directory or gs:// prefix for resumable checkpoints ('' = none).
+        run_name: Names this run's checkpoints under checkpoint_root ('' = the pipeline job id), so a
+            retried task, or the same local command run again, resumes instead of starting over.
+        pipeline_job_id: The KFP job id, which stays the same when the cluster retries a task.
+    """
+    from components.errors import user_errors_as_exit
+    from components.train import TrainConfig, train
+
+    checkpoint_dir = None
+    if checkpoint_root:
+        checkpoint_dir = f"{checkpoint_root.rstrip('/')}/{run_name or pipeline_job_id}/{model_name}"
+    with user_errors_as_exit():
+        result = train(dataset.path, model_name, model.path, TrainConfig.from_dict(train_config), checkpoint_dir)
+    model.metadata.update({key: result[key] for key in ("name", "params", "epochs", "train_seconds")})
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def evaluate_model(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    result: Output[Artifact],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+):
+    """Test loss and accuracy, per-class precision/recall, confusion matrix and inference speed."""
+    from components.errors import user_errors_as_exit
+    from components.evaluate import evaluate
+
+    with user_errors_as_exit():
+        summary = evaluate(dataset.path, model.path, result.path)
+    for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
+        metrics.log_metric(key, summary[key])
+    classification.log_confusion_matrix(summary["class_names"], summary["confusion_matrix"])
+    result.metadata.update({"name": summary["name"], "test_accuracy": summary["test_accuracy"]})
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def write_report(
+    dataset: Input[Dataset],
+    results: Input[List[Artifact]],
+    preset: str,
+    train_config: dict,
+    report: Output[Artifact],
+    report_html: Output[HTML],
+    report_markdown: Output[Markdown],
+):
+    """Compare every model of the run: report.html (plots embedded), report.md and summary.json.
+
+    Args:
+        results: The evaluate step's result directory of each model.
+        preset: Name of the preset the run started from.
+        train_config: The resolved training recipe, shown in the report.
+    """
+    import os
+    import shutil
+
+    from components.data_prep import read_manifest
+    from components.errors import user_errors_as_exit
+    from components.report import write_report as write
+
+    with user_errors_as_exit():
+        manifest = read_manifest(dataset.path)
+        run_config = {"preset": preset, "dataset": manifest["name"], "train": train_config}
+        summary = write([item.path for item in results], report.path, manifest, run_config)
+    shutil.copyfile(os.path.join(report.path, "report.html"), report_html.path)
+    shutil.copyfile(os.path.join(report.path, "report.md"), report_markdown.path)
+    report.metadata["models"] = [entry["name"] for entry in summary["models"]]

@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline: DAG, presets, cluster client and the `cnnpipe` command."""

@@ -1,0 +1,287 @@
+"""`cnnpipe`: run the pipeline locally, list the model zoo, run one step, compile, submit, schedule.
+
+Every command is a thin function over the modules that do the work; heavy imports
+(TensorFlow, KFP) happen inside the commands so that `cnnpipe --help` answers at once.
+A user mistake ends as one `error: ...` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+from components.errors import USER_ERRORS, one_line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.handler(args) or 0
+    except USER_ERRORS as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnpipe",
+        description="Train and compare classic CNNs with a Kubeflow pipeline, locally or on a cluster.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the whole pipeline locally with kfp.local and write a report",
+        description="Run prepare -> train/evaluate per model -> report with the KFP local runner. "
+        "The preset sets every default; flags override single fields.",
+    )
+    add_run_config_arguments(run)
+    run.add_argument("--output", metavar="DIR", help="where the report and models go (default: runs/<timestamp>)")
+    run.add_argument(
+        "--checkpoint-root",
+        metavar="DIR",
+        help="durable checkpoints; running the same command again resumes (default: <output>/checkpoints)",
+    )
+    run.add_argument("--run-name", default="local", help="names the checkpoints of this run (default: local)")
+    run.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="subprocess: this Python, no Docker (default); docker: each step in the project image",
+    )
+    run.add_argument("--image", help="image for --runner docker (default: cnnpipe:latest, see `make image`)")
+    run.add_argument("--gpus", action="store_true", help="with --runner docker: pass the host's GPUs through")
+    run.set_defaults(handler=command_run)
+
+    models = commands.add_parser("models", help="list the model zoo: name, family, parameters, reference accuracy")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=command_models)
+
+    presets = commands.add_parser("presets", help="list the presets and their training recipes")
+    presets.set_defaults(handler=command_presets)
+
+    component = commands.add_parser(
+        "component",
+        help="run a single step on local paths (what each pipeline task runs, handy for debugging)",
+        description="Run one step of the pipeline by itself, over local directories.",
+    )
+    add_component_commands(component)
+    return parser
+
+
+def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that refine a preset; shared by `run` and `compile`."""
+    parser.add_argument("--preset", default="smoke", help="smoke (default), seed or fast: see `cnnpipe presets`")
+    parser.add_argument(
+        "--dataset",
+        help="digits, cifar10, fashion_mnist, mnist, an image folder (train/<class>/*, test/<class>/*) "
+        "or a cifar-10-binary.tar.gz; default: the preset's",
+    )
+    parser.add_argument("--models", type=comma_list, help="comma-separated registry names (see `cnnpipe models`)")
+    parser.add_argument("--epochs", type=int, help="training epochs per model")
+    parser.add_argument("--batch-size", type=int, help="images per training step")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate")
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), help="adam, or sgd with nesterov momentum")
+    parser.add_argument("--schedule", choices=("step", "cosine", "constant"), help="learning-rate schedule")
+    parser.add_argument("--label-smoothing", type=float, help="label smoothing, 0 to 1")
+    parser.add_argument("--validation-fraction", type=float, help="train share held out for validation (0: use test)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling and augmentation")
+
+
+def resolve_run_config(args: argparse.Namespace):
+    from pipeline.config import resolve
+
+    return resolve(
+        preset=args.preset,
+        dataset=args.dataset,
+        models=args.models,
+        validation_fraction=args.validation_fraction,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# cnnpipe run
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from components.data_prep import check_source
+
+    config = resolve_run_config(args)
+    check_source(config.dataset)
+    output_dir = os.path.abspath(args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    checkpoint_root = args.checkpoint_root or os.path.join(output_dir, "checkpoints")
+    if args.runner == "subprocess" and (args.image or args.gpus):
+        raise ValueError("--image and --gpus need --runner docker; drop them or add --runner docker")
+    os.makedirs(output_dir, exist_ok=True)
+    write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
+
+    from pipeline.local_run import collect_outputs, init_local_runner, run_pipeline
+
+    init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), image=args.image, gpus=args.gpus)
+    run_dir = run_pipeline(config, checkpoint_root=checkpoint_root, run_name=args.run_name, image=args.image)
+    report = collect_outputs(run_dir, output_dir)
+    print(f"\nreport: {report}")
+    return 0
+
+
+def write_json(path: str, data: dict) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# cnnpipe models / presets
+
+
+def command_models(args: argparse.Namespace) -> int:
+    from components.models import model_table
+
+    rows = model_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_table(
+        ["name", "family", "parameters", "reference acc.", "seed acc.", "min size"],
+        [
+            [
+                row["name"],
+                row["family"],
+                f"{row['params']:,}",
+                percent(row["reference_accuracy"]),
+                percent(row["seed_accuracy"]),
+                str(row["min_input_size"]),
+            ]
+            for row in rows
+        ],
+    ))
+    print("\nAccuracies are CIFAR-10 test accuracy: reference = the paper, seed = the seed notebooks.")
+    return 0
+
+
+def command_presets(args: argparse.Namespace) -> int:
+    from pipeline.config import PRESETS
+
+    for preset in PRESETS.values():
+        print(f"{preset.name}: {preset.description}")
+        print(f"  dataset={preset.dataset} models={','.join(preset.models)}")
+        print("  " + " ".join(f"{key}={value}" for key, value in preset.train.items()))
+    return 0
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = [header, ["-" * width for width in widths], *rows]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# cnnpipe component <step>
+
+
+def add_component_commands(parser: argparse.ArgumentParser) -> None:
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    prepare = steps.add_parser("prepare", help="load a source, validate, split, write the dataset directory")
+    prepare.add_argument("--source", required=True, help="digits, cifar10, ..., an image folder or a CIFAR binary archive")
+    prepare.add_argument("--output", required=True, metavar="DIR", help="dataset directory to write")
+    prepare.add_argument("--validation-fraction", type=float, default=0.0)
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.set_defaults(handler=component_prepare)
+
+    train = steps.add_parser("train", help="train one model on a prepared dataset directory")
+    train.add_argument("--dataset", required=True, metavar="DIR", help="output of `component prepare`")
+    train.add_argument("--model", required=True, help="registry name (see `cnnpipe models`)")
+    train.add_argument("--output", required=True, metavar="DIR", help="where model.keras and history.csv go")
+    train.add_argument("--config", default="{}", help="TrainConfig fields as JSON, over the preset's")
+    train.add_argument("--preset", default="smoke", help="preset whose recipe --config refines (default: smoke)")
+    train.add_argument("--checkpoint-dir", help="resumable checkpoints (local dir or gs://)")
+    train.set_defaults(handler=component_train)
+
+    evaluate = steps.add_parser("evaluate", help="evaluate a trained model on the dataset's test split")
+    evaluate.add_argument("--dataset", required=True, metavar="DIR")
+    evaluate.add_argument("--model-dir", required=True, metavar="DIR", help="output of `component train`")
+    evaluate.add_argument("--output", required=True, metavar="DIR")
+    evaluate.set_defaults(handler=component_evaluate)
+
+    report = steps.add_parser("report", help="write report.html, report.md and summary.json")
+    report.add_argument("--dataset", required=True, metavar="DIR")
+    report.add_argument("--results", required=True, nargs="+", metavar="DIR", help="outputs of `component evaluate`")
+    report.add_argument("--output", required=True, metavar="DIR")
+    report.add_argument("--preset", default="smoke")
+    report.set_defaults(handler=component_report)
+
+
+def component_prepare(args: argparse.Namespace) -> int:
+    from components.data_prep import prepare
+
+    manifest = prepare(args.source, args.output, validation_fraction=args.validation_fraction, seed=args.seed)
+    print(json.dumps({key: manifest[key] for key in ("name", "num_classes", "image_shape", "splits")}))
+    return 0
+
+
+def component_train(args: argparse.Namespace) -> int:
+    from components.train import TrainConfig, train
+    from pipeline.config import get_preset
+
+    try:
+        overrides = json.loads(args.config)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config is not valid JSON ({error.msg}); pass e.g. '{{\"epochs\": 2}}'") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--config must be a JSON object, got {args.config}")
+    config = TrainConfig.from_dict({**get_preset(args.preset).train, **overrides})
+    result = train(args.dataset, args.model, args.output, config, args.checkpoint_dir)
+    print(json.dumps({key: result[key] for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))
+    return 0
+
+
+def component_evaluate(args: argparse.Namespace) -> int:
+    from components.evaluate import evaluate
+
+    result = evaluate(args.dataset, args.model_dir, args.output)
+    print(json.dumps({key: result[key] for key in ("name", "test_accuracy", "test_loss")}))
+    return 0
+
+
+def component_report(args: argparse.Namespace) -> int:
+    from components.data_prep import read_manifest
+    from components.report import write_report
+
+    manifest = read_manifest(args.dataset)
+    write_report(args.results, args.output, manifest, {"preset": args.preset, "dataset": manifest["name"]})
+    print(os.path.join(args.output, "report.html"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Named presets for a run, and how flags on the command line refine them.
+
+A preset fixes everything a run needs (dataset, models, training recipe); flags override single
+fields; the resolved result is saved next to the outputs as ``config.json`` so a run can be
+repeated exactly. Presets hold plain values so that importing this module stays cheap (no
+TensorFlow): the training recipe is validated by ``TrainConfig.from_dict`` when a run resolves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    dataset: str
+    models: tuple[str, ...]
+    validation_fraction: float
+    train: Mapping[str, Any]  # fields of components.train.TrainConfig
+
+
+def _frozen(**values: Any) -> Mapping[str, Any]:
+    return types.MappingProxyType(values)
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        description="a few minutes on a laptop CPU: the bundled digits and four small models",
+        dataset="digits",
+        models=("lenet5", "alexnet8", "vgg13", "resnet20_v1"),
+        validation_fraction=0.0,
+        train=_frozen(
+            epochs=4, batch_size=64, optimizer="adam", learning_rate=2e-3, schedule="cosine",
+            warmup_epochs=0.5, shift_fraction=0.125, subtract_pixel_mean=True,
+        ),
+    ),
+    "seed": Preset(
+        name="seed",
+        description="the seed recipe for ResNet on CIFAR-10: adam 1e-3, step decay at 80/120/160/180, 200 epochs",
+        dataset="cifar10",
+        models=("resnet20_v1",),
+        validation_fraction=0.0,
+        train=_frozen(
+            epochs=200, batch_size=128, optimizer="adam", learning_rate=1e-3, schedule="step",
+            warmup_epochs=0.0, label_smoothing=0.0, weight_decay=0.0, shift_fraction=0.1,
+            subtract_pixel_mean=True,
+        ),
+    ),
+    "fast": Preset(
+        name="fast",
+        description="nesterov SGD, warmup + cosine, label smoothing and a larger batch: the seed accuracy in far fewer epochs",
+        dataset="cifar10",
+        models=("resnet20_v1",),
+        validation_fraction=0.0,
+        train=_frozen(
+            epochs=30, batch_size=512, optimizer="sgd", learning_rate=0.4, momentum=0.9,
+            schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1, weight_decay=5e-4,
+            shift_fraction=0.125, subtract_pixel_mean=True,
+        ),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one pipeline run needs, after preset and flags are merged."""
+
+    preset: str
+    dataset: str
+    models: tuple[str, ...]
+    validation_fraction: float
+    train: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "dataset": self.dataset,
+            "models": list(self.models),
+            "validation_fraction": self.validation_fraction,
+            "train": dict(self.train),
+        }
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve(
+    preset: str = "smoke",
+    dataset: str | None = None,
+    models: list[str] | tuple[str, ...] | None = None,
+    validation_fraction: float | None = None,
+    **train_overrides: Any,
+) -> RunConfig:
+    """Merge a preset with overrides (``None`` means "keep the preset's value") and validate it.
+
+    Raises ``ValueError`` naming the bad value: unknown preset or model, an empty model list,
+    or any training field that ``TrainConfig.from_dict`` refuses (for example ``epochs=0``).
+    """
+    from components.models import MODELS
+    from components.train import TrainConfig
+
+    base = get_preset(preset)
+    chosen_models = tuple(models) if models is not None else base.models
+    if not chosen_models:
+        raise ValueError("no models given; pass --models with at least one name from `cnnpipe models`")
+    unknown = [name for name in chosen_models if name not in MODELS]
+    if unknown:
+        raise ValueError(
+            f"unknown model '{unknown[0]}'; choose from: {', '.join(MODELS)} (see `cnnpipe models`)"
+        )
+    if len(set(chosen_models)) != len(chosen_models):
+        raise ValueError(f"model list has duplicates: {','.join(chosen_models)}")
+    fraction = base.validation_fraction if validation_fraction is None else validation_fraction
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    train = {**base.train, **{key: value for key, value in train_overrides.items() if value is not None}}
+    resolved_train = TrainConfig.from_dict(train).to_dict()
+    return RunConfig(
+        preset=base.name,
+        dataset=dataset or base.dataset,
+        models=chosen_models,
+        validation_fraction=fraction,
+        train=types.MappingProxyType(resolved_train),
+    )
