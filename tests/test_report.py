@@ -1,0 +1,200 @@
+"""Tests for components.report on evaluate-style result directories written by the tests."""
+
+import base64
+import csv
+import json
+import os
+import re
+
+import pytest
+
+from components.report import write_report
+
+CLASS_NAMES = ["<b>cat", "dog & wolf", "$bird$"]
+
+MANIFEST = {
+    "format_version": 1,
+    "name": "pets",
+    "source": "/data/pets",
+    "class_names": CLASS_NAMES,
+    "num_classes": 3,
+    "image_shape": [32, 32, 3],
+    "splits": {"train": 120, "test": 30, "validation": 0},
+}
+
+RUN_CONFIG = {"preset": "smoke", "dataset": "/data/pets", "models": ["lenet5", "resnet20_v1", "vgg16"]}
+
+# name -> values written to result.json; accuracies differ so the sort order is known.
+MODEL_VALUES = {
+    "lenet5": dict(family="lenet", params=61706, test_accuracy=0.6, test_loss=0.91, train_seconds=4.2,
+                   train_images_per_second=900.0, inference_images_per_second=5200.0,
+                   reference_accuracy=None, seed_accuracy=None),
+    "resnet20_v1": dict(family="resnet", params=272474, test_accuracy=0.8, test_loss=0.55, train_seconds=95.0,
+                        train_images_per_second=310.0, inference_images_per_second=2100.0,
+                        reference_accuracy=0.9125, seed_accuracy=0.9216),
+    "vgg16": dict(family="vgg", params=14_990_922, test_accuracy=0.7, test_loss=0.7, train_seconds=4000.0,
+                  train_images_per_second=40.0, inference_images_per_second=300.0,
+                  reference_accuracy=0.93, seed_accuracy=0.78),
+}
+
+
+def write_result_dir(directory, name, values, epochs=2):
+    """An evaluate output directory: result.json plus history.csv."""
+    os.makedirs(directory)
+    result = {
+        "name": name,
+        "epochs": epochs,
+        "best_validation_accuracy": values["test_accuracy"],
+        "resumed_from_epoch": None,
+        "config": {"epochs": epochs, "batch_size": 16, "optimizer": "adam"},
+        "class_names": CLASS_NAMES,
+        "confusion_matrix": [[8, 1, 1], [2, 7, 1], [0, 3, 7]],
+        "per_class": [
+            {"class": class_name, "precision": 0.8, "recall": 0.7, "support": 10} for class_name in CLASS_NAMES
+        ],
+        **values,
+    }
+    with open(os.path.join(directory, "result.json"), "w", encoding="utf-8") as file:
+        json.dump(result, file)
+    with open(os.path.join(directory, "history.csv"), "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"])
+        # Accuracy climbs towards the model's final test accuracy, training a little above validation.
+        for epoch in range(1, epochs + 1):
+            validation_accuracy = values["test_accuracy"] * epoch / epochs
+            writer.writerow([epoch, 2.0 / epoch, min(validation_accuracy + 0.05, 1.0), 2.2 / epoch,
+                             validation_accuracy, 0.001, 1.5])
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """Write three result dirs, run write_report once for the module, return (summary, output_dir)."""
+    tmp_path = tmp_path_factory.mktemp("report")
+    result_dirs = [write_result_dir(tmp_path / name, name, values) for name, values in MODEL_VALUES.items()]
+    output_dir = tmp_path / "report"
+    summary = write_report(result_dirs, str(output_dir), MANIFEST, RUN_CONFIG)
+    return summary, output_dir
+
+
+def test_writes_the_three_files_and_nothing_temporary(report):
+    _, output_dir = report
+    assert sorted(os.listdir(output_dir)) == ["report.html", "report.md", "summary.json"]
+
+
+def test_summary_json_follows_the_design_schema(report):
+    summary, output_dir = report
+    on_disk = json.loads((output_dir / "summary.json").read_text())
+    assert on_disk == summary
+    assert on_disk["dataset"] == "pets"
+    assert on_disk["preset"] == "smoke"
+    assert on_disk["num_classes"] == 3
+    assert [entry["name"] for entry in on_disk["models"]] == ["resnet20_v1", "vgg16", "lenet5"]
+    assert on_disk["best_model"] == "resnet20_v1"
+    fixed_fields = ["name", "params", "epochs", "test_accuracy", "test_loss", "train_seconds",
+                    "train_images_per_second", "inference_images_per_second", "reference_accuracy"]
+    for entry in on_disk["models"]:
+        assert set(fixed_fields) <= set(entry)
+        values = MODEL_VALUES[entry["name"]]
+        for field in fixed_fields[1:]:
+            expected = 2 if field == "epochs" else values[field]
+            assert entry[field] == expected, (entry["name"], field)
+        assert entry["seed_accuracy"] == values["seed_accuracy"]
+        assert entry["family"] == values["family"]
+
+
+def test_html_is_self_contained_with_every_model_and_embedded_plots(report):
+    _, output_dir = report
+    page = (output_dir / "report.html").read_text()
+    for name in MODEL_VALUES:
+        assert name in page
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # accuracy/time scatter + validation overview + per model (curves + confusion matrix)
+    assert len(images) == 2 + 2 * len(MODEL_VALUES)
+    assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*https?:', page, flags=re.IGNORECASE)
+    assert not re.search(r"https?://|url\(|<script|<link", page, flags=re.IGNORECASE)
+
+
+def test_html_shows_comparison_numbers_sorted_by_accuracy(report):
+    _, output_dir = report
+    page = (output_dir / "report.html").read_text()
+    comparison = page[page.index("<h2>Comparison</h2>"):page.index("<h2>Accuracy against training time</h2>")]
+    order = [comparison.index(f'">{name}</a>') for name in ("resnet20_v1", "vgg16", "lenet5")]
+    assert order == sorted(order)
+    assert "91.25%" in comparison and "92.16%" in comparison  # resnet20_v1 reference and seed
+    assert "-11.25 pp" in comparison  # 80% against the 91.25% reference
+    assert "272,474" in comparison and "1 h 06 min" in comparison and "1 min 35 s" in comparison
+    assert "32×32×3" in page and "train 120" in page
+
+
+def test_html_escapes_class_names_from_user_folders(report):
+    _, output_dir = report
+    page = (output_dir / "report.html").read_text()
+    assert "<b>cat" not in page
+    assert "&lt;b&gt;cat" in page
+    assert "dog &amp; wolf" in page
+
+
+def test_markdown_has_one_table_row_per_model(report):
+    _, output_dir = report
+    markdown = (output_dir / "report.md").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| Model")]
+    assert [row.split("|")[1].strip() for row in rows] == ["resnet20_v1", "vgg16", "lenet5"]
+    assert "80.00%" in rows[0] and "91.25%" in rows[0]
+    assert "data:image" not in markdown
+    assert "Best model: **resnet20_v1**" in markdown
+
+
+def test_promotion_decisions_get_a_model_registry_table(tmp_path):
+    result_dir = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
+    promotion = [{"model": "lenet5", "decision": "kept champion", "champion_accuracy": 0.65,
+                  "challenger_accuracy": 0.6, "reason": "challenger <worse> by 5 pp"}]
+    summary = write_report([result_dir], str(tmp_path / "out"), MANIFEST, {**RUN_CONFIG, "promotion": promotion})
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<h2>Model registry</h2>" in page
+    assert "challenger &lt;worse&gt; by 5 pp" in page and "65.00%" in page
+    assert summary["promotion"] == promotion
+    assert "## Model registry" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_without_promotion_has_no_registry_section(report):
+    _, output_dir = report
+    assert "Model registry" not in (output_dir / "report.html").read_text()
+
+
+def test_empty_result_dirs_raise(tmp_path):
+    with pytest.raises(ValueError, match="result_dirs is empty"):
+        write_report([], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_result_json_names_the_directory_and_writes_nothing(tmp_path):
+    good = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
+    empty = tmp_path / "broken_model"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="broken_model"):
+        write_report([good, str(empty)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_invalid_result_json_names_the_directory(tmp_path):
+    broken = tmp_path / "half_written"
+    broken.mkdir()
+    (broken / "result.json").write_text('{"name": "lenet5", "test_acc')
+    with pytest.raises(ValueError, match="invalid result.json in .*half_written"):
+        write_report([str(broken)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+
+
+def test_result_json_without_required_fields_is_rejected(tmp_path):
+    result_dir = tmp_path / "lenet5"
+    result_dir.mkdir()
+    (result_dir / "result.json").write_text(json.dumps({"name": "lenet5", "test_accuracy": 0.5}))
+    with pytest.raises(ValueError, match="lacks params"):
+        write_report([str(result_dir)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+
+
+def test_a_single_path_instead_of_a_list_is_rejected(tmp_path):
+    result_dir = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
+    with pytest.raises(ValueError, match="wrap it in a list"):
+        write_report(result_dir, str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
