@@ -1,0 +1,120 @@
+"""Tiny real datasets for tests: an image folder of PNG/JPEG files and a CIFAR-10 binary archive.
+
+Both return the arrays they wrote, in the order data prep reads them back (classes sorted by
+name, files sorted by name), so a test can compare a round trip exactly.
+"""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+CIFAR_SIDE = 32
+CIFAR_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_MEMBER_FOLDER = "cifar-10-batches-bin"
+
+
+def random_images(generator: np.random.Generator, count: int, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Random uint8 images [count, height, width, channels]."""
+    return generator.integers(0, 256, size=(count, *size, channels), dtype=np.uint8)
+
+
+def make_image_folder(
+    root,
+    classes=("cat", "dog"),
+    per_class=(4, 2),
+    size=(12, 10),
+    mode="RGB",
+    image_format="png",
+    seed=0,
+) -> dict:
+    """Write ``root/{train,test}/<class>/image_NNN.<format>`` with Pillow and return what was written.
+
+    Args:
+        root: folder to create.
+        classes: class folder names.
+        per_class: images per class as (train, test), or one int for both.
+        size: (height, width) in pixels.
+        mode: Pillow mode, "L" (grayscale) or "RGB".
+        image_format: "png" (lossless, exact round trip), "jpg" or "bmp".
+        seed: seed of the random pixel values.
+
+    Returns:
+        {"train": (images uint8 [N, H, W, C], labels int32 [N]), "test": (...), "class_names": [...]}
+        with labels indexing the sorted class names.
+    """
+    train_count, test_count = (per_class, per_class) if isinstance(per_class, int) else per_class
+    channels = 1 if mode == "L" else 3
+    class_names = sorted(classes)
+    generator = np.random.default_rng(seed)
+    written = {"class_names": class_names}
+    for split, count in (("train", train_count), ("test", test_count)):
+        images, labels = [], []
+        for label, class_name in enumerate(class_names):
+            class_dir = os.path.join(root, split, class_name)
+            os.makedirs(class_dir, exist_ok=True)
+            class_images = random_images(generator, count, size, channels)
+            for index, pixels in enumerate(class_images):
+                save_image(pixels, os.path.join(class_dir, f"image_{index:03d}.{image_format}"), mode)
+            images.append(class_images)
+            labels.append(np.full(count, label, dtype=np.int32))
+        written[split] = (np.concatenate(images), np.concatenate(labels))
+    return written
+
+
+def save_image(pixels: np.ndarray, path, mode: str = "RGB") -> None:
+    """Save uint8 [H, W, C] pixels with Pillow in ``mode``; the format follows the file extension."""
+    array = pixels[..., 0] if mode == "L" else pixels
+    Image.fromarray(array, mode=mode).save(path)
+
+
+def cifar_records(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """CIFAR-10 binary records: per image 1 label byte then the R, G and B 32x32 planes."""
+    planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    return np.concatenate([labels.astype(np.uint8)[:, np.newaxis], planes], axis=1).tobytes()
+
+
+def make_cifar_binary_archive(path, n_train_per_batch=3, n_test=4, omit=(), seed=0) -> dict:
+    """Write a real ``.tar.gz`` with the CIFAR-10 binary layout and return what it holds.
+
+    Args:
+        path: archive file to write.
+        n_train_per_batch: records in each of data_batch_1.bin ... data_batch_5.bin.
+        n_test: records in test_batch.bin.
+        omit: member base names to leave out (to test an incomplete archive).
+        seed: seed of the random pixels and labels.
+
+    Returns:
+        {"train": (images uint8 [N, 32, 32, 3], labels int32 [N]), "test": (...), "class_names": [...]}
+    """
+    generator = np.random.default_rng(seed)
+    num_classes = len(CIFAR_CLASS_NAMES)
+    batches = {}
+    for number in range(1, 6):
+        batches[f"data_batch_{number}.bin"] = (
+            random_images(generator, n_train_per_batch, (CIFAR_SIDE, CIFAR_SIDE), 3),
+            generator.integers(0, num_classes, n_train_per_batch).astype(np.int32),
+        )
+    batches["test_batch.bin"] = (
+        random_images(generator, n_test, (CIFAR_SIDE, CIFAR_SIDE), 3),
+        generator.integers(0, num_classes, n_test).astype(np.int32),
+    )
+    members = {name: cifar_records(*arrays) for name, arrays in batches.items()}
+    members["batches.meta.txt"] = ("\n".join(CIFAR_CLASS_NAMES) + "\n\n").encode()
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            if name in omit:
+                continue
+            info = tarfile.TarInfo(f"{CIFAR_MEMBER_FOLDER}/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+    train = [batches[f"data_batch_{number}.bin"] for number in range(1, 6)]
+    return {
+        "train": (np.concatenate([images for images, _ in train]), np.concatenate([labels for _, labels in train])),
+        "test": batches["test_batch.bin"],
+        "class_names": list(CIFAR_CLASS_NAMES),
+    }

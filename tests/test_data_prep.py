@@ -1,0 +1,467 @@
+"""Data prep on generated image folders, CIFAR-10 binary archives and scikit-learn's digits."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from datagen import make_cifar_binary_archive, make_image_folder, save_image
+from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
+
+from components import data_prep, storage
+from components.data_prep import check_source, file_sha256, load_split, prepare, read_manifest
+
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def leftovers(parent) -> list[str]:
+    """Names in ``parent`` that a prep could have left behind (output or staging directories)."""
+    return sorted(name for name in os.listdir(parent) if "dataset" in name)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_image_folder_round_trips_pixels_and_labels_exactly(image_folder, tmp_path):
+    root, written = image_folder
+    manifest = prepare(root, str(tmp_path / "dataset"))
+
+    for split in ("train", "test"):
+        images, labels = load_split(str(tmp_path / "dataset"), split)
+        np.testing.assert_array_equal(images, written[split][0])
+        np.testing.assert_array_equal(labels, written[split][1])
+        assert images.dtype == np.uint8 and labels.dtype == np.int32
+    assert manifest["name"] == "pets"
+    assert manifest["source"] == os.path.abspath(root)
+    assert manifest["class_names"] == ["cat", "dog"]
+    assert manifest["num_classes"] == 2
+    assert manifest["image_shape"] == [12, 10, 3]
+    assert manifest["splits"] == {"train": 8, "test": 4, "validation": 0}
+    assert manifest["allow_horizontal_flip"] is True
+    assert manifest["resized_images"] == 0
+
+
+def test_grayscale_folder_gives_one_channel(tmp_path):
+    written = make_image_folder(tmp_path / "gray", classes=("a", "b", "c"), per_class=2, size=(9, 9), mode="L")
+    manifest = prepare(str(tmp_path / "gray"), str(tmp_path / "dataset"))
+    images, _ = load_split(str(tmp_path / "dataset"), "train")
+    assert manifest["image_shape"] == [9, 9, 1]
+    np.testing.assert_array_equal(images, written["train"][0])
+
+
+def test_mixed_grayscale_and_rgb_become_rgb(image_folder, tmp_path):
+    root, written = image_folder
+    gray_pixels = np.arange(120, dtype=np.uint8).reshape(12, 10, 1)
+    save_image(gray_pixels, os.path.join(root, "train", "cat", "image_000.png"), mode="L")
+
+    manifest = prepare(root, str(tmp_path / "dataset"))
+    images, _ = load_split(str(tmp_path / "dataset"), "train")
+    assert manifest["image_shape"] == [12, 10, 3]
+    np.testing.assert_array_equal(images[0], np.repeat(gray_pixels, 3, axis=-1))
+    np.testing.assert_array_equal(images[1:], written["train"][0][1:])
+
+
+def test_odd_sized_images_are_resized_to_the_most_common_size(image_folder, tmp_path):
+    root, _ = image_folder
+    save_image(np.zeros((20, 30, 3), np.uint8), os.path.join(root, "test", "dog", "image_001.png"))
+
+    manifest = prepare(root, str(tmp_path / "dataset"))
+    images, _ = load_split(str(tmp_path / "dataset"), "test")
+    assert manifest["image_shape"] == [12, 10, 3]
+    assert manifest["resized_images"] == 1
+    assert images.shape == (4, 12, 10, 3)
+
+
+def test_jpeg_folder_loads_with_its_shape_and_labels(tmp_path):
+    written = make_image_folder(tmp_path / "photos", per_class=(3, 1), size=(16, 16), image_format="jpg")
+    manifest = prepare(str(tmp_path / "photos"), str(tmp_path / "dataset"))
+    images, labels = load_split(str(tmp_path / "dataset"), "train")
+    assert manifest["image_shape"] == [16, 16, 3]
+    np.testing.assert_array_equal(labels, written["train"][1])
+
+
+def test_cifar_binary_archive_round_trips_exactly(cifar_archive, tmp_path):
+    path, written = cifar_archive
+    manifest = prepare(path, str(tmp_path / "dataset"))
+
+    for split in ("train", "test"):
+        images, labels = load_split(str(tmp_path / "dataset"), split)
+        np.testing.assert_array_equal(images, written[split][0])
+        np.testing.assert_array_equal(labels, written[split][1])
+    assert manifest["name"] == "cifar10"
+    assert manifest["class_names"] == written["class_names"]
+    assert manifest["image_shape"] == [32, 32, 3]
+    assert manifest["splits"] == {"train": 15, "test": 4, "validation": 0}
+    assert manifest["allow_horizontal_flip"] is True
+
+
+def test_digits_are_8x8x1_with_ten_classes_and_a_stratified_split(tmp_path):
+    manifest = prepare("digits", str(tmp_path / "dataset"), seed=3)
+    train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
+    test_images, test_labels = load_split(str(tmp_path / "dataset"), "test")
+
+    assert manifest["name"] == "digits" and manifest["source"] == "digits"
+    assert manifest["image_shape"] == [8, 8, 1]
+    assert manifest["class_names"] == [str(digit) for digit in range(10)]
+    assert manifest["allow_horizontal_flip"] is False
+    assert len(train_labels) + len(test_labels) == 1797
+    assert train_images.max() == 255 and train_images.min() == 0
+    test_share = np.bincount(test_labels) / (np.bincount(train_labels) + np.bincount(test_labels))
+    assert np.all(np.abs(test_share - 0.2) < 0.01)
+
+
+def test_digits_split_follows_the_seed(tmp_path):
+    prepare("digits", str(tmp_path / "a"), seed=0)
+    prepare("digits", str(tmp_path / "b"), seed=0)
+    prepare("digits", str(tmp_path / "c"), seed=1)
+    same_a, same_b, other = (load_split(str(tmp_path / name), "test")[0] for name in "abc")
+    np.testing.assert_array_equal(same_a, same_b)
+    assert not np.array_equal(same_a, other)
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded(tmp_path):
+    root = tmp_path / "shapes"
+    written = make_image_folder(root, classes=("a", "b", "c"), per_class=(10, 2), size=(4, 4))
+    manifest = prepare(str(root), str(tmp_path / "dataset"), validation_fraction=0.2, seed=7)
+
+    train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
+    validation_images, validation_labels = load_split(str(tmp_path / "dataset"), "validation")
+    assert manifest["splits"] == {"train": 24, "test": 6, "validation": 6}
+    assert np.bincount(validation_labels).tolist() == [2, 2, 2]
+    assert np.bincount(train_labels).tolist() == [8, 8, 8]
+
+    # Every original training image lands in exactly one of the two splits, with its label.
+    original = {image.tobytes(): label for image, label in zip(*written["train"])}
+    carved = {image.tobytes(): label for image, label in zip(np.concatenate([train_images, validation_images]),
+                                                             np.concatenate([train_labels, validation_labels]))}
+    assert carved == original
+
+    prepare(str(root), str(tmp_path / "again"), validation_fraction=0.2, seed=7)
+    np.testing.assert_array_equal(load_split(str(tmp_path / "again"), "validation")[0], validation_images)
+
+
+def test_stratified_split_keeps_one_image_of_every_class():
+    labels = np.array([0, 0, 0, 0, 1])
+    kept, held_out = data_prep.stratified_split(labels, 0.5, seed=0)
+    assert sorted(labels[kept].tolist()) == [0, 0, 1]
+    assert labels[held_out].tolist() == [0, 0]
+
+
+def test_load_split_without_validation_names_the_fix(image_folder, tmp_path):
+    root, _ = image_folder
+    prepare(root, str(tmp_path / "dataset"))
+    with pytest.raises(ValueError, match="no validation split.*validation_fraction"):
+        load_split(str(tmp_path / "dataset"), "validation")
+    with pytest.raises(ValueError, match="'valid'.*train, test, validation"):
+        load_split(str(tmp_path / "dataset"), "valid")
+
+
+# --------------------------------------------------------------------------- manifest and files
+
+
+def test_manifest_hashes_match_the_files_and_statistics_match_train(cifar_archive, tmp_path):
+    path, _ = cifar_archive
+    dataset_dir = str(tmp_path / "dataset")
+    manifest = prepare(path, dataset_dir, validation_fraction=0.3)
+
+    assert manifest == read_manifest(dataset_dir)
+    npy_files = sorted(name for name in os.listdir(dataset_dir) if name.endswith(".npy"))
+    assert sorted(manifest["sha256"]) == npy_files and len(npy_files) == 6
+    for name, digest in manifest["sha256"].items():
+        assert file_sha256(os.path.join(dataset_dir, name)) == digest
+
+    train_images, _ = load_split(dataset_dir, "train")
+    scaled = train_images / 255.0
+    np.testing.assert_allclose(manifest["mean"], scaled.mean(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(manifest["std"], scaled.std(axis=(0, 1, 2)), rtol=1e-9)
+
+
+def test_existing_output_dir_is_replaced_as_a_whole(image_folder, tmp_path):
+    root, _ = image_folder
+    dataset_dir = str(tmp_path / "dataset")
+    prepare(root, dataset_dir, validation_fraction=0.5)
+    prepare(root, dataset_dir)
+    assert not os.path.exists(os.path.join(dataset_dir, "validation_images.npy"))
+    assert read_manifest(dataset_dir)["splits"]["validation"] == 0
+    assert leftovers(tmp_path) == ["dataset"]
+
+
+def test_empty_output_dir_is_filled(image_folder, tmp_path):
+    root, _ = image_folder
+    os.makedirs(tmp_path / "dataset")
+    prepare(root, str(tmp_path / "dataset"))
+    assert read_manifest(str(tmp_path / "dataset"))["name"] == "pets"
+
+
+def test_failed_prepare_leaves_nothing_behind(image_folder, tmp_path):
+    root, _ = image_folder
+    with open(os.path.join(root, "train", "dog", "image_002.png"), "wb") as broken:
+        broken.write(b"not a png at all")
+    with pytest.raises(ValueError):
+        prepare(root, str(tmp_path / "dataset"))
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_write_removes_staging_and_keeps_the_previous_dataset(image_folder, tmp_path, monkeypatch):
+    root, _ = image_folder
+    dataset_dir = str(tmp_path / "dataset")
+    prepare(root, dataset_dir)
+    before = read_manifest(dataset_dir)
+
+    def fail_after_writing(staging_dir, output_dir):
+        assert os.path.isfile(os.path.join(staging_dir, "manifest.json"))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data_prep, "_publish", fail_after_writing)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(root, dataset_dir, validation_fraction=0.5)
+    assert leftovers(tmp_path) == ["dataset"]
+    assert read_manifest(dataset_dir) == before
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def test_corrupt_image_is_named(image_folder, tmp_path):
+    root, _ = image_folder
+    corrupt = os.path.join(root, "test", "cat", "image_001.png")
+    with open(corrupt, "wb") as broken:
+        broken.write(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ValueError, match=f"cannot read image {corrupt}.*remove or replace"):
+        prepare(root, str(tmp_path / "dataset"))
+
+
+def test_truncated_image_is_named(image_folder, tmp_path):
+    root, _ = image_folder
+    truncated = os.path.join(root, "train", "cat", "image_003.png")
+    save_image(np.full((64, 64, 3), 7, np.uint8), truncated)
+    with open(truncated, "rb") as complete:
+        data = complete.read()
+    with open(truncated, "wb") as cut:
+        cut.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"image {truncated}"):
+        prepare(root, str(tmp_path / "dataset"))
+
+
+def test_empty_class_folder_is_named(image_folder, tmp_path):
+    root, _ = image_folder
+    empty = os.path.join(root, "train", "bird")
+    os.makedirs(empty)
+    with pytest.raises(ValueError, match=f"class folder {empty} is empty"):
+        check_source(root)
+    with pytest.raises(ValueError, match="bird"):
+        prepare(root, str(tmp_path / "dataset"))
+
+
+def test_missing_path_is_named(tmp_path):
+    missing = str(tmp_path / "no_such_folder")
+    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist"):
+        prepare(missing, str(tmp_path / "dataset"))
+    assert leftovers(tmp_path) == []
+
+
+def test_folder_without_test_split_is_named(image_folder):
+    root, _ = image_folder
+    os.rename(os.path.join(root, "test"), os.path.join(root, "testing"))
+    with pytest.raises(ValueError, match="has no test/ subfolder.*train/<class>"):
+        check_source(root)
+
+
+def test_folder_without_any_images_is_reported(tmp_path):
+    for split in ("train", "test"):
+        os.makedirs(tmp_path / "nothing" / split)
+    with pytest.raises(ValueError, match="no images found"):
+        check_source(str(tmp_path / "nothing"))
+
+
+def test_images_outside_class_folders_and_unsupported_files_are_named(image_folder):
+    root, _ = image_folder
+    stray = os.path.join(root, "train", "loose.png")
+    save_image(np.zeros((12, 10, 3), np.uint8), stray)
+    with pytest.raises(ValueError, match=f"{stray} is not inside a class folder"):
+        check_source(root)
+    os.remove(stray)
+    notes = os.path.join(root, "train", "cat", "notes.txt")
+    with open(notes, "w") as text:
+        text.write("hello")
+    with pytest.raises(ValueError, match=f"unsupported entry {notes}"):
+        check_source(root)
+
+
+def test_hidden_files_are_ignored(image_folder, tmp_path):
+    root, _ = image_folder
+    with open(os.path.join(root, "train", "cat", ".DS_Store"), "wb") as hidden:
+        hidden.write(b"\0\0")
+    assert prepare(root, str(tmp_path / "dataset"))["splits"]["train"] == 8
+
+
+def test_test_class_without_training_images_is_named(image_folder):
+    root, _ = image_folder
+    make_image_folder(os.path.join(root, "extra"), classes=("fox",), per_class=1)
+    os.rename(os.path.join(root, "extra", "test", "fox"), os.path.join(root, "test", "fox"))
+    with pytest.raises(ValueError, match="class 'fox' has test images but no folder"):
+        check_source(root)
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5, float("nan"), "0.1", True])
+def test_bad_validation_fraction_is_named(image_folder, tmp_path, fraction):
+    root, _ = image_folder
+    with pytest.raises(ValueError, match="validation_fraction must be"):
+        prepare(root, str(tmp_path / "dataset"), validation_fraction=fraction)
+    assert leftovers(tmp_path) == []
+
+
+def test_validation_fraction_too_small_for_the_data_is_named(image_folder, tmp_path):
+    root, _ = image_folder
+    with pytest.raises(ValueError, match="validation_fraction=0.01 holds out no image"):
+        prepare(root, str(tmp_path / "dataset"), validation_fraction=0.01)
+
+
+def test_unknown_keyword_lists_the_keywords(tmp_path):
+    with pytest.raises(ValueError, match="unknown source 'cifar'.*digits, cifar10, fashion_mnist, mnist"):
+        prepare("cifar", str(tmp_path / "dataset"))
+
+
+def test_archive_without_expected_members_names_them(tmp_path):
+    path = tmp_path / "partial.tar.gz"
+    make_cifar_binary_archive(path, omit=("test_batch.bin", "batches.meta.txt"))
+    with pytest.raises(ValueError, match="lacks test_batch.bin, batches.meta.txt"):
+        prepare(str(path), str(tmp_path / "dataset"))
+    assert leftovers(tmp_path) == []
+
+
+def test_python_pickle_archive_is_recognised(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(__file__, arcname="cifar-10-batches-py/data_batch_1")
+    with pytest.raises(ValueError, match="Python \\(pickle\\) version.*cifar-10-binary.tar.gz"):
+        prepare(str(path), str(tmp_path / "dataset"))
+
+
+def test_damaged_archive_record_size_is_named(tmp_path):
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    make_cifar_binary_archive(path)
+    damaged = tmp_path / "damaged.tar.gz"
+    with tarfile.open(path) as source, tarfile.open(damaged, "w:gz") as target:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name.endswith("data_batch_2.bin"):
+                data = data[:-5]
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    with pytest.raises(ValueError, match="data_batch_2.bin in .* not a whole number of 3073-byte"):
+        prepare(str(damaged), str(tmp_path / "dataset"))
+
+
+def test_file_that_is_not_an_archive_is_named(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n")
+    with pytest.raises(ValueError, match=f"{path} is not a tar archive"):
+        check_source(str(path))
+
+
+def test_output_path_that_is_a_file_is_named(image_folder, tmp_path):
+    root, _ = image_folder
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        prepare(root, str(tmp_path / "taken"))
+
+
+def test_read_manifest_of_a_missing_dataset_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no manifest.json.*run data prep"):
+        read_manifest(str(tmp_path))
+
+
+def test_check_source_accepts_keywords_folders_and_archives(image_folder, cifar_archive):
+    for source in ("digits", "cifar10", "fashion_mnist", "mnist", image_folder[0], cifar_archive[0]):
+        check_source(source)
+
+
+# --------------------------------------------------------------------------- Keras download
+
+
+def unused_local_port() -> int:
+    """A loopback port nobody listens on, so a connection to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_keras_download_failure_is_one_clean_line(tmp_path):
+    """Runs the real Keras loader in a subprocess with an empty cache and a dead proxy, so it fails fast."""
+    dead_proxy = f"http://127.0.0.1:{unused_local_port()}"
+    environment = dict(
+        os.environ,
+        KERAS_HOME=str(tmp_path / "keras_home"),
+        HTTPS_PROXY=dead_proxy, https_proxy=dead_proxy, HTTP_PROXY=dead_proxy, http_proxy=dead_proxy,
+        NO_PROXY="", no_proxy="", TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    output_dir = str(tmp_path / "dataset")
+    script = (
+        "import json\n"
+        "from components.data_prep import prepare\n"
+        "try:\n"
+        f"    prepare('fashion_mnist', {output_dir!r})\n"
+        "except ValueError as error:\n"
+        "    print('ERROR=' + json.dumps(str(error)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, cwd=REPOSITORY_ROOT,
+        capture_output=True, text=True, timeout=300,
+    )
+    error_lines = [line for line in result.stdout.splitlines() if line.startswith("ERROR=")]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(error_lines) == 1, result.stdout
+    message = json.loads(error_lines[0][len("ERROR="):])
+    assert "\n" not in message
+    assert "could not download the fashion_mnist dataset" in message
+    assert "local image folder" in message and "cifar-10-binary.tar.gz" in message
+    assert not os.path.exists(output_dir)
+
+
+# --------------------------------------------------------------------------- gs:// sources (real GCS emulator)
+
+
+def test_gcs_image_folder_round_trips(gcs_emulator, image_folder, tmp_path):
+    root, written = image_folder
+    storage.upload_tree(root, gcs_emulator.url("datasets/pets"))
+
+    manifest = prepare(gcs_emulator.url("datasets/pets/"), str(tmp_path / "dataset"))
+    images, labels = load_split(str(tmp_path / "dataset"), "train")
+    np.testing.assert_array_equal(images, written["train"][0])
+    np.testing.assert_array_equal(labels, written["train"][1])
+    assert manifest["name"] == "pets"
+    assert manifest["source"] == gcs_emulator.url("datasets/pets/")
+
+
+def test_gcs_archive_round_trips(gcs_emulator, cifar_archive, tmp_path):
+    path, written = cifar_archive
+    storage.upload(path, gcs_emulator.url("cifar-10-binary.tar.gz"))
+    manifest = prepare(gcs_emulator.url("cifar-10-binary.tar.gz"), str(tmp_path / "dataset"))
+    np.testing.assert_array_equal(load_split(str(tmp_path / "dataset"), "test")[0], written["test"][0])
+    assert manifest["name"] == "cifar10"
+
+
+def test_gcs_errors_name_the_gcs_location(gcs_emulator, image_folder, tmp_path):
+    root, _ = image_folder
+    with open(os.path.join(root, "train", "dog", "image_000.png"), "wb") as broken:
+        broken.write(b"not an image")
+    storage.upload_tree(root, gcs_emulator.url("pets"))
+    with pytest.raises(ValueError, match=f"cannot read image {gcs_emulator.url('pets')}/train/dog/image_000.png"):
+        prepare(gcs_emulator.url("pets"), str(tmp_path / "dataset"))
+    with pytest.raises(FileNotFoundError, match=gcs_emulator.url("missing")):
+        prepare(gcs_emulator.url("missing"), str(tmp_path / "dataset"))
+    assert leftovers(tmp_path) == []
+
+
+def test_gcs_source_without_bucket_is_named():
+    with pytest.raises(ValueError, match="names no bucket"):
+        check_source("gs:///pets")
