@@ -1,0 +1,172 @@
+"""Where each pipeline task runs on the cluster: image, GPUs, node pool, retries, caching.
+
+The pipeline builder calls `place_gpu_task` on train and evaluate, `place_cpu_task` on prep
+and report, `retry_preempted` on train and `disable_cache_for_mutable_source` on prep. All
+settings land in the compiled pipeline YAML: resources and retries in the pipeline spec,
+node selectors and tolerations in its second document (the Kubernetes platform config).
+
+Caching decision for prep: KFP keys its cache on a task's input values, and prep's input is a
+source *name* (`cifar10`, `gs://bucket/images/`), not its content. A nightly run over the same
+`gs://` prefix would therefore be served yesterday's dataset. The content fingerprint of a
+`gs://` prefix is only known once the run is executing, too late for a compile-time or
+schedule-time cache key, so prep is never cached: it always re-reads the source and writes the
+sha256 of every array into its manifest. Train and evaluate keep caching on; their cache key
+includes the new dataset artifact, so they rerun whenever prep ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import kubernetes
+
+# GKE labels every node of an accelerator pool with the accelerator name, e.g. nvidia-l4.
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+# GKE labels Spot VMs with this key; the taint of the same key is added by the node pool command.
+GKE_SPOT_LABEL = "cloud.google.com/gke-spot"
+# Extended resource name the NVIDIA device plugin advertises; GKE taints GPU nodes with it.
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How the compiled pipeline's tasks are placed on the cluster.
+
+    Attributes:
+        image: container image every task runs in (built from docker/Dockerfile).
+        gpu_type: GKE accelerator name of the GPU node pool (`nvidia-l4`, `nvidia-tesla-t4`);
+            None puts train and evaluate on CPU nodes.
+        gpus_per_task: GPUs each train/evaluate pod requests; 0 means CPU only.
+        node_selector: (key, value) labels the GPU pods require; empty means the GKE default
+            `cloud.google.com/gke-accelerator=<gpu_type>`. Give it for non-GKE clusters.
+        spot: run GPU tasks on Spot VMs (tolerate and select the `cloud.google.com/gke-spot` label).
+        train_retries: how often a failed train pod is retried; preempted Spot nodes are the
+            usual cause and training resumes from its last epoch checkpoint.
+        retry_backoff_seconds: wait before the first retry; doubles every retry (seconds).
+        retry_max_seconds: no retries start after this long since the first failure (seconds).
+        gpu_task_cpu, gpu_task_memory: CPU/memory requests of a GPU pod (Kubernetes quantities);
+            the defaults fit a g2-standard-8 (8 vCPU, 32 GB, one L4) with room for system pods.
+        gpu_task_cpu_limit, gpu_task_memory_limit: their limits.
+        cpu_task_cpu, cpu_task_memory: requests of prep and report pods.
+        cpu_task_cpu_limit, cpu_task_memory_limit: their limits.
+    """
+
+    image: str
+    gpu_type: str | None = "nvidia-l4"
+    gpus_per_task: int = 1
+    node_selector: tuple[tuple[str, str], ...] = ()
+    spot: bool = False
+    train_retries: int = 3
+    retry_backoff_seconds: int = 60
+    retry_max_seconds: int = 3600
+    gpu_task_cpu: str = "4"
+    gpu_task_memory: str = "16G"
+    gpu_task_cpu_limit: str = "7"
+    gpu_task_memory_limit: str = "24G"
+    cpu_task_cpu: str = "1"
+    cpu_task_memory: str = "4G"
+    cpu_task_cpu_limit: str = "2"
+    cpu_task_memory_limit: str = "8G"
+
+    def __post_init__(self):
+        if not self.image or any(character.isspace() for character in self.image):
+            raise ValueError(
+                f"image must be a container image reference like "
+                f"'us-docker.pkg.dev/PROJECT/REPO/cnnpipe:TAG'; got {self.image!r}")
+        if isinstance(self.gpus_per_task, bool) or not isinstance(self.gpus_per_task, int) \
+                or self.gpus_per_task < 0:
+            raise ValueError(
+                f"gpus_per_task must be a whole number >= 0 (0 = CPU only); got {self.gpus_per_task!r}")
+        if isinstance(self.train_retries, bool) or not isinstance(self.train_retries, int) \
+                or self.train_retries < 0:
+            raise ValueError(f"train_retries must be a whole number >= 0; got {self.train_retries!r}")
+        if self.gpus_per_task > 0 and not self.gpu_type and not self.node_selector:
+            raise ValueError(
+                f"gpus_per_task={self.gpus_per_task} needs a GPU pool to land on: give gpu_type "
+                f"(e.g. 'nvidia-l4') or a node_selector, or set gpus_per_task=0 for CPU only")
+        for pair in self.node_selector:
+            if len(pair) != 2 or not all(isinstance(part, str) and part for part in pair):
+                raise ValueError(
+                    f"node_selector entries must be (key, value) string pairs; got {pair!r}")
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether train and evaluate request GPUs."""
+        return self.gpus_per_task > 0
+
+    def gpu_node_selector(self) -> dict[str, str]:
+        """Labels a GPU pod requires: the explicit selector, else GKE's accelerator label."""
+        labels = dict(self.node_selector) if self.node_selector else {GKE_ACCELERATOR_LABEL: self.gpu_type}
+        if self.spot:
+            labels[GKE_SPOT_LABEL] = "true"
+        return labels
+
+
+def parse_node_selector(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Turns `KEY=VALUE` command-line items into node selector pairs."""
+    pairs = []
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip() or not value.strip():
+            raise ValueError(
+                f"--node-selector needs KEY=VALUE, e.g. cloud.google.com/gke-nodepool=gpu-pool; got {item!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def place_gpu_task(task, placement: Placement):
+    """Puts a train/evaluate task on the GPU pool: GPU limit, selector, tolerations, resources.
+
+    With `placement.gpus_per_task == 0` the task gets CPU placement instead, so the same
+    pipeline compiles for clusters without GPUs.
+    """
+    if not placement.uses_gpu:
+        return place_cpu_task(task, placement)
+    task.set_container_image(placement.image)
+    task.set_accelerator_type(GPU_RESOURCE)
+    task.set_accelerator_limit(placement.gpus_per_task)
+    task.set_cpu_request(placement.gpu_task_cpu)
+    task.set_cpu_limit(placement.gpu_task_cpu_limit)
+    task.set_memory_request(placement.gpu_task_memory)
+    task.set_memory_limit(placement.gpu_task_memory_limit)
+    for key, value in placement.gpu_node_selector().items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    # GKE taints GPU nodes so that CPU-only pods stay off them; GPU pods must tolerate it.
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    if placement.spot:
+        kubernetes.add_toleration(
+            task, key=GKE_SPOT_LABEL, operator="Equal", value="true", effect="NoSchedule")
+    return task
+
+
+def place_cpu_task(task, placement: Placement):
+    """Puts a prep/report task on ordinary CPU nodes with modest requests."""
+    task.set_container_image(placement.image)
+    task.set_cpu_request(placement.cpu_task_cpu)
+    task.set_cpu_limit(placement.cpu_task_cpu_limit)
+    task.set_memory_request(placement.cpu_task_memory)
+    task.set_memory_limit(placement.cpu_task_memory_limit)
+    return task
+
+
+def retry_preempted(task, placement: Placement):
+    """Retries a failed task with exponential backoff (60 s, 120 s, 240 s ... by default).
+
+    KFP cannot tell a preempted pod from a crash, so every failure is retried; training
+    resumes from its per-epoch checkpoint, so a retry repeats at most one epoch.
+    """
+    if placement.train_retries == 0:
+        return task
+    task.set_retry(
+        num_retries=placement.train_retries,
+        backoff_duration=f"{placement.retry_backoff_seconds}s",
+        backoff_factor=2.0,
+        backoff_max_duration=f"{placement.retry_max_seconds}s",
+    )
+    return task
+
+
+def disable_cache_for_mutable_source(task):
+    """Makes prep always run: its source may change under the same name (see module docstring)."""
+    task.set_caching_options(enable_caching=False)
+    return task

@@ -1,0 +1,274 @@
+"""pipeline.cluster against a loopback KFP v2beta1 server, through the real kfp.Client."""
+
+import json
+import socket
+
+import pytest
+import yaml
+from kfp import compiler, dsl
+
+from pipeline import cluster
+from pipeline.placement import Placement, place_cpu_task, place_gpu_task
+from tests.kfp_fake_server import FakeKfpServer, failing_script, successful_script
+
+
+@dsl.component(base_image="python:3.11-slim")
+def echo_step(text: str) -> str:
+    """Stand-in step: returns its input."""
+    return text
+
+
+@dsl.pipeline(name="cluster-test")
+def stand_in_pipeline(dataset: str = "digits", epochs: int = 1, models: list = ["lenet5"],
+                      learning_rate: float = 0.01, augment: bool = True):
+    """Prep then one GPU step, enough to carry every kind of parameter."""
+    placement = Placement(image="example.com/cnnpipe:test")
+    prep = place_cpu_task(echo_step(text=dataset), placement)
+    place_gpu_task(echo_step(text=prep.output), placement)
+
+
+@pytest.fixture(scope="module")
+def package_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("package") / "pipeline.yaml"
+    compiler.Compiler().compile(stand_in_pipeline, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def server():
+    with FakeKfpServer() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_kfp_settings(monkeypatch, tmp_path):
+    """Keeps a developer's token, UI endpoint or kfp context out of the tests."""
+    for name in ("KFP_TOKEN", "KF_PIPELINES_UI_ENDPOINT", "KF_PIPELINES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (bind, note the port, close)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# ---- submit ---------------------------------------------------------------------------
+def test_submit_prints_run_id_and_link_and_sends_typed_params(server, package_path, capsys):
+    submitted = cluster.submit(server.host, package_path,
+                               params={"epochs": "3", "models": "lenet5,resnet20_v1",
+                                       "learning_rate": "0.1", "augment": "false"},
+                               experiment="nightly", pipeline_root="gs://bucket/root")
+    output = capsys.readouterr().out
+    assert submitted.run_id in output
+    assert f"{server.host}/#/runs/details/{submitted.run_id}" in output
+    assert submitted.state is None
+    (create,) = server.requests_to("POST", "/runs")
+    assert create.body["runtime_config"] == {
+        "parameters": {"epochs": 3, "models": ["lenet5", "resnet20_v1"],
+                       "learning_rate": 0.1, "augment": False},
+        "pipeline_root": "gs://bucket/root"}
+    # The compiled placement travels with the run: the platform spec holds the GPU node selector.
+    platform = json.dumps(create.body["pipeline_spec"]["platform_spec"])
+    assert "cloud.google.com/gke-accelerator" in platform
+    assert create.body["service_account"] == "cnnpipe-runner"  # k8s/serviceaccount.yaml
+    experiment = server.experiments[create.body["experiment_id"]]
+    assert experiment["display_name"] == "nightly"
+
+
+def test_submit_wait_follows_run_to_success(server, package_path, capsys):
+    server.run_script = successful_script(("prep", "train"))
+    submitted = cluster.submit(server.host, package_path, wait=True, poll_seconds=0)
+    output = capsys.readouterr().out
+    assert submitted.state == "SUCCEEDED"
+    lines = [line.split()[1:] for line in output.splitlines() if line.startswith("  ")]
+    assert lines == [["prep", "RUNNING"], ["prep", "SUCCEEDED"],
+                     ["train", "RUNNING"], ["train", "SUCCEEDED"]]
+    assert f"run {submitted.run_id} SUCCEEDED" in output
+
+
+def test_submit_wait_on_failed_run_names_the_task(server, package_path):
+    server.run_script = failing_script("train", "OOMKilled:\ncontainer exceeded memory")
+    with pytest.raises(cluster.ClusterError) as raised:
+        cluster.submit(server.host, package_path, wait=True, poll_seconds=0)
+    message = str(raised.value)
+    assert "task 'train' failed: OOMKilled: container exceeded memory" in message
+    assert "\n" not in message
+
+
+def test_wait_for_run_gives_up_after_timeout(server, package_path):
+    server.run_script = [("RUNNING", [{"display_name": "train", "state": "RUNNING"}])]
+    submitted = cluster.submit(server.host, package_path)
+    client = cluster.connect(server.host)
+    with pytest.raises(cluster.ClusterError, match="still RUNNING after 0 s"):
+        cluster.wait_for_run(client, submitted.run_id, poll_seconds=0, timeout_seconds=0)
+
+
+def test_token_is_sent_but_never_printed(server, package_path, capsys, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", "secret-token-value")
+    cluster.submit(server.host, package_path, wait=True, poll_seconds=0)
+    captured = capsys.readouterr()
+    assert "secret-token-value" not in captured.out + captured.err
+    (create,) = server.requests_to("POST", "/runs")
+    assert create.authorization == "Bearer secret-token-value"
+
+
+def test_unknown_parameter_lists_the_pipeline_parameters(server, package_path):
+    with pytest.raises(ValueError) as raised:
+        cluster.submit(server.host, package_path, params={"epoch": "3"})
+    assert str(raised.value) == (
+        "unknown pipeline parameter 'epoch'; the pipeline takes: "
+        "augment, dataset, epochs, learning_rate, models")
+    assert server.requests_to("POST", "/runs") == []
+
+
+def test_parameter_of_wrong_type_is_refused(package_path):
+    with pytest.raises(ValueError, match="'epochs' is NUMBER_INTEGER; got 'three'"):
+        cluster.resolve_params({"epochs": "three"}, package_path)
+
+
+def test_unreachable_host_is_one_line_error(package_path):
+    host = closed_port_url()
+    with pytest.raises(cluster.ClusterError) as raised:
+        cluster.submit(host, package_path)
+    assert str(raised.value).startswith(f"cannot reach Kubeflow Pipelines at {host}")
+    assert "\n" not in str(raised.value)
+
+
+def test_host_without_scheme_is_refused(package_path):
+    with pytest.raises(ValueError, match="--host must be the KFP API URL"):
+        cluster.submit("localhost:8080", package_path)
+
+
+def test_missing_package_says_how_to_make_it(server, tmp_path):
+    with pytest.raises(ValueError, match="cnnpipe compile --output"):
+        cluster.submit(server.host, str(tmp_path / "absent.yaml"))
+
+
+# ---- schedule -------------------------------------------------------------------------
+def test_schedule_creates_recurring_run_on_uploaded_version(server, package_path, capsys):
+    created = cluster.schedule(server.host, "nightly", "0 0 2 * * *", package_path,
+                               params={"dataset": "gs://bucket/images"})
+    output = capsys.readouterr().out
+    assert "created schedule 'nightly'" in output and "UTC" in output
+    (upload,) = server.requests_to("POST", "/pipelines/upload")
+    assert upload.query["name"] == "nightly"
+    assert yaml.safe_load_all(upload.body).__next__()["pipelineInfo"]["name"] == "cluster-test"
+    (create,) = server.requests_to("POST", "/recurringruns")
+    body = create.body
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
+    assert body["max_concurrency"] == 1
+    assert body["no_catchup"] is True
+    assert body["mode"] == "ENABLE"
+    assert body["display_name"] == "nightly"
+    assert body["service_account"] == "cnnpipe-runner"
+    assert body["runtime_config"]["parameters"] == {"dataset": "gs://bucket/images"}
+    (pipeline_id,) = server.pipelines
+    (version,) = server.versions[pipeline_id]
+    assert body["pipeline_version_reference"] == {
+        "pipeline_id": pipeline_id, "pipeline_version_id": version["pipeline_version_id"]}
+    assert "pipeline_spec" not in body  # runs the named upload, not an inline copy
+    assert created.pipeline_version_id == version["pipeline_version_id"]
+
+
+def test_schedule_again_with_same_name_replaces_it_on_a_new_version(server, package_path, capsys):
+    first = cluster.schedule(server.host, "nightly", "0 0 2 * * *", package_path)
+    second = cluster.schedule(server.host, "nightly", "0 30 3 * * *", package_path)
+    assert "updated schedule 'nightly'" in capsys.readouterr().out
+    assert list(server.recurring_runs) == [second.recurring_run_id]
+    assert server.requests_to("DELETE", f"/recurringruns/{first.recurring_run_id}")
+    (version_upload,) = server.requests_to("POST", "/pipelines/upload_version")
+    assert version_upload.query["pipelineid"] == first.pipeline_id
+    assert version_upload.query["name"].startswith("nightly-")
+    assert second.pipeline_version_id != first.pipeline_version_id
+    assert second.cron == "0 30 3 * * *"
+    assert len(server.pipelines) == 1
+
+
+def test_list_and_delete_schedules(server, package_path, capsys):
+    cluster.schedule(server.host, "nightly", "0 0 2 * * *", package_path)
+    cluster.schedule(server.host, "weekly", "0 0 4 * * SUN", package_path)
+    capsys.readouterr()
+    listed = cluster.list_schedules(server.host)
+    assert sorted(item.name for item in listed) == ["nightly", "weekly"]
+    assert all(item.max_concurrency == 1 and item.no_catchup for item in listed)
+    assert "0 0 4 * * SUN" in capsys.readouterr().out
+    assert cluster.delete_schedule(server.host, "nightly") == 1
+    assert [item.name for item in cluster.list_schedules(server.host)] == ["weekly"]
+    with pytest.raises(cluster.ClusterError, match="no schedule named 'nightly'"):
+        cluster.delete_schedule(server.host, "nightly")
+
+
+def test_schedule_with_five_field_cron_is_refused_before_any_request(server, package_path):
+    with pytest.raises(ValueError) as raised:
+        cluster.schedule(server.host, "nightly", "0 2 * * *", package_path)
+    assert str(raised.value) == (
+        "cron needs 6 fields (seconds first) in KFP, e.g. '0 0 2 * * *'; got 5: '0 2 * * *'")
+    assert server.requests == []
+
+
+def test_schedule_unreachable_host(package_path):
+    with pytest.raises(cluster.ClusterError, match="cannot reach Kubeflow Pipelines"):
+        cluster.schedule(closed_port_url(), "nightly", "0 0 2 * * *", package_path)
+
+
+def test_api_error_becomes_one_line(server, package_path):
+    client = cluster.connect(server.host)
+    with pytest.raises(cluster.ClusterError) as raised:
+        cluster.wait_for_run(client, "run-that-does-not-exist", poll_seconds=0)
+    assert str(raised.value) == (
+        "get run run-that-does-not-exist failed: HTTP 404 run 'run-that-does-not-exist' not found")
+
+
+# ---- cron validation ------------------------------------------------------------------
+@pytest.mark.parametrize("expression", [
+    "0 0 2 * * *", "0 */15 * * * *", "30 0 2 1-15 JAN-MAR MON", "0 0 2 ? * 1,3,5", "0 0 0 1 */2 *",
+])
+def test_valid_cron(expression):
+    assert cluster.validate_cron(expression) == expression
+
+
+@pytest.mark.parametrize("expression, problem", [
+    ("0 0 25 * * *", "field 3 (hours)"),
+    ("60 0 2 * * *", "field 1 (seconds)"),
+    ("0 0 2 0 * *", "field 4 (day of month)"),
+    ("0 0 2 * 13 *", "field 5 (month)"),
+    ("0 0 2 * * 7", "field 6 (day of week)"),
+    ("0 0 2 * * MON-XYZ", "field 6 (day of week)"),
+    ("0 0 5-2 * * *", "field 3 (hours)"),
+    ("0 */0 2 * * *", "field 2 (minutes)"),
+    ("0 0 ? * * *", "field 3 (hours)"),
+    ("0 0 2 * * * 2030", "got 7"),
+    ("@daily", "got 1"),
+])
+def test_invalid_cron(expression, problem):
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        cluster.validate_cron(expression)
+
+
+def test_parse_params():
+    assert cluster.parse_params(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
+    with pytest.raises(ValueError, match="--param needs KEY=VALUE"):
+        cluster.parse_params(["novalue"])
+
+
+def test_submit_real_pipeline_with_typed_params(server, tmp_path):
+    """The project's own compiled pipeline goes through the same path, list and int params typed."""
+    from pipeline.pipeline import build_pipeline
+
+    package = tmp_path / "cnnpipe.yaml"
+    compiler.Compiler().compile(build_pipeline(Placement(image="example.com/cnnpipe:test")), str(package))
+    cluster.submit(server.host, str(package), params={"models": "lenet5,resnet20_v1", "seed": "3"})
+    (create,) = server.requests_to("POST", "/runs")
+    assert create.body["runtime_config"]["parameters"] == {"models": ["lenet5", "resnet20_v1"], "seed": 3}
+    executors = create.body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-train-model", "exec-evaluate-model"}
+
+
+def test_local_pipeline_root_is_refused(server, package_path):
+    with pytest.raises(ValueError, match="--pipeline-root must be an object store URI"):
+        cluster.schedule(server.host, "nightly", "0 0 2 * * *", package_path, pipeline_root="/tmp/root")
+    assert server.requests == []
