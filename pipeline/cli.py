@@ -26,6 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        # The cluster client's failures (a failed run, an API error) are one line already.
+        if type(error).__name__ != "ClusterError":
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -76,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = commands.add_parser("presets", help="list the presets and their training recipes")
     presets.set_defaults(handler=command_presets)
+
+    add_cluster_commands(commands)
 
     component = commands.add_parser(
         "component",
@@ -202,6 +210,131 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = [header, ["-" * width for width in widths], *rows]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# cnnpipe compile / submit / schedule
+
+
+def add_cluster_commands(commands) -> None:
+    compile_ = commands.add_parser(
+        "compile",
+        help="compile the pipeline to YAML for a KFP cluster, train/evaluate on the GPU node pool",
+        description="Compile the pipeline. The run flags set the compiled defaults of the pipeline's "
+        "parameters; `submit --param` overrides them per run.",
+    )
+    compile_.add_argument("--output", default="pipeline.yaml", metavar="PATH", help="default: pipeline.yaml")
+    compile_.add_argument("--image", default="cnnpipe:latest", help="image every step runs in (see `make image`)")
+    compile_.add_argument("--gpu-type", default="nvidia-l4", help="GKE accelerator of the GPU node pool (default: nvidia-l4)")
+    compile_.add_argument("--gpus-per-task", type=int, default=1, help="GPUs per train/evaluate task (0: CPU nodes)")
+    compile_.add_argument(
+        "--node-selector", action="append", metavar="KEY=VALUE",
+        help="node label the GPU tasks require (repeatable; default: cloud.google.com/gke-accelerator=<gpu type>)",
+    )
+    compile_.add_argument("--spot", action="store_true", help="run GPU tasks on Spot VMs")
+    compile_.add_argument("--checkpoint-root", default="", help="default durable checkpoint prefix, e.g. gs://bucket/checkpoints")
+    add_run_config_arguments(compile_)
+    compile_.set_defaults(handler=command_compile)
+
+    submit = commands.add_parser("submit", help="submit a compiled pipeline as a run on a KFP cluster")
+    add_cluster_connection_arguments(submit)
+    submit.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
+    submit.add_argument("--run-name", help="display name of the run (default: cnnpipe <UTC time>)")
+    submit.add_argument("--wait", action="store_true", help="follow the run; exit non-zero naming the failed task")
+    submit.set_defaults(handler=command_submit)
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="create, update, list or delete a recurring (e.g. nightly) run",
+        description="Schedule the compiled pipeline. Running it again with the same --name updates that "
+        "schedule. Times are UTC; at most one run at a time; missed runs are not caught up.",
+    )
+    add_cluster_connection_arguments(schedule)
+    schedule.add_argument("--name", help="schedule name, also the uploaded pipeline's name")
+    schedule.add_argument("--cron", help="6-field KFP cron, seconds first: '0 0 2 * * *' = 02:00 UTC daily")
+    schedule.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
+    schedule.add_argument("--list", action="store_true", help="list the schedules")
+    schedule.add_argument("--delete", metavar="NAME", help="delete the schedule NAME")
+    schedule.set_defaults(handler=command_schedule)
+
+
+def add_cluster_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    parser.add_argument("--package", default="pipeline.yaml", metavar="PATH", help="compiled pipeline (default: pipeline.yaml)")
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    parser.add_argument("--pipeline-root", help="where artifacts go, e.g. gs://bucket/pipeline-root")
+    parser.add_argument("--token", help="bearer token (default: $KFP_TOKEN); never printed")
+
+
+def command_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipeline.pipeline import build_pipeline
+    from pipeline.placement import Placement, parse_node_selector
+
+    config = resolve_run_config(args)
+    placement = Placement(
+        image=args.image,
+        gpu_type=args.gpu_type or None,
+        gpus_per_task=args.gpus_per_task,
+        node_selector=parse_node_selector(args.node_selector or []),
+        spot=args.spot,
+    )
+    pipeline_function = build_pipeline(placement, defaults=config, checkpoint_root=args.checkpoint_root)
+    compiler.Compiler().compile(pipeline_function, args.output)
+    print(f"compiled {args.output}: image {args.image}, {describe_placement(placement)}")
+    return 0
+
+
+def describe_placement(placement) -> str:
+    if not placement.uses_gpu:
+        return "all steps on CPU nodes"
+    where = ", ".join(f"{key}={value}" for key, value in placement.gpu_node_selector().items())
+    return f"train/evaluate on {placement.gpus_per_task} GPU(s) per task ({where}){', spot' if placement.spot else ''}"
+
+
+def command_submit(args: argparse.Namespace) -> int:
+    from pipeline import cluster
+
+    run = cluster.submit(
+        args.host,
+        args.package,
+        params=cluster.parse_params(args.param),
+        experiment=args.experiment,
+        pipeline_root=args.pipeline_root,
+        wait=args.wait,
+        existing_token=args.token,
+        run_name=args.run_name,
+    )
+    return 0 if not args.wait or run.state == "SUCCEEDED" else 1
+
+
+def command_schedule(args: argparse.Namespace) -> int:
+    from pipeline import cluster
+
+    if args.list:
+        schedules = cluster.list_schedules(args.host, existing_token=args.token)
+        if not schedules:
+            print("no schedules")
+        for item in schedules:
+            print(f"{item.name}  cron '{item.cron}' UTC  {item.status}  {item.recurring_run_id}")
+        return 0
+    if args.delete:
+        cluster.delete_schedule(args.host, args.delete, existing_token=args.token)
+        return 0
+    if not args.name or not args.cron:
+        raise ValueError("schedule needs --name and --cron (or --list / --delete NAME)")
+    cluster.schedule(
+        args.host,
+        args.name,
+        args.cron,
+        args.package,
+        params=cluster.parse_params(args.param),
+        experiment=args.experiment,
+        pipeline_root=args.pipeline_root,
+        existing_token=args.token,
+    )
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def resolve(
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     train = {**base.train, **{key: value for key, value in train_overrides.items() if value is not None}}
-    resolved_train = TrainConfig.from_dict(train).to_dict()
+    # None means "decide from the data" (e.g. horizontal_flip); KFP parameters cannot hold None,
+    # and from_dict restores the default when the key is absent.
+    resolved_train = {key: value for key, value in TrainConfig.from_dict(train).to_dict().items() if value is not None}
     return RunConfig(
         preset=base.name,
         dataset=dataset or base.dataset,

@@ -6,45 +6,57 @@ train and evaluate ask for GPUs on the GPU node pool, and prep and report stay o
 The pipeline function only wires steps: every setting lives in the components or the placement.
 """
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from kfp import dsl
 
 from components.kfp_components import evaluate_model, prepare_data, train_model, write_report
-from pipeline.config import PRESETS
-
-if TYPE_CHECKING:
-    from pipeline.placement import Placement
+from pipeline.config import RunConfig, resolve
+from pipeline.placement import (
+    Placement,
+    disable_cache_for_mutable_source,
+    place_cpu_task,
+    place_gpu_task,
+    retry_preempted,
+)
 
 PIPELINE_NAME = "cnnpipe"
 
 
-def build_pipeline(placement: "Placement | None" = None, image: str | None = None, parallelism: int = 0) -> Callable:
+def build_pipeline(
+    placement: Placement | None = None,
+    image: str | None = None,
+    parallelism: int = 0,
+    defaults: RunConfig | None = None,
+    checkpoint_root: str = "",
+) -> Callable:
     """The pipeline function.
 
     ``placement`` puts tasks on cluster node pools (and names the image); ``image`` alone only
     replaces the image (``cnnpipe run --runner docker``); ``parallelism`` caps concurrent train
-    tasks (0 = no cap).
+    tasks (0 = no cap); ``defaults`` (the smoke preset if not given) and ``checkpoint_root``
+    become the compiled defaults of the pipeline's parameters.
 
     (No ``from __future__ import annotations`` here: KFP reads the parameter types at run time.)
     """
-    smoke = PRESETS["smoke"]
+    defaults = defaults or resolve("smoke")
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Train and compare classic CNNs: data prep, augmented training, evaluation, report.",
     )
     def cnnpipe(
-        dataset: str = smoke.dataset,
-        models: list = list(smoke.models),
-        train_config: dict = dict(smoke.train),
-        validation_fraction: float = smoke.validation_fraction,
-        seed: int = 0,
-        checkpoint_root: str = "",
+        dataset: str = defaults.dataset,
+        models: list = list(defaults.models),
+        train_config: dict = dict(defaults.train),
+        validation_fraction: float = defaults.validation_fraction,
+        seed: int = int(defaults.train.get("seed", 0)),
+        checkpoint_root: str = checkpoint_root,
         run_name: str = "",
-        preset: str = smoke.name,
+        preset: str = defaults.preset,
     ):
         prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed)
+        disable_cache_for_mutable_source(prep)
         with dsl.ParallelFor(models, parallelism=parallelism) as model_name:
             train = train_model(
                 dataset=prep.outputs["dataset"],
@@ -61,17 +73,14 @@ def build_pipeline(placement: "Placement | None" = None, image: str | None = Non
             preset=preset,
             train_config=train_config,
         )
-        tasks = (prep, train, evaluation, report)
-        if image or placement is not None:
-            for task in tasks:
-                task.set_container_image(placement.image if placement is not None else image)
-        if placement is not None:
-            from pipeline import placement as place
-
-            place.place_cpu_task(prep, placement)
-            place.place_cpu_task(report, placement)
-            place.place_gpu_task(train, placement)
-            place.place_gpu_task(evaluation, placement)
-            place.retry_preempted(train, placement)
+        if image:
+            for task in (prep, train, evaluation, report):
+                task.set_container_image(image)
+        if placement is not None:  # sets the placement's image too
+            place_cpu_task(prep, placement)
+            place_cpu_task(report, placement)
+            place_gpu_task(train, placement)
+            place_gpu_task(evaluation, placement)
+            retry_preempted(train, placement)
 
     return cnnpipe
