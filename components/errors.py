@@ -6,13 +6,17 @@ traceback; anything else is a bug and keeps its traceback.
 """
 
 import contextlib
+import logging
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 @contextlib.contextmanager
-def user_errors_as_exit():
-    """Re-raise user mistakes as ``SystemExit("error: ...")``: one line on stderr, exit code 1."""
+def pipeline_step():
+    """How a step runs as a pipeline task: its INFO log lines (the decisions it made, such as
+    precision, XLA or a resumed epoch) go to the task log, and a user mistake leaves as
+    ``SystemExit("error: ...")``: one line, exit code 1."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         yield
     except USER_ERRORS as error:

@@ -25,9 +25,9 @@ def prepare_data(source: str, validation_fraction: float, seed: int, dataset: Ou
         seed: Seed of the validation split and of the bundled dataset's train/test split.
     """
     from components.data_prep import prepare
-    from components.errors import user_errors_as_exit
+    from components.errors import pipeline_step
 
-    with user_errors_as_exit():
+    with pipeline_step():
         manifest = prepare(source, dataset.path, validation_fraction=validation_fraction, seed=seed)
     dataset.metadata.update({key: manifest[key] for key in ("name", "num_classes", "image_shape", "splits")})
 
@@ -52,13 +52,13 @@ def train_model(
             retried task, or the same local command run again, resumes instead of starting over.
         pipeline_job_id: The KFP job id, which stays the same when the cluster retries a task.
     """
-    from components.errors import user_errors_as_exit
+    from components.errors import pipeline_step
     from components.train import TrainConfig, train
 
     checkpoint_dir = None
     if checkpoint_root:
         checkpoint_dir = f"{checkpoint_root.rstrip('/')}/{run_name or pipeline_job_id}/{model_name}"
-    with user_errors_as_exit():
+    with pipeline_step():
         result = train(dataset.path, model_name, model.path, TrainConfig.from_dict(train_config), checkpoint_dir)
     model.metadata.update({key: result[key] for key in ("name", "params", "epochs", "train_seconds")})
 
@@ -72,10 +72,10 @@ def evaluate_model(
     classification: Output[ClassificationMetrics],
 ):
     """Test loss and accuracy, per-class precision/recall, confusion matrix and inference speed."""
-    from components.errors import user_errors_as_exit
+    from components.errors import pipeline_step
     from components.evaluate import evaluate
 
-    with user_errors_as_exit():
+    with pipeline_step():
         summary = evaluate(dataset.path, model.path, result.path)
     for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
         metrics.log_metric(key, summary[key])
@@ -104,10 +104,10 @@ def write_report(
     import shutil
 
     from components.data_prep import read_manifest
-    from components.errors import user_errors_as_exit
+    from components.errors import pipeline_step
     from components.report import write_report as write
 
-    with user_errors_as_exit():
+    with pipeline_step():
         manifest = read_manifest(dataset.path)
         run_config = {"preset": preset, "dataset": manifest["name"], "train": train_config}
         summary = write([item.path for item in results], report.path, manifest, run_config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -20,8 +21,10 @@ from components.errors import USER_ERRORS, one_line
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.needs_tensorflow:
+            import_tensorflow_quietly()
         return args.handler(args) or 0
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -37,6 +40,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing, absl notices) off stderr.
+
+    A user should see the result or one error line, not a screen of driver probing on a machine
+    without a GPU. Python exceptions from the import still surface; only C++ logging is muted
+    (level 3 also mutes the "failed call to cuInit" line that follows on CPU machines).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument parsing
 
@@ -50,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnpipe",
         description="Train and compare classic CNNs with a Kubeflow pipeline, locally or on a cluster.",
     )
+    parser.set_defaults(needs_tensorflow=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -81,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=command_models)
 
     presets = commands.add_parser("presets", help="list the presets and their training recipes")
-    presets.set_defaults(handler=command_presets)
+    presets.set_defaults(handler=command_presets, needs_tensorflow=False)
 
     add_cluster_commands(commands)
 
@@ -241,7 +266,7 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
     submit.add_argument("--run-name", help="display name of the run (default: cnnpipe <UTC time>)")
     submit.add_argument("--wait", action="store_true", help="follow the run; exit non-zero naming the failed task")
-    submit.set_defaults(handler=command_submit)
+    submit.set_defaults(handler=command_submit, needs_tensorflow=False)
 
     schedule = commands.add_parser(
         "schedule",
@@ -255,7 +280,7 @@ def add_cluster_commands(commands) -> None:
     schedule.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
     schedule.add_argument("--list", action="store_true", help="list the schedules")
     schedule.add_argument("--delete", metavar="NAME", help="delete the schedule NAME")
-    schedule.set_defaults(handler=command_schedule)
+    schedule.set_defaults(handler=command_schedule, needs_tensorflow=False)
 
 
 def add_cluster_connection_arguments(parser: argparse.ArgumentParser) -> None:

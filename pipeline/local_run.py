@@ -11,7 +11,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
+import warnings
 
 from pipeline.config import RunConfig
 
@@ -74,13 +76,23 @@ def run_pipeline(config: RunConfig, checkpoint_root: str, run_name: str, image: 
     # and the measured images/s of each model stay meaningful.
     pipeline_function = build_pipeline(image=image, parallelism=1)
     try:
-        pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name))
+        with warnings.catch_warnings():
+            # The subprocess runner warns that the components name an image; here that is the point.
+            warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
+            pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name))
     except RuntimeError as error:
-        raise ValueError(f"{error}; the failing step's log is above") from None
+        raise ValueError(f"{failed_task(str(error))}; its log is above") from None
     created = sorted(set(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*"))) - before)
     if not created:
         raise RuntimeError(f"the local runner wrote no run directory under {pipeline_root}")
     return created[-1]
+
+
+def failed_task(message: str) -> str:
+    """"the pipeline step 'train-model' failed" from the local runner's colored failure message."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    match = re.search(r"Inner task failed: '([^']+)'", plain) or re.search(r"Task '([^']+)'", plain)
+    return f"the pipeline step '{match.group(1)}' failed" if match else plain.splitlines()[0]
 
 
 def collect_outputs(run_dir: str, output_dir: str) -> str:

@@ -1,0 +1,140 @@
+"""Evaluation step: test-set loss, accuracy, per-class metrics, confusion matrix and inference speed.
+
+The model written by `train` takes raw uint8-valued images (its preprocessing is built in), so
+evaluation only casts the stored test images to float32 and runs one timed prediction pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import data_prep
+from components import models
+
+logger = logging.getLogger(__name__)
+
+# Probabilities are clipped like Keras' categorical cross-entropy does, so a confident mistake
+# costs a large finite loss instead of infinity.
+PROBABILITY_EPSILON = 1e-7
+
+
+def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int = 256) -> dict[str, Any]:
+    """Evaluates model_dir/model.keras on the dataset's test split and writes output_dir/result.json.
+
+    result.json holds train_result.json's fields plus test_accuracy, test_loss (plain categorical
+    cross-entropy, without training's label smoothing), inference_images_per_second (one timed
+    prediction pass after a warm-up batch), class_names, confusion_matrix (rows: true class,
+    columns: predicted class), per_class precision/recall/support, and the registry's
+    reference_accuracy and seed_accuracy. history.csv is copied beside it.
+
+    Args:
+        dataset_dir: Dataset artifact written by data prep.
+        model_dir: Training step's output directory (model.keras, train_result.json, history.csv).
+        output_dir: Directory to write result.json and history.csv into.
+        batch_size: Images per prediction batch.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    model_path = os.path.join(model_dir, "model.keras")
+    train_result_path = os.path.join(model_dir, "train_result.json")
+    for required in (model_path, train_result_path):
+        if not os.path.isfile(required):
+            raise FileNotFoundError(f"no {os.path.basename(required)} in {model_dir}; pass the training step's output directory")
+    manifest = data_prep.read_manifest(dataset_dir)
+    images, labels = data_prep.load_split(dataset_dir, "test")
+    with open(train_result_path) as train_result_file:
+        train_result = json.load(train_result_file)
+
+    model = load_model_for_inference(model_path)
+    probabilities, seconds = timed_predict(model, images, batch_size)
+    num_classes = int(manifest["num_classes"])
+    predictions = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(labels, predictions, num_classes)
+    spec = models.MODELS.get(train_result.get("name"))
+    result = dict(
+        train_result,
+        test_accuracy=float(np.mean(predictions == labels)),
+        test_loss=cross_entropy(probabilities, labels),
+        test_images=int(len(labels)),
+        inference_images_per_second=len(labels) / seconds if seconds > 0 else None,
+        inference_batch_size=batch_size,
+        class_names=list(manifest["class_names"]),
+        confusion_matrix=confusion.tolist(),
+        per_class=per_class_metrics(confusion, manifest["class_names"]),
+        reference_accuracy=spec.reference_accuracy if spec else None,
+        seed_accuracy=spec.seed_accuracy if spec else None,
+    )
+    logger.info(
+        "%s: test accuracy %.4f, loss %.4f, %.0f images/s inference",
+        result.get("name"), result["test_accuracy"], result["test_loss"], result["inference_images_per_second"] or 0,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    history_path = os.path.join(model_dir, "history.csv")
+    if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
+        shutil.copyfile(history_path, os.path.join(output_dir, "history.csv"))
+    result_path = os.path.join(output_dir, "result.json")
+    with open(result_path + ".tmp", "w") as result_file:
+        json.dump(result, result_file, indent=2)
+    os.replace(result_path + ".tmp", result_path)
+    return result
+
+
+def load_model_for_inference(model_path: str) -> keras.Model:
+    """Loads a saved model without its optimizer; XLA only on GPU (it measured slower on CPU)."""
+    models.allow_deep_graphs()
+    model = keras.models.load_model(model_path, compile=False)
+    model.jit_compile = bool(tf.config.list_physical_devices("GPU"))
+    return model
+
+
+def timed_predict(model: keras.Model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    """Class probabilities for uint8 `images` and the seconds the prediction pass took.
+
+    One batch is predicted first so tracing and compilation are not counted.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(lambda batch: tf.cast(batch, tf.float32))
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    model.predict(dataset.take(1), verbose=0)
+    started = time.perf_counter()
+    probabilities = model.predict(dataset, verbose=0)
+    return np.asarray(probabilities, dtype=np.float64), time.perf_counter() - started
+
+
+def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean categorical cross-entropy (natural log) of integer `labels` under `probabilities`."""
+    chosen = probabilities[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(chosen, PROBABILITY_EPSILON, 1.0))))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """[num_classes, num_classes] int64 counts; row = true class, column = predicted class."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return counts
+
+
+def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
+    """Precision, recall and support per class; a class never predicted (or absent) scores 0."""
+    true_positives = np.diag(confusion)
+    predicted = confusion.sum(axis=0)
+    support = confusion.sum(axis=1)
+    rows = []
+    for index, name in enumerate(class_names):
+        rows.append(
+            {
+                "class": name,
+                "precision": float(true_positives[index] / predicted[index]) if predicted[index] else 0.0,
+                "recall": float(true_positives[index] / support[index]) if support[index] else 0.0,
+                "support": int(support[index]),
+            }
+        )
+    return rows

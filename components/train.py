@@ -1,0 +1,805 @@
+"""Training step: assemble a registry model, feed it augmented batches, checkpoint every epoch.
+
+`train()` reads a dataset artifact written by `data_prep.prepare`, trains one model from the
+registry and writes the best model (by validation accuracy), its history and a result record.
+The default `TrainConfig` is the recipe of the ResNet seed notebook: Adam at 1e-3 with a step
+schedule plus reduce-on-plateau, batch 128, random shifts of 10 % and horizontal flips,
+per-pixel mean subtraction, 200 epochs.
+
+The saved model takes raw uint8-valued images: scaling to [0, 1], mean subtraction and resizing
+up to the architecture's minimum input size are layers inside it, so evaluation and serving
+need no separate preprocessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import data_prep
+from components import models
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("step", "cosine", "constant")
+MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+# The seed's step schedule drops the learning rate after epochs 80/120/160/180 of 200; the
+# milestones are kept as fractions of the run so that a shorter run still decays.
+STEP_MILESTONE_FRACTIONS = (0.4, 0.6, 0.8, 0.9)
+STEP_FACTORS = (1e-1, 1e-2, 1e-3, 0.5e-3)
+
+# The seed's ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on val_loss.
+PLATEAU_FACTOR = math.sqrt(0.1)
+PLATEAU_PATIENCE = 5  # epochs without improvement
+PLATEAU_MIN_LEARNING_RATE = 0.5e-6
+PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not improvements
+
+# Fields that change how fast a run goes but not what it learns; a preempted run may resume on
+# a different machine (or be extended with more epochs), so they are left out of the fingerprint.
+FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile")
+
+INTEGER_FIELDS = ("epochs", "batch_size", "seed", "steps_per_execution")
+
+CHECKPOINT_STATE_FILE = "state.json"
+CHECKPOINT_FORMAT_VERSION = 1
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters and execution settings of one training run.
+
+    Attributes:
+        epochs: Number of passes over the training split.
+        batch_size: Images per optimizer step (global batch across all GPUs).
+        optimizer: 'adam' (AdamW when weight_decay > 0) or 'sgd' (Nesterov momentum).
+        learning_rate: Peak learning rate.
+        momentum: SGD momentum; unused by Adam.
+        weight_decay: Decoupled weight decay; 0 disables it.
+        schedule: 'step' (seed's milestones plus reduce-on-plateau), 'cosine' (per-step cosine
+            decay after a linear warmup) or 'constant'.
+        warmup_epochs: Linear warmup length of the cosine schedule, in epochs (may be fractional).
+        label_smoothing: Label smoothing of the categorical cross-entropy, in [0, 1).
+        augment: Whether to apply random shifts and flips to training batches.
+        horizontal_flip: Random horizontal flips; None follows the manifest's
+            allow_horizontal_flip (off for digits, where a flip changes the class).
+        shift_fraction: Largest random shift as a fraction of height and width.
+        subtract_pixel_mean: Subtract the train split's mean image inside the model.
+        seed: Seed for weight initialization, shuffling and augmentation.
+        steps_per_execution: Optimizer steps per compiled call, or 'auto'.
+        jit_compile: XLA compilation, or 'auto' (on for GPU, off for CPU where it measured slower).
+        mixed_precision: 'auto' (bfloat16 on Ampere or newer GPUs, float16 on older GPUs,
+            float32 on CPU), 'float32', 'mixed_float16' or 'mixed_bfloat16'.
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    horizontal_flip: bool | None = None
+    shift_fraction: float = 0.1
+    subtract_pixel_mean: bool = True
+    seed: int = 0
+    steps_per_execution: int | str = "auto"
+    jit_compile: bool | str = "auto"
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require_int("epochs", self.epochs, minimum=1)
+        _require_int("batch_size", self.batch_size, minimum=1)
+        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _require_number("learning_rate", self.learning_rate)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        _require_number("momentum", self.momentum)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        _require_number("weight_decay", self.weight_decay)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require_choice("schedule", self.schedule, SCHEDULES)
+        _require_number("warmup_epochs", self.warmup_epochs)
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _require_number("label_smoothing", self.label_smoothing)
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _require_bool("augment", self.augment)
+        if self.horizontal_flip is not None:
+            _require_bool("horizontal_flip", self.horizontal_flip, "true, false or null (follow the dataset)")
+        _require_number("shift_fraction", self.shift_fraction)
+        if not 0 <= self.shift_fraction < 0.5:
+            raise ValueError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
+        _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
+        _require_int("seed", self.seed, minimum=0)
+        if self.steps_per_execution != "auto":
+            _require_int("steps_per_execution", self.steps_per_execution, minimum=1, alternative="'auto'")
+        if self.jit_compile != "auto":
+            _require_bool("jit_compile", self.jit_compile, "true, false or 'auto'")
+        _require_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Builds a config from plain values (JSON, CLI); unknown keys and bad values raise ValueError."""
+        if not isinstance(values, dict):
+            raise ValueError(f"train config must be a mapping of field names to values, got {values!r}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        # KFP passes dict parameters as JSON structs, whose numbers are all doubles: 4 arrives as 4.0.
+        return cls(**{
+            key: int(value) if key in INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
+            for key, value in values.items()
+        })
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a JSON-serializable dict that `from_dict` accepts back."""
+        return dataclasses.asdict(self)
+
+    def fingerprint_inputs(self, model_name: str, dataset_sha: str) -> dict[str, Any]:
+        """Returns what a checkpoint's identity depends on: the config except FINGERPRINT_EXCLUDED_FIELDS,
+        the model name and the dataset's content hash."""
+        inputs = {key: value for key, value in self.to_dict().items() if key not in FINGERPRINT_EXCLUDED_FIELDS}
+        inputs["model_name"] = model_name
+        inputs["dataset_sha256"] = dataset_sha
+        return inputs
+
+    def fingerprint(self, model_name: str, dataset_sha: str) -> str:
+        """Returns a sha256 hex digest identifying the run a checkpoint belongs to.
+
+        `epochs` is excluded on purpose: rerunning with more epochs extends a finished run.
+        """
+        encoded = json.dumps(self.fingerprint_inputs(model_name, dataset_sha), sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+
+def _require_int(name: str, value: Any, minimum: int, alternative: str | None = None) -> None:
+    also = f" or {alternative}" if alternative else ""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer{also}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{also}, got {value!r}")
+
+
+def _require_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _require_bool(name: str, value: Any, accepted: str = "true or false") -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _require_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules (pure functions of the epoch position)
+
+
+@dataclass(frozen=True)
+class PlateauState:
+    """Reduce-on-plateau bookkeeping; it is saved in checkpoints so a resumed run keeps it.
+
+    Attributes:
+        scale: Multiplier applied to the step schedule's learning rate (1, sqrt(0.1), 0.1, ...).
+        best_validation_loss: Lowest validation loss seen, None before the first epoch.
+        wait: Epochs since the last improvement (or reduction).
+    """
+
+    scale: float = 1.0
+    best_validation_loss: float | None = None
+    wait: int = 0
+
+
+def step_learning_rate(epoch: int, learning_rate: float, epochs: int) -> float:
+    """The seed's step schedule with milestones scaled to `epochs` (0-based epoch index).
+
+    For 200 epochs this is the seed exactly: x1, then x0.1 after epoch 80, x0.01 after 120,
+    x0.001 after 160 and x0.0005 after 180.
+    """
+    factor = 1.0
+    for fraction, milestone_factor in zip(STEP_MILESTONE_FRACTIONS, STEP_FACTORS):
+        if epoch > fraction * epochs:
+            factor = milestone_factor
+    return learning_rate * factor
+
+
+def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
+    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then cosine decay to 0 at `epochs`.
+
+    `epoch_float` is the fractional position in the run (2.5 = half way through the third epoch).
+    """
+    if epoch_float < warmup_epochs:
+        return learning_rate * epoch_float / warmup_epochs
+    decay_epochs = epochs - warmup_epochs
+    if decay_epochs <= 0:
+        return learning_rate
+    progress = min(max((epoch_float - warmup_epochs) / decay_epochs, 0.0), 1.0)
+    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * progress))
+
+
+def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: float = 1.0) -> float:
+    """Learning rate at a fractional epoch position under `config`'s schedule.
+
+    The step schedule is multiplied by the reduce-on-plateau `plateau_scale`, which never takes it
+    below PLATEAU_MIN_LEARNING_RATE (nor raises it above the step value). The seed ran Keras'
+    LearningRateScheduler and ReduceLROnPlateau side by side, so the scheduler overwrote each
+    reduction at the next epoch; multiplying makes both take effect.
+    """
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "cosine":
+        return cosine_learning_rate(epoch_float, config.learning_rate, config.epochs, config.warmup_epochs)
+    scheduled = step_learning_rate(math.floor(epoch_float), config.learning_rate, config.epochs)
+    return max(scheduled * plateau_scale, min(scheduled, PLATEAU_MIN_LEARNING_RATE))
+
+
+def update_plateau(state: PlateauState, validation_loss: float, learning_rate: float) -> PlateauState:
+    """Returns the plateau state after an epoch with `validation_loss` trained at `learning_rate`.
+
+    Mirrors Keras' ReduceLROnPlateau: after PLATEAU_PATIENCE epochs without an improvement of at
+    least PLATEAU_MIN_DELTA, the scale shrinks by PLATEAU_FACTOR unless the rate is already minimal.
+    """
+    best = state.best_validation_loss
+    if best is None or validation_loss < best - PLATEAU_MIN_DELTA:
+        return PlateauState(scale=state.scale, best_validation_loss=float(validation_loss), wait=0)
+    wait = state.wait + 1
+    if wait >= PLATEAU_PATIENCE and learning_rate > PLATEAU_MIN_LEARNING_RATE:
+        return PlateauState(scale=state.scale * PLATEAU_FACTOR, best_validation_loss=best, wait=0)
+    return dataclasses.replace(state, wait=wait)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input pipeline
+
+
+def shift_and_flip(images: tf.Tensor, row_offsets: tf.Tensor, column_offsets: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
+    """Shifts each image by its own offsets (edge pixels fill the gap) and mirrors the flagged ones.
+
+    Equivalent to edge-padding each image, cropping the window that starts `offset` pixels from
+    the unshifted position, then flipping; done as two batched gathers of clipped indices.
+
+    Args:
+        images: [batch, height, width, channels].
+        row_offsets, column_offsets: int32 [batch]; output pixel (r, c) reads input pixel
+            (r + row_offset, c + column_offset), clipped to the image.
+        flips: bool [batch]; True mirrors the image left-right.
+    """
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    rows = tf.clip_by_value(tf.range(height)[tf.newaxis, :] + row_offsets[:, tf.newaxis], 0, height - 1)
+    columns = tf.clip_by_value(tf.range(width)[tf.newaxis, :] + column_offsets[:, tf.newaxis], 0, width - 1)
+    columns = tf.where(flips[:, tf.newaxis], width - 1 - columns, columns)
+    shifted_rows = tf.gather(images, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted_rows, columns, axis=2, batch_dims=1)
+
+
+def augment_batch(images: tf.Tensor, shift_pixels: int | tuple[int, int], flip: bool, seed: tf.Tensor) -> tf.Tensor:
+    """Random per-image shifts of up to `shift_pixels` and, if `flip`, random horizontal flips.
+
+    Vectorized over the whole batch (no per-image Python); keeps shape and dtype. The seed's
+    ImageDataGenerator(width/height_shift_range=0.1, fill_mode='nearest') shifted by fractional
+    amounts with interpolation; whole-pixel shifts with the same edge fill cost two gathers instead.
+
+    Args:
+        images: [batch, height, width, channels] of any dtype.
+        shift_pixels: Largest shift in pixels, one int for both axes or (rows, columns).
+        flip: Whether to mirror a random half of the images.
+        seed: int32/int64 tensor of shape [2] for the stateless random ops, so a batch's
+            augmentation depends only on it.
+    """
+    row_shift, column_shift = (shift_pixels, shift_pixels) if isinstance(shift_pixels, (int, np.integer)) else shift_pixels
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    row_offsets = tf.random.stateless_uniform([batch], seeds[0], -row_shift, row_shift + 1, dtype=tf.int32)
+    column_offsets = tf.random.stateless_uniform([batch], seeds[1], -column_shift, column_shift + 1, dtype=tf.int32)
+    if flip:
+        flips = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
+    else:
+        flips = tf.zeros([batch], dtype=tf.bool)
+    return shift_and_flip(images, row_offsets, column_offsets, flips)
+
+
+def shift_pixels_for(image_shape: Sequence[int], shift_fraction: float) -> tuple[int, int]:
+    """Largest shift in (rows, columns) pixels: round(shift_fraction * size) per axis."""
+    return round(shift_fraction * image_shape[0]), round(shift_fraction * image_shape[1])
+
+
+def make_train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    shift_pixels: tuple[int, int] = (0, 0),
+    flip: bool = False,
+) -> tf.data.Dataset:
+    """Shuffled, batched, augmented (float32 images, one-hot labels) batches from in-memory uint8 arrays."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    augmenting = flip or any(shift_pixels)
+    # One stateless seed pair per batch, different every epoch but fixed by `seed`.
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def prepare(batch, batch_seed):
+        batch_images, batch_labels = batch
+        if augmenting:
+            batch_images = augment_batch(batch_images, shift_pixels, flip, batch_seed)
+        return tf.cast(batch_images, tf.float32), tf.one_hot(batch_labels, num_classes)
+
+    dataset = tf.data.Dataset.zip(dataset, batch_seeds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int) -> tf.data.Dataset:
+    """Batched (float32 images, one-hot labels) in file order, for validation."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model assembly and compilation
+
+
+def assemble_model(
+    model_name: str, image_shape: Sequence[int], num_classes: int, pixel_mean: np.ndarray | None = None
+) -> keras.Model:
+    """Wraps the registry body in the preprocessing layers so the model takes raw uint8-valued images.
+
+    raw float32 input -> /255 -> minus `pixel_mean` (an [H, W, C] image in [0, 1] units, if given)
+    -> bilinear resize up to the architecture's min_input_size (only when the images are smaller)
+    -> registry body (ends in a float32 softmax).
+    """
+    spec = models.get_spec(model_name)
+    height, width, channels = (int(size) for size in image_shape)
+    inputs = keras.Input(shape=(height, width, channels), dtype="float32", name="images")
+    features = keras.layers.Rescaling(1.0 / 255.0, name="scale_to_unit")(inputs)
+    if pixel_mean is not None:
+        mean_image = np.asarray(pixel_mean, dtype=np.float32)
+        features = keras.layers.Rescaling(1.0, offset=-mean_image, name="subtract_pixel_mean")(features)
+    if height < spec.min_input_size or width < spec.min_input_size:
+        height, width = max(height, spec.min_input_size), max(width, spec.min_input_size)
+        features = keras.layers.Resizing(height, width, interpolation="bilinear", name="resize_to_min_input")(features)
+    body = models.build_model(model_name, (height, width, channels), num_classes)
+    return keras.Model(inputs, body(features), name=model_name)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam (AdamW with weight decay) or Nesterov SGD at the schedule's starting rate."""
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=config.learning_rate,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay or None,
+        )
+    if config.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, steps_per_execution: int) -> None:
+    """Compiles with categorical cross-entropy (label smoothing) and accuracy."""
+    model.compile(
+        optimizer=make_optimizer(config),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How this machine runs the model: resolved from the config's 'auto' values."""
+
+    gpus: int
+    mixed_precision: str
+    jit_compile: bool
+
+
+def resolve_device_settings(config: TrainConfig) -> DeviceSettings:
+    """Resolves 'auto' precision and XLA for the visible devices.
+
+    On GPU: XLA on, bfloat16 on compute capability >= 8 (no loss scaling needed), float16 before.
+    On CPU: float32 and no XLA (XLA measured about half as fast for ResNet20 on this CPU).
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if config.mixed_precision != "auto":
+        mixed_precision = config.mixed_precision
+    elif not gpus:
+        mixed_precision = "float32"
+    else:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+        mixed_precision = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    jit_compile = bool(gpus) if config.jit_compile == "auto" else bool(config.jit_compile)
+    return DeviceSettings(gpus=len(gpus), mixed_precision=mixed_precision, jit_compile=jit_compile)
+
+
+def resolve_steps_per_execution(setting: int | str, params: int, steps_per_epoch: int) -> int:
+    """Steps per compiled call: 'auto' is 32 for models under 1M parameters (where per-step
+    dispatch dominates), 8 otherwise; never more than one epoch's steps."""
+    if setting == "auto":
+        setting = 32 if params < 1_000_000 else 8
+    return max(1, min(int(setting), steps_per_epoch))
+
+
+def distribution_strategy(gpus: int) -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs when there are several, else the default strategy."""
+    return tf.distribute.MirroredStrategy() if gpus > 1 else tf.distribute.get_strategy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints (a local directory; state.json is the commit point)
+
+
+def save_checkpoint(checkpoint_dir: str, model: keras.Model, state: dict[str, Any], is_best: bool) -> dict[str, Any]:
+    """Saves the model (with optimizer) and `state` for completed epoch state['epoch'].
+
+    The model goes to a new epoch-numbered file first, then state.json is replaced atomically to
+    point at it; an interruption at any moment leaves the previous consistent checkpoint. Files
+    no longer referenced are removed afterwards. Returns the state as written.
+    """
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    epoch = state["epoch"]
+    state = dict(state, checkpoint=f"epoch-{epoch:04d}.keras")
+    _save_model_atomically(model, os.path.join(checkpoint_dir, state["checkpoint"]))
+    if is_best:
+        state["best_checkpoint"] = f"best-{epoch:04d}.keras"
+        shutil.copyfile(os.path.join(checkpoint_dir, state["checkpoint"]), os.path.join(checkpoint_dir, state["best_checkpoint"]))
+    _write_json_atomically(os.path.join(checkpoint_dir, CHECKPOINT_STATE_FILE), state)
+    referenced = {CHECKPOINT_STATE_FILE, state["checkpoint"], state["best_checkpoint"]}
+    for name in os.listdir(checkpoint_dir):
+        if name not in referenced and name.endswith(".keras"):
+            os.remove(os.path.join(checkpoint_dir, name))
+    return state
+
+
+def load_checkpoint(checkpoint_dir: str) -> dict[str, Any] | None:
+    """Returns the checkpoint state in `checkpoint_dir` (None when there is none), with
+    'checkpoint_path' and 'best_checkpoint_path' set to the model files' local paths."""
+    state_path = os.path.join(checkpoint_dir, CHECKPOINT_STATE_FILE)
+    if not os.path.exists(state_path):
+        return None
+    with open(state_path) as state_file:
+        state = json.load(state_file)
+    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint at {checkpoint_dir} has format_version {state.get('format_version')!r}, "
+            f"expected {CHECKPOINT_FORMAT_VERSION}; delete it"
+        )
+    state["checkpoint_path"] = os.path.join(checkpoint_dir, state["checkpoint"])
+    state["best_checkpoint_path"] = os.path.join(checkpoint_dir, state["best_checkpoint"])
+    return state
+
+
+def _save_model_atomically(model: keras.Model, path: str) -> None:
+    temporary = path + ".tmp.keras"  # Keras requires the .keras suffix
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w") as output:
+        json.dump(value, output, indent=2)
+    os.replace(temporary, path)
+
+
+def _copy_atomically(source: str, destination: str) -> None:
+    temporary = destination + ".tmp"
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, destination)
+
+
+# ---------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class LearningRateCallback(keras.callbacks.Callback):
+    """Sets the learning rate from `learning_rate_at` and tracks reduce-on-plateau for 'step'.
+
+    Step and constant schedules change at epoch starts; cosine changes at every compiled call
+    (each `steps_per_execution` steps). The plateau state lives here so checkpoints can save it.
+    """
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, plateau: PlateauState):
+        super().__init__()
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.plateau = plateau
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._set_learning_rate(learning_rate_at(epoch, self.config, self.plateau.scale))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.config.schedule == "cosine":
+            # Position at the end of this step, so the first warmup step does not train at rate 0.
+            self._set_learning_rate(learning_rate_at(self.epoch + (batch + 1) / self.steps_per_epoch, self.config))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.config.schedule == "step" and logs and "val_loss" in logs:
+            self.plateau = update_plateau(self.plateau, float(logs["val_loss"]), current_learning_rate(self.model))
+
+    def _set_learning_rate(self, value: float) -> None:
+        self.model.optimizer.learning_rate = value
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate as a Python float."""
+    return float(model.optimizer.learning_rate)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Times each epoch, refuses a diverged loss, appends the history row and checkpoints.
+
+    Runs after LearningRateCallback so the plateau state it saves includes this epoch.
+    """
+
+    def __init__(
+        self, checkpoint_dir: str, state: dict[str, Any], learning_rate_callback: LearningRateCallback, config: TrainConfig
+    ):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.state = state
+        self.learning_rate_callback = learning_rate_callback
+        self.config = config
+        self.epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.epoch_started
+        logs = logs or {}
+        loss = float(logs.get("loss", float("nan")))
+        if not math.isfinite(loss):
+            raise ValueError(
+                f"training diverged: loss became {loss} at epoch {epoch + 1}; lower --learning-rate "
+                f"(now {self.config.learning_rate}) or use --optimizer adam"
+            )
+        row = {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "accuracy": float(logs.get("accuracy", float("nan"))),
+            "val_loss": float(logs.get("val_loss", float("nan"))),
+            "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
+            "learning_rate": current_learning_rate(self.model),
+            "seconds": seconds,
+        }
+        best = self.state["best_validation_accuracy"]
+        is_best = best is None or row["val_accuracy"] > best
+        state = dict(
+            self.state,
+            epoch=epoch + 1,
+            history=self.state["history"] + [row],
+            train_seconds=self.state["train_seconds"] + seconds,
+            plateau=dataclasses.asdict(self.learning_rate_callback.plateau),
+            optimizer_steps=int(self.model.optimizer.iterations),
+        )
+        if is_best:
+            state.update(best_validation_accuracy=row["val_accuracy"], best_epoch=epoch + 1)
+        self.state = save_checkpoint(self.checkpoint_dir, self.model, state, is_best)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def train(
+    dataset_dir: str,
+    model_name: str,
+    output_dir: str,
+    config: TrainConfig,
+    checkpoint_dir: str | None = None,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, Any]:
+    """Trains `model_name` on the dataset artifact and writes the best model and its records.
+
+    Writes output_dir/model.keras (best by validation accuracy; takes raw uint8-valued images),
+    output_dir/history.csv and output_dir/train_result.json, and returns the result dict.
+    Validation uses the dataset's validation split when it has one, else its test split.
+
+    With `checkpoint_dir`, every epoch is checkpointed there (model with optimizer state plus
+    schedule state) and a rerun resumes after the last completed epoch; a checkpoint from a
+    different configuration is refused with ValueError. `epochs` is not part of that identity, so
+    rerunning with more epochs extends a run, and a rerun whose epochs are all done only writes
+    the outputs. Without `checkpoint_dir` a temporary one beside `output_dir` is used and removed.
+
+    Args:
+        callbacks: Extra Keras callbacks run after checkpointing (progress reporting, tests).
+    """
+    manifest = data_prep.read_manifest(dataset_dir)
+    spec = models.get_spec(model_name)
+    output_dir = os.path.abspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    temporary_checkpoints = checkpoint_dir is None
+    if temporary_checkpoints:
+        checkpoint_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}-checkpoints-", dir=os.path.dirname(output_dir))
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        state = _train_with_checkpoints(dataset_dir, manifest, model_name, config, checkpoint_dir, list(callbacks))
+        return _write_outputs(output_dir, spec, manifest, config, state)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if temporary_checkpoints:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def dataset_fingerprint(manifest: dict[str, Any]) -> str:
+    """sha256 over the manifest's per-file hashes: identifies the dataset's content."""
+    return hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()
+
+
+def _train_with_checkpoints(
+    dataset_dir: str,
+    manifest: dict[str, Any],
+    model_name: str,
+    config: TrainConfig,
+    checkpoint_dir: str,
+    extra_callbacks: list[keras.callbacks.Callback],
+) -> dict[str, Any]:
+    """Resumes or starts the run in `checkpoint_dir`, trains the missing epochs, returns the final state."""
+    dataset_sha = dataset_fingerprint(manifest)
+    fingerprint_inputs = config.fingerprint_inputs(model_name, dataset_sha)
+    fingerprint = config.fingerprint(model_name, dataset_sha)
+    state = load_checkpoint(checkpoint_dir)
+    if state is not None and state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"checkpoint at {checkpoint_dir} was written by a different configuration "
+            f"({_describe_difference(state.get('fingerprint_inputs', {}), fingerprint_inputs)}); "
+            "use a new --checkpoint-root or delete it"
+        )
+    resumed_from_epoch = state["epoch"] if state else 0
+    if state is not None and state["epoch"] >= config.epochs:
+        logger.info("all %d epochs already done in %s; writing outputs only", state["epoch"], checkpoint_dir)
+        return dict(state, resumed_from_epoch=resumed_from_epoch)
+
+    keras.utils.set_random_seed(config.seed)
+    train_images, train_labels = data_prep.load_split(dataset_dir, "train")
+    validation_split = "validation" if manifest["splits"].get("validation", 0) > 0 else "test"
+    validation_images, validation_labels = data_prep.load_split(dataset_dir, validation_split)
+    num_classes = int(manifest["num_classes"])
+    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+
+    device = resolve_device_settings(config)
+    keras.mixed_precision.set_global_policy(device.mixed_precision)
+    strategy = distribution_strategy(device.gpus)
+    with strategy.scope():
+        if state is None:
+            pixel_mean = train_images.mean(axis=0, dtype=np.float64) / 255.0 if config.subtract_pixel_mean else None
+            model = assemble_model(model_name, manifest["image_shape"], num_classes, pixel_mean)
+            steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
+            compile_model(model, config, device.jit_compile, steps_per_execution)
+            state = _new_state(model_name, fingerprint, fingerprint_inputs, model.count_params(), validation_split)
+        else:
+            models.allow_deep_graphs()
+            model = keras.models.load_model(state["checkpoint_path"])
+            steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
+            # Keep the restored optimizer (its step counter and moments) and the saved precision
+            # policy of the layers; only the execution knobs follow this machine.
+            model.jit_compile = device.jit_compile
+            model.steps_per_execution = steps_per_execution
+            logger.info("resuming %s from %s after epoch %d", model_name, checkpoint_dir, resumed_from_epoch)
+
+    flip = bool(manifest.get("allow_horizontal_flip", False) if config.horizontal_flip is None else config.horizontal_flip)
+    shift_pixels = shift_pixels_for(manifest["image_shape"], config.shift_fraction) if config.augment else (0, 0)
+    flip = flip and config.augment
+    logger.info(
+        "training %s (%d params) for epochs %d..%d: %d train / %d %s images, batch %d, %d steps/epoch, "
+        "steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), %s strategy, shift %s px, flip %s",
+        model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, len(train_images), len(validation_images),
+        validation_split, config.batch_size, steps_per_epoch, steps_per_execution, device.jit_compile,
+        device.mixed_precision, device.gpus, type(strategy).__name__, shift_pixels, flip,
+    )
+    # A resumed run reshuffles with a different seed so it does not replay the first epochs' order.
+    train_dataset = make_train_dataset(
+        train_images, train_labels, num_classes, config.batch_size, config.seed + resumed_from_epoch, shift_pixels, flip
+    )
+    validation_dataset = make_eval_dataset(validation_images, validation_labels, num_classes, config.batch_size)
+    learning_rate_callback = LearningRateCallback(config, steps_per_epoch, PlateauState(**state["plateau"]))
+    recorder = EpochRecorder(checkpoint_dir, state, learning_rate_callback, config)
+    model.fit(
+        train_dataset,
+        validation_data=validation_dataset,
+        epochs=config.epochs,
+        initial_epoch=resumed_from_epoch,
+        callbacks=[learning_rate_callback, recorder, *extra_callbacks],
+        shuffle=False,  # the dataset shuffles itself
+        verbose=2,
+    )
+    final_state = load_checkpoint(checkpoint_dir)
+    return dict(final_state, resumed_from_epoch=resumed_from_epoch)
+
+
+def _new_state(
+    model_name: str, fingerprint: str, fingerprint_inputs: dict[str, Any], params: int, validation_split: str
+) -> dict[str, Any]:
+    """The checkpoint state of a run that has completed no epoch yet."""
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_name": model_name,
+        "fingerprint": fingerprint,
+        "fingerprint_inputs": fingerprint_inputs,
+        "params": int(params),
+        "validation_split": validation_split,
+        "epoch": 0,
+        "plateau": dataclasses.asdict(PlateauState()),
+        "best_validation_accuracy": None,
+        "best_epoch": None,
+        "train_seconds": 0.0,
+        "optimizer_steps": 0,
+        "history": [],
+        "checkpoint": None,
+        "best_checkpoint": None,
+    }
+
+
+def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """Names the fingerprint inputs that differ, e.g. "changed: learning_rate 0.001 -> 0.01"."""
+    keys = sorted(set(saved) | set(current))
+    changes = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)]
+    return "changed: " + ", ".join(changes) if changes else "fingerprints differ"
+
+
+def _write_outputs(
+    output_dir: str, spec: models.ModelSpec, manifest: dict[str, Any], config: TrainConfig, state: dict[str, Any]
+) -> dict[str, Any]:
+    """Copies the best model and writes history.csv and train_result.json (last, as the commit point)."""
+    _copy_atomically(state["best_checkpoint_path"], os.path.join(output_dir, "model.keras"))
+    history_path = os.path.join(output_dir, "history.csv")
+    with open(history_path + ".tmp", "w", newline="") as history_file:
+        writer = csv.DictWriter(history_file, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(state["history"])
+    os.replace(history_path + ".tmp", history_path)
+    train_seconds = float(state["train_seconds"])
+    images_processed = int(manifest["splits"]["train"]) * len(state["history"])
+    result = {
+        "name": spec.name,
+        "family": spec.family,
+        "params": int(state["params"]),
+        "epochs": int(state["epoch"]),
+        "train_seconds": train_seconds,
+        "train_images_per_second": images_processed / train_seconds if train_seconds > 0 else None,
+        "best_validation_accuracy": state["best_validation_accuracy"],
+        "best_epoch": state["best_epoch"],
+        "resumed_from_epoch": int(state["resumed_from_epoch"]),
+        "optimizer_steps": int(state["optimizer_steps"]),
+        "validation_split": state["validation_split"],
+        "dataset": manifest.get("name"),
+        "config": config.to_dict(),
+    }
+    _write_json_atomically(os.path.join(output_dir, "train_result.json"), result)
+    return result

@@ -1,0 +1,87 @@
+"""Evaluation step: metrics helpers, and a real evaluation of a briefly trained lenet5."""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from components.evaluate import confusion_matrix, cross_entropy, evaluate, per_class_metrics
+from components.models import MODELS
+from components.train import train
+from test_train import TINY_CLASSES, quick_config, write_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(dataset_dir, model_dir) of a one-epoch lenet5 run on the tiny dataset."""
+    root = tmp_path_factory.mktemp("evaluate")
+    dataset_dir = write_dataset(root / "dataset")
+    model_dir = str(root / "model")
+    train(dataset_dir, "lenet5", model_dir, quick_config(epochs=1))
+    return dataset_dir, model_dir
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns():
+    matrix = confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), 3)
+    np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
+
+
+def test_per_class_metrics_and_never_predicted_class():
+    metrics = per_class_metrics(np.array([[2, 0], [1, 0]]), ["a", "b"])
+    assert metrics == [
+        {"class": "a", "precision": pytest.approx(2 / 3), "recall": 1.0, "support": 2},
+        {"class": "b", "precision": 0.0, "recall": 0.0, "support": 1},
+    ]
+
+
+def test_cross_entropy_is_the_mean_negative_log_of_the_true_class_and_finite_for_zero():
+    probabilities = np.array([[0.5, 0.5], [0.9, 0.1], [1.0, 0.0]])
+    expected = -(math.log(0.5) + math.log(0.1) + math.log(1e-7)) / 3
+    assert cross_entropy(probabilities, np.array([0, 1, 1])) == pytest.approx(expected)
+
+
+def test_evaluate_writes_result_with_metrics_consistent_with_the_model(trained, tmp_path):
+    dataset_dir, model_dir = trained
+    output_dir = str(tmp_path / "evaluation")
+    result = evaluate(dataset_dir, model_dir, output_dir, batch_size=5)
+    with open(os.path.join(output_dir, "result.json")) as result_file:
+        assert json.load(result_file) == result
+    with open(os.path.join(model_dir, "history.csv")) as original, open(os.path.join(output_dir, "history.csv")) as copied:
+        assert copied.read() == original.read()
+    with open(os.path.join(model_dir, "train_result.json")) as train_result_file:
+        train_result = json.load(train_result_file)
+    assert {key: result[key] for key in train_result} == train_result
+
+    images = np.load(os.path.join(dataset_dir, "test_images.npy"))
+    labels = np.load(os.path.join(dataset_dir, "test_labels.npy"))
+    model = keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False)
+    probabilities = model.predict(images.astype(np.float32), verbose=0)
+    assert 0 <= result["test_accuracy"] <= 1
+    assert result["test_accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
+    expected_loss = keras.losses.CategoricalCrossentropy()(keras.utils.to_categorical(labels, TINY_CLASSES), probabilities)
+    assert result["test_loss"] == pytest.approx(float(expected_loss), rel=1e-4)
+
+    confusion = np.array(result["confusion_matrix"])
+    assert confusion.shape == (TINY_CLASSES, TINY_CLASSES) and confusion.sum() == len(labels) == result["test_images"]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(result["test_accuracy"])
+    assert [row["support"] for row in result["per_class"]] == np.bincount(labels).tolist()
+    assert [row["class"] for row in result["per_class"]] == result["class_names"] == ["class0", "class1", "class2"]
+    assert result["inference_images_per_second"] > 0
+    spec = MODELS["lenet5"]
+    assert (result["reference_accuracy"], result["seed_accuracy"]) == (spec.reference_accuracy, spec.seed_accuracy)
+
+
+def test_evaluate_refuses_a_directory_without_a_trained_model(trained, tmp_path):
+    dataset_dir, _ = trained
+    with pytest.raises(FileNotFoundError, match="no model.keras in .*; pass the training step's output directory"):
+        evaluate(dataset_dir, str(tmp_path), str(tmp_path / "evaluation"))
+    assert not os.path.exists(tmp_path / "evaluation")
+
+
+def test_evaluate_rejects_a_bad_batch_size(trained, tmp_path):
+    dataset_dir, model_dir = trained
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        evaluate(dataset_dir, model_dir, str(tmp_path / "evaluation"), batch_size=0)

@@ -1,0 +1,465 @@
+"""Training step: config validation, schedules, augmentation, and real short Keras runs with checkpoints."""
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import train as train_module
+from components.train import (
+    PLATEAU_MIN_LEARNING_RATE,
+    PLATEAU_PATIENCE,
+    PlateauState,
+    TrainConfig,
+    augment_batch,
+    cosine_learning_rate,
+    learning_rate_at,
+    load_checkpoint,
+    make_train_dataset,
+    shift_and_flip,
+    shift_pixels_for,
+    step_learning_rate,
+    train,
+    update_plateau,
+)
+
+TINY_SHAPE = (8, 8, 1)
+TINY_CLASSES = 3
+
+
+def write_dataset(
+    directory, train_count=24, test_count=12, image_shape=TINY_SHAPE, num_classes=TINY_CLASSES, seed=0, validation_count=0
+):
+    """Writes a dataset artifact in the data-prep contract format: each class is a bright square at
+    its own position on noise, so a tiny model can learn something. Returns the directory."""
+    generator = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    height, width, channels = image_shape
+    counts = {"train": train_count, "test": test_count, "validation": validation_count}
+    hashes = {}
+    for split, count in counts.items():
+        if count == 0:
+            continue
+        labels = (np.arange(count) % num_classes).astype(np.int32)
+        images = generator.integers(0, 60, size=(count, height, width, channels), dtype=np.uint8)
+        for index, label in enumerate(labels):
+            top = (label * height // num_classes) % (height - 2)
+            images[index, top : top + 3, 1:4, :] = 250
+        for kind, array in (("images", images), ("labels", labels)):
+            name = f"{split}_{kind}.npy"
+            np.save(os.path.join(directory, name), array)
+            with open(os.path.join(directory, name), "rb") as saved:
+                hashes[name] = hashlib.sha256(saved.read()).hexdigest()
+    manifest = {
+        "format_version": 1,
+        "name": "tiny",
+        "source": "generated",
+        "class_names": [f"class{index}" for index in range(num_classes)],
+        "num_classes": num_classes,
+        "image_shape": list(image_shape),
+        "splits": counts,
+        "mean": [0.2] * channels,
+        "std": [0.3] * channels,
+        "allow_horizontal_flip": True,
+        "sha256": hashes,
+    }
+    with open(os.path.join(directory, "manifest.json"), "w") as manifest_file:
+        json.dump(manifest, manifest_file)
+    return str(directory)
+
+
+def quick_config(**overrides):
+    """A config that trains in seconds on the tiny dataset."""
+    values = dict(epochs=2, batch_size=8, learning_rate=1e-3, steps_per_execution=1, seed=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_history(output_dir):
+    with open(os.path.join(output_dir, "history.csv")) as history_file:
+        return list(csv.DictReader(history_file))
+
+
+def read_result(output_dir):
+    with open(os.path.join(output_dir, "train_result.json")) as result_file:
+        return json.load(result_file)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+# --- TrainConfig ---------------------------------------------------------------------------
+
+
+def test_default_config_is_the_seed_recipe():
+    config = TrainConfig()
+    assert (config.optimizer, config.learning_rate, config.schedule, config.batch_size) == ("adam", 1e-3, "step", 128)
+    assert (config.shift_fraction, config.horizontal_flip, config.subtract_pixel_mean, config.epochs) == (0.1, None, True, 200)
+
+
+def test_config_round_trips_through_dict():
+    config = TrainConfig(epochs=3, optimizer="sgd", schedule="cosine", warmup_epochs=0.5, horizontal_flip=False, jit_compile=True)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "epochs must be >= 1, got 0"),
+        ("epochs", 2.5, "epochs must be an integer, got 2.5"),
+        ("batch_size", True, "batch_size must be an integer, got True"),
+        ("optimizer", "rmsprop", "optimizer must be one of adam, sgd, got 'rmsprop'"),
+        ("learning_rate", 0, "learning_rate must be > 0, got 0"),
+        ("learning_rate", float("nan"), "learning_rate must be a finite number, got nan"),
+        ("momentum", 1.0, "momentum must be in [0, 1), got 1.0"),
+        ("weight_decay", -1e-4, "weight_decay must be >= 0, got -0.0001"),
+        ("schedule", "linear", "schedule must be one of step, cosine, constant, got 'linear'"),
+        ("warmup_epochs", -1, "warmup_epochs must be >= 0, got -1"),
+        ("label_smoothing", 1.0, "label_smoothing must be in [0, 1), got 1.0"),
+        ("augment", "yes", "augment must be true or false, got 'yes'"),
+        ("horizontal_flip", 1, "horizontal_flip must be true, false or null (follow the dataset), got 1"),
+        ("shift_fraction", 0.5, "shift_fraction must be in [0, 0.5), got 0.5"),
+        ("subtract_pixel_mean", None, "subtract_pixel_mean must be true or false, got None"),
+        ("seed", -1, "seed must be >= 0, got -1"),
+        ("steps_per_execution", "8", "steps_per_execution must be an integer or 'auto', got '8'"),
+        ("steps_per_execution", 0, "steps_per_execution must be >= 1 or 'auto', got 0"),
+        ("jit_compile", "on", "jit_compile must be true, false or 'auto', got 'on'"),
+        (
+            "mixed_precision",
+            "float16",
+            "mixed_precision must be one of auto, float32, mixed_float16, mixed_bfloat16, got 'float16'",
+        ),
+    ],
+)
+def test_from_dict_rejects_bad_values_with_one_line_message(field, value, message):
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict({field: value})
+    assert str(error.value) == message
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown train config field.*learnin_rate.*known fields"):
+        TrainConfig.from_dict({"learnin_rate": 0.1})
+
+
+def test_fingerprint_ignores_epochs_and_execution_knobs_but_not_the_recipe():
+    base = TrainConfig().fingerprint("lenet5", "abc")
+    assert TrainConfig(epochs=3, steps_per_execution=4, jit_compile=True).fingerprint("lenet5", "abc") == base
+    assert TrainConfig(learning_rate=0.01).fingerprint("lenet5", "abc") != base
+    assert TrainConfig().fingerprint("resnet20_v1", "abc") != base
+    assert TrainConfig().fingerprint("lenet5", "abd") != base
+
+
+# --- learning-rate schedules ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "epoch, factor",
+    [(0, 1), (80, 1), (81, 1e-1), (120, 1e-1), (121, 1e-2), (161, 1e-3), (180, 1e-3), (181, 0.5e-3), (199, 0.5e-3)],
+)
+def test_step_schedule_matches_the_seed_at_200_epochs(epoch, factor):
+    assert step_learning_rate(epoch, 1e-3, 200) == pytest.approx(1e-3 * factor)
+
+
+def test_step_schedule_milestones_scale_with_a_shorter_run():
+    # 10 epochs: milestones at 4, 6, 8, 9; like the seed, a drop applies to 0-based epochs strictly after.
+    rates = [step_learning_rate(epoch, 1.0, 10) for epoch in range(10)]
+    assert rates == pytest.approx([1, 1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    assert cosine_learning_rate(0.5, 0.1, 10, warmup_epochs=2) == pytest.approx(0.025)
+    assert cosine_learning_rate(2.0, 0.1, 10, warmup_epochs=2) == pytest.approx(0.1)
+    assert cosine_learning_rate(6.0, 0.1, 10, warmup_epochs=2) == pytest.approx(0.05)
+    assert cosine_learning_rate(10.0, 0.1, 10, warmup_epochs=2) == pytest.approx(0.0)
+    rates = [cosine_learning_rate(epoch / 4, 0.1, 10, 2) for epoch in range(41)]
+    peak = rates.index(max(rates))
+    assert all(a < b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1 :]))
+
+
+def test_learning_rate_at_dispatches_on_the_schedule():
+    assert learning_rate_at(7.9, TrainConfig(schedule="constant", learning_rate=0.2, epochs=10)) == 0.2
+    assert learning_rate_at(5.5, TrainConfig(schedule="step", learning_rate=1.0, epochs=10)) == pytest.approx(0.1)
+    assert learning_rate_at(5.0, TrainConfig(schedule="cosine", learning_rate=1.0, epochs=10)) == pytest.approx(0.5)
+
+
+def test_plateau_scale_multiplies_the_step_rate_but_not_below_the_minimum():
+    config = TrainConfig(learning_rate=1e-3, epochs=200)
+    assert learning_rate_at(0, config, plateau_scale=0.1) == pytest.approx(1e-4)
+    assert learning_rate_at(0, config, plateau_scale=1e-9) == pytest.approx(PLATEAU_MIN_LEARNING_RATE)
+
+
+def test_plateau_reduces_after_patience_epochs_without_improvement_and_resets_on_improvement():
+    state = update_plateau(PlateauState(), validation_loss=1.0, learning_rate=1e-3)
+    assert state == PlateauState(scale=1.0, best_validation_loss=1.0, wait=0)
+    for _ in range(PLATEAU_PATIENCE - 1):
+        state = update_plateau(state, 1.0, 1e-3)
+    assert state.scale == 1.0 and state.wait == PLATEAU_PATIENCE - 1
+    state = update_plateau(state, 1.0, 1e-3)
+    assert state.scale == pytest.approx(math.sqrt(0.1)) and state.wait == 0
+    state = update_plateau(state, 0.5, 1e-3)
+    assert state == PlateauState(scale=pytest.approx(math.sqrt(0.1)), best_validation_loss=0.5, wait=0)
+
+
+def test_plateau_does_not_reduce_an_already_minimal_rate():
+    state = PlateauState(scale=0.5, best_validation_loss=1.0, wait=PLATEAU_PATIENCE - 1)
+    assert update_plateau(state, 2.0, PLATEAU_MIN_LEARNING_RATE).scale == 0.5
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+def edge_pad_crop(image, row_offset, column_offset, pad):
+    """Reference: numpy edge-pad by `pad`, crop the window shifted by the offsets."""
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    height, width = image.shape[:2]
+    return padded[pad + row_offset : pad + row_offset + height, pad + column_offset : pad + column_offset + width]
+
+
+def test_shift_and_flip_matches_edge_padded_crops_for_known_offsets():
+    images = np.arange(3 * 5 * 6 * 2, dtype=np.uint8).reshape(3, 5, 6, 2)
+    row_offsets, column_offsets, flips = [1, -2, 0], [-1, 2, 0], [False, False, True]
+    shifted = shift_and_flip(
+        tf.constant(images), tf.constant(row_offsets), tf.constant(column_offsets), tf.constant(flips)
+    ).numpy()
+    assert shifted.dtype == np.uint8
+    np.testing.assert_array_equal(shifted[0], edge_pad_crop(images[0], 1, -1, pad=2))
+    np.testing.assert_array_equal(shifted[1], edge_pad_crop(images[1], -2, 2, pad=2))
+    np.testing.assert_array_equal(shifted[2], images[2][:, ::-1])
+
+
+def test_augment_batch_keeps_shape_and_dtype_and_applies_shifts_and_flips_within_range():
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 256, size=(64, 6, 6, 3), dtype=np.uint8)
+    augmented = augment_batch(tf.constant(images), shift_pixels=1, flip=True, seed=tf.constant([3, 4])).numpy()
+    assert augmented.shape == images.shape and augmented.dtype == np.uint8
+    seen_offsets, seen_flips = set(), set()
+    for image, result in zip(images, augmented):
+        matches = [
+            (row, column, flip)
+            for row in (-1, 0, 1)
+            for column in (-1, 0, 1)
+            for flip in (False, True)
+            if np.array_equal(result, (lambda crop: crop[:, ::-1] if flip else crop)(edge_pad_crop(image, row, column, pad=1)))
+        ]
+        assert matches, "every augmented image is some shift (and maybe flip) of its source"
+        seen_offsets.add(matches[0][:2])
+        seen_flips.add(matches[0][2])
+    assert len(seen_offsets) > 4 and seen_flips == {False, True}
+
+
+def test_augment_batch_is_deterministic_per_seed_and_identity_without_shift_or_flip():
+    images = tf.constant(np.random.default_rng(1).integers(0, 256, size=(16, 8, 8, 1), dtype=np.uint8))
+    first = augment_batch(images, (2, 1), True, tf.constant([1, 2])).numpy()
+    np.testing.assert_array_equal(first, augment_batch(images, (2, 1), True, tf.constant([1, 2])).numpy())
+    assert not np.array_equal(first, augment_batch(images, (2, 1), True, tf.constant([1, 3])).numpy())
+    np.testing.assert_array_equal(augment_batch(images, 0, False, tf.constant([1, 2])).numpy(), images.numpy())
+
+
+def test_shift_pixels_round_the_fraction_of_each_side():
+    assert shift_pixels_for((32, 32, 3), 0.1) == (3, 3)
+    assert shift_pixels_for((8, 28, 1), 0.1) == (1, 3)
+
+
+def test_train_dataset_yields_every_image_once_per_epoch_as_float_with_one_hot_labels():
+    images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
+    labels = np.arange(10, dtype=np.int32) % 3
+    batches = list(make_train_dataset(images, labels, num_classes=3, batch_size=4, seed=0))
+    assert [batch[0].shape[0] for batch in batches] == [4, 4, 2]
+    assert batches[0][0].dtype == tf.float32 and batches[0][1].shape == (4, 3)
+    seen = np.concatenate([batch[0].numpy()[:, 0, 0, 0] for batch in batches])
+    seen_labels = np.concatenate([np.argmax(batch[1].numpy(), axis=1) for batch in batches])
+    assert sorted(seen.astype(int)) == sorted(images[:, 0, 0, 0].astype(int))
+    np.testing.assert_array_equal(seen_labels, labels[(seen // 4).astype(int)])
+
+
+# --- real training runs ---------------------------------------------------------------------------
+
+
+class StopBeforeEpoch(keras.callbacks.Callback):
+    """Interrupts training as a preemption would: at the start of (0-based) epoch `epoch`."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"preempted before epoch {epoch + 1}")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory):
+    """One two-epoch lenet5 run with a checkpoint directory: (output_dir, checkpoint_dir, result)."""
+    root = tmp_path_factory.mktemp("trained_run")
+    output_dir, checkpoint_dir = str(root / "output"), str(root / "checkpoints")
+    result = train(tiny_dataset, "lenet5", output_dir, quick_config(), checkpoint_dir=checkpoint_dir)
+    return output_dir, checkpoint_dir, result
+
+
+def test_train_writes_model_history_and_result(trained_run, tiny_dataset):
+    output_dir, _, result = trained_run
+    assert sorted(os.listdir(output_dir)) == ["history.csv", "model.keras", "train_result.json"]
+    assert read_result(output_dir) == result
+    history = read_history(output_dir)
+    assert [row["epoch"] for row in history] == ["1", "2"]
+    assert list(history[0]) == list(train_module.HISTORY_COLUMNS)
+    assert all(0 <= float(row["val_accuracy"]) <= 1 and float(row["loss"]) > 0 and float(row["seconds"]) > 0 for row in history)
+    assert result["name"] == "lenet5" and result["family"] == "lenet" and result["epochs"] == 2
+    assert result["resumed_from_epoch"] == 0
+    assert result["optimizer_steps"] == 2 * math.ceil(24 / 8)
+    assert result["train_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in history))
+    assert result["train_images_per_second"] == pytest.approx(2 * 24 / result["train_seconds"])
+    assert result["best_validation_accuracy"] == max(float(row["val_accuracy"]) for row in history)
+    assert result["config"] == quick_config().to_dict() and result["validation_split"] == "test"
+
+
+def test_saved_model_takes_raw_uint8_images_and_includes_preprocessing(trained_run, tiny_dataset, tmp_path):
+    output_dir, _, result = trained_run
+    model = keras.models.load_model(os.path.join(output_dir, "model.keras"), compile=False)
+    assert model.count_params() == result["params"]
+    layer_names = [layer.name for layer in model.layers]
+    assert layer_names[1:4] == ["scale_to_unit", "subtract_pixel_mean", "resize_to_min_input"]
+    assert model.input_shape == (None, *TINY_SHAPE)
+    images = np.load(os.path.join(tiny_dataset, "test_images.npy"))
+    probabilities = model.predict(images.astype(np.float32), verbose=0)
+    assert probabilities.shape == (12, TINY_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    train_images = np.load(os.path.join(tiny_dataset, "train_images.npy"))
+    mean_layer = model.get_layer("subtract_pixel_mean")
+    np.testing.assert_allclose(-np.asarray(mean_layer.offset), train_images.mean(axis=0) / 255.0, rtol=1e-5)
+
+
+def test_rerun_with_more_epochs_resumes_and_continues_the_optimizer(trained_run, tiny_dataset, tmp_path):
+    _, checkpoint_dir, first = trained_run
+    extended_checkpoints = str(tmp_path / "checkpoints")
+    shutil.copytree(checkpoint_dir, extended_checkpoints)
+    output_dir = str(tmp_path / "output")
+    result = train(tiny_dataset, "lenet5", output_dir, quick_config(epochs=3), checkpoint_dir=extended_checkpoints)
+    assert result["resumed_from_epoch"] == 2 and result["epochs"] == 3
+    assert result["optimizer_steps"] == 3 * math.ceil(24 / 8), "the restored optimizer kept counting"
+    history = read_history(output_dir)
+    assert [row["epoch"] for row in history] == ["1", "2", "3"]
+    assert [row["seconds"] for row in history[:2]] == [str(row["seconds"]) for row in load_checkpoint(checkpoint_dir)["history"]]
+    assert result["train_seconds"] > first["train_seconds"]
+    state = load_checkpoint(extended_checkpoints)
+    assert state["epoch"] == 3 and sorted(os.listdir(extended_checkpoints)) == sorted(
+        {"state.json", "epoch-0003.keras", state["best_checkpoint"]}
+    )
+    restored = keras.models.load_model(state["checkpoint_path"])
+    assert int(restored.optimizer.iterations.numpy()) == 9
+
+
+def test_rerun_when_all_epochs_are_done_only_writes_outputs(trained_run, tiny_dataset, tmp_path):
+    _, checkpoint_dir, first = trained_run
+    before = load_checkpoint(checkpoint_dir)
+    result = train(tiny_dataset, "lenet5", str(tmp_path / "again"), quick_config(), checkpoint_dir=checkpoint_dir)
+    assert result["resumed_from_epoch"] == 2 and result["train_seconds"] == first["train_seconds"]
+    assert load_checkpoint(checkpoint_dir) == before
+    assert os.path.exists(tmp_path / "again" / "model.keras")
+
+
+def test_checkpoint_of_a_different_configuration_is_refused(trained_run, tiny_dataset, tmp_path):
+    _, checkpoint_dir, _ = trained_run
+    expected = r"different configuration \(changed: learning_rate 0.001 -> 0.01\); use a new --checkpoint-root or delete it"
+    with pytest.raises(ValueError, match=expected):
+        train(tiny_dataset, "lenet5", str(tmp_path / "out"), quick_config(learning_rate=0.01), checkpoint_dir=checkpoint_dir)
+    assert not os.path.exists(tmp_path / "out" / "train_result.json")
+
+
+def test_interrupted_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
+    checkpoint_dir, output_dir = str(tmp_path / "checkpoints"), str(tmp_path / "output")
+    config = quick_config(epochs=2, schedule="cosine", warmup_epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir, callbacks=[StopBeforeEpoch(1)])
+    assert load_checkpoint(checkpoint_dir)["epoch"] == 1
+    assert not os.path.exists(os.path.join(output_dir, "train_result.json"))
+    result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
+    assert result["resumed_from_epoch"] == 1 and result["epochs"] == 2 and result["optimizer_steps"] == 6
+    history = read_history(output_dir)
+    # Cosine with one warmup epoch: epoch 1 ends at the peak rate, epoch 2 ends at zero.
+    assert [float(row["learning_rate"]) for row in history] == pytest.approx([1e-3, 0.0], abs=1e-9)
+
+
+class PoisonWeightsAtEpoch(keras.callbacks.Callback):
+    """Sets the classifier's kernel to NaN at the start of (0-based) epoch `epoch`, as a blown-up update would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = [weight for weight in self.model.trainable_weights if len(weight.shape) == 2][-1]
+            kernel.assign(np.full(kernel.shape, np.nan, dtype=np.float32))
+
+
+def test_divergence_stops_with_a_one_line_error(tiny_dataset, tmp_path):
+    config = quick_config(epochs=3, optimizer="sgd", learning_rate=0.05)
+    with pytest.raises(ValueError, match=r"^training diverged: loss became nan at epoch 2; lower --learning-rate \(now 0.05\)"):
+        train(tiny_dataset, "lenet5", str(tmp_path / "output"), config, callbacks=[PoisonWeightsAtEpoch(1)])
+    assert os.listdir(tmp_path) == ["output"] and os.listdir(tmp_path / "output") == []
+
+
+def test_train_without_checkpoint_dir_removes_its_temporary_checkpoints_and_uses_validation_split(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset", validation_count=6)
+    result = train(dataset, "lenet5", str(tmp_path / "output"), quick_config(epochs=1, steps_per_execution="auto"))
+    assert sorted(os.listdir(tmp_path)) == ["dataset", "output"]
+    assert result["validation_split"] == "validation" and result["epochs"] == 1
+
+
+def test_unknown_model_is_refused_before_any_work(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'lenet6'; choose one of: .*lenet5"):
+        train(tiny_dataset, "lenet6", str(tmp_path / "output"), quick_config())
+    assert not os.path.exists(tmp_path / "output")
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
+    """A real preemption: SIGKILL the training process once a checkpoint exists, then rerun."""
+    checkpoint_dir, output_dir = str(tmp_path / "checkpoints"), str(tmp_path / "output")
+    script = textwrap.dedent(f"""
+        import time, keras
+        from components.train import TrainConfig, train
+
+        class Slow(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                time.sleep(1)  # leaves time to kill the process between checkpoints
+
+        config = TrainConfig(epochs=6, batch_size=8, steps_per_execution=1, seed=1, schedule="cosine")
+        train({tiny_dataset!r}, "lenet5", {output_dir!r}, config, checkpoint_dir={checkpoint_dir!r}, callbacks=[Slow()])
+    """)
+    environment = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while load_checkpoint(checkpoint_dir) is None:
+            assert process.poll() is None, "training exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    killed_at = load_checkpoint(checkpoint_dir)["epoch"]
+    assert 1 <= killed_at < 6 and not os.path.exists(os.path.join(output_dir, "train_result.json"))
+    config = TrainConfig(epochs=6, batch_size=8, steps_per_execution=1, seed=1, schedule="cosine")
+    result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
+    assert result["resumed_from_epoch"] == killed_at and result["epochs"] == 6
+    assert [row["epoch"] for row in read_history(output_dir)] == [str(epoch) for epoch in range(1, 7)]
