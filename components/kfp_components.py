@@ -67,16 +67,33 @@ def train_model(
 def evaluate_model(
     dataset: Input[Dataset],
     model: Input[Model],
+    registry: str,
+    promotion_margin: float,
+    run_name: str,
+    pipeline_job_id: str,
     result: Output[Artifact],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
 ):
-    """Test loss and accuracy, per-class precision/recall, confusion matrix and inference speed."""
+    """Test loss and accuracy, per-class precision/recall, confusion matrix and inference speed;
+    then, with a registry, publish the model and promote it if it beats the champion.
+
+    Args:
+        registry: Model registry root (local dir or gs:// prefix); '' publishes nothing.
+        promotion_margin: How much higher (a fraction) the new test accuracy must be to replace the champion.
+        run_name: Names the published version ('' = the pipeline job id).
+        pipeline_job_id: The KFP job id.
+    """
     from components.errors import pipeline_step
     from components.evaluate import evaluate
+    from components.publish import publish
 
     with pipeline_step():
         summary = evaluate(dataset.path, model.path, result.path)
+        if registry:
+            run_id = f"{run_name}-{pipeline_job_id}" if run_name else pipeline_job_id
+            decision = publish(dataset.path, model.path, result.path, registry, run_id, promotion_margin)
+            result.metadata["promotion"] = decision["decision"]
     for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
         metrics.log_metric(key, summary[key])
     classification.log_confusion_matrix(summary["class_names"], summary["confusion_matrix"])

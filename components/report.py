@@ -73,6 +73,8 @@ def write_report(result_dirs: list[str], output_dir: str, manifest: dict, run_co
         manifest: the dataset manifest (data_prep.read_manifest) the models were trained on.
         run_config: the resolved run settings; at least {"preset", "dataset"}, optionally
             "promotion": [{"model", "decision", "champion_accuracy", "challenger_accuracy", "reason"}].
+            Without it, the registry decisions that the publish step stored in each result.json
+            (its "promotion" field) are shown.
 
     Returns:
         The summary dict written to summary.json.
@@ -84,6 +86,9 @@ def write_report(result_dirs: list[str], output_dir: str, manifest: dict, run_co
     if not result_dirs:
         raise ValueError("result_dirs is empty; pass at least one evaluate output directory (with result.json)")
     results = sort_by_accuracy([read_result(result_dir) for result_dir in result_dirs])
+    if "promotion" not in run_config:
+        promotion = [item.result["promotion"] for item in results if item.result.get("promotion")]
+        run_config = {**run_config, "promotion": promotion} if promotion else run_config
     summary = build_summary(results, manifest, run_config)
     files = {
         "summary.json": json.dumps(summary, indent=2, allow_nan=False) + "\n",

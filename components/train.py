@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from components import data_prep
 from components import models
+from components import storage
 
 logger = logging.getLogger(__name__)
 
@@ -501,6 +502,34 @@ def load_checkpoint(checkpoint_dir: str) -> dict[str, Any] | None:
     return state
 
 
+def pull_checkpoint(remote_dir: str, local_dir: str) -> None:
+    """Copies the checkpoint under a gs:// prefix (state.json and the model files it names) into
+    `local_dir`; does nothing when there is none yet."""
+    state_uri = storage.join(remote_dir, CHECKPOINT_STATE_FILE)
+    if not storage.exists(state_uri):
+        return
+    state = storage.read_json(state_uri)
+    for name in {state["checkpoint"], state["best_checkpoint"]}:
+        storage.download(storage.join(remote_dir, name), os.path.join(local_dir, name))
+    storage.download(state_uri, os.path.join(local_dir, CHECKPOINT_STATE_FILE))
+
+
+def push_checkpoint(local_dir: str, remote_dir: str, state: dict[str, Any]) -> None:
+    """Uploads the model files `state` names, then state.json, then removes files no longer named.
+
+    The same order as `save_checkpoint`: a preempted pod can stop between any two uploads and the
+    remote state.json still names complete files.
+    """
+    named = {state["checkpoint"], state["best_checkpoint"]}
+    remote_files = set(storage.list_files(remote_dir))
+    for name in sorted(named - remote_files):
+        storage.upload(os.path.join(local_dir, name), storage.join(remote_dir, name))
+    storage.write_json(storage.join(remote_dir, CHECKPOINT_STATE_FILE), state)
+    for name in remote_files - named - {CHECKPOINT_STATE_FILE}:
+        if name.endswith(".keras"):
+            storage.delete(storage.join(remote_dir, name))
+
+
 def _save_model_atomically(model: keras.Model, path: str) -> None:
     temporary = path + ".tmp.keras"  # Keras requires the .keras suffix
     model.save(temporary)
@@ -567,10 +596,16 @@ class EpochRecorder(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, checkpoint_dir: str, state: dict[str, Any], learning_rate_callback: LearningRateCallback, config: TrainConfig
+        self,
+        checkpoint_dir: str,
+        state: dict[str, Any],
+        learning_rate_callback: LearningRateCallback,
+        config: TrainConfig,
+        remote_dir: str | None = None,
     ):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
+        self.remote_dir = remote_dir
         self.state = state
         self.learning_rate_callback = learning_rate_callback
         self.config = config
@@ -610,6 +645,8 @@ class EpochRecorder(keras.callbacks.Callback):
         if is_best:
             state.update(best_validation_accuracy=row["val_accuracy"], best_epoch=epoch + 1)
         self.state = save_checkpoint(self.checkpoint_dir, self.model, state, is_best)
+        if self.remote_dir:
+            push_checkpoint(self.checkpoint_dir, self.remote_dir, self.state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,12 +681,19 @@ def train(
     spec = models.get_spec(model_name)
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    temporary_checkpoints = checkpoint_dir is None
+    # Keras saves to local files: a gs:// checkpoint location is mirrored in a local scratch
+    # directory, pulled before training and pushed after every epoch.
+    remote_dir = checkpoint_dir if checkpoint_dir and storage.is_gcs(checkpoint_dir) else None
+    temporary_checkpoints = checkpoint_dir is None or remote_dir is not None
     if temporary_checkpoints:
         checkpoint_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}-checkpoints-", dir=os.path.dirname(output_dir))
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        state = _train_with_checkpoints(dataset_dir, manifest, model_name, config, checkpoint_dir, list(callbacks))
+        if remote_dir:
+            pull_checkpoint(remote_dir, checkpoint_dir)
+        state = _train_with_checkpoints(
+            dataset_dir, manifest, model_name, config, checkpoint_dir, list(callbacks), remote_dir
+        )
         return _write_outputs(output_dir, spec, manifest, config, state)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -669,21 +713,26 @@ def _train_with_checkpoints(
     config: TrainConfig,
     checkpoint_dir: str,
     extra_callbacks: list[keras.callbacks.Callback],
+    remote_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Resumes or starts the run in `checkpoint_dir`, trains the missing epochs, returns the final state."""
+    """Resumes or starts the run in `checkpoint_dir`, trains the missing epochs, returns the final state.
+
+    With `remote_dir` (gs://), `checkpoint_dir` is its local mirror and every epoch is pushed there.
+    """
+    location = remote_dir or checkpoint_dir  # what the user named, for messages
     dataset_sha = dataset_fingerprint(manifest)
     fingerprint_inputs = config.fingerprint_inputs(model_name, dataset_sha)
     fingerprint = config.fingerprint(model_name, dataset_sha)
     state = load_checkpoint(checkpoint_dir)
     if state is not None and state["fingerprint"] != fingerprint:
         raise ValueError(
-            f"checkpoint at {checkpoint_dir} was written by a different configuration "
+            f"checkpoint at {location} was written by a different configuration "
             f"({_describe_difference(state.get('fingerprint_inputs', {}), fingerprint_inputs)}); "
             "use a new --checkpoint-root or delete it"
         )
     resumed_from_epoch = state["epoch"] if state else 0
     if state is not None and state["epoch"] >= config.epochs:
-        logger.info("all %d epochs already done in %s; writing outputs only", state["epoch"], checkpoint_dir)
+        logger.info("all %d epochs already done in %s; writing outputs only", state["epoch"], location)
         return dict(state, resumed_from_epoch=resumed_from_epoch)
 
     keras.utils.set_random_seed(config.seed)
@@ -711,7 +760,7 @@ def _train_with_checkpoints(
             # policy of the layers; only the execution knobs follow this machine.
             model.jit_compile = device.jit_compile
             model.steps_per_execution = steps_per_execution
-            logger.info("resuming %s from %s after epoch %d", model_name, checkpoint_dir, resumed_from_epoch)
+            logger.info("resuming %s from %s after epoch %d", model_name, location, resumed_from_epoch)
 
     flip = bool(manifest.get("allow_horizontal_flip", False) if config.horizontal_flip is None else config.horizontal_flip)
     shift_pixels = shift_pixels_for(manifest["image_shape"], config.shift_fraction) if config.augment else (0, 0)
@@ -729,7 +778,7 @@ def _train_with_checkpoints(
     )
     validation_dataset = make_eval_dataset(validation_images, validation_labels, num_classes, config.batch_size)
     learning_rate_callback = LearningRateCallback(config, steps_per_epoch, PlateauState(**state["plateau"]))
-    recorder = EpochRecorder(checkpoint_dir, state, learning_rate_callback, config)
+    recorder = EpochRecorder(checkpoint_dir, state, learning_rate_callback, config, remote_dir)
     model.fit(
         train_dataset,
         validation_data=validation_dataset,

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="durable checkpoints; running the same command again resumes (default: <output>/checkpoints)",
     )
     run.add_argument("--run-name", default="local", help="names the checkpoints of this run (default: local)")
+    add_registry_arguments(run)
     run.add_argument(
         "--runner",
         choices=("subprocess", "docker"),
@@ -138,6 +139,17 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling and augmentation")
 
 
+def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry", default="",
+        help="model registry (dir or gs://...): publish every model, promote it when it beats the champion",
+    )
+    parser.add_argument(
+        "--promotion-margin", type=float, default=0.0,
+        help="how much higher (a fraction, e.g. 0.005) the test accuracy must be to replace the champion",
+    )
+
+
 def resolve_run_config(args: argparse.Namespace):
     from pipeline.config import resolve
 
@@ -175,7 +187,14 @@ def command_run(args: argparse.Namespace) -> int:
     from pipeline.local_run import collect_outputs, init_local_runner, run_pipeline
 
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), image=args.image, gpus=args.gpus)
-    run_dir = run_pipeline(config, checkpoint_root=checkpoint_root, run_name=args.run_name, image=args.image)
+    run_dir = run_pipeline(
+        config,
+        checkpoint_root=checkpoint_root,
+        run_name=args.run_name,
+        image=args.image,
+        registry=args.registry,
+        promotion_margin=args.promotion_margin,
+    )
     report = collect_outputs(run_dir, output_dir)
     print(f"\nreport: {report}")
     return 0
@@ -258,6 +277,7 @@ def add_cluster_commands(commands) -> None:
     )
     compile_.add_argument("--spot", action="store_true", help="run GPU tasks on Spot VMs")
     compile_.add_argument("--checkpoint-root", default="", help="default durable checkpoint prefix, e.g. gs://bucket/checkpoints")
+    add_registry_arguments(compile_)
     add_run_config_arguments(compile_)
     compile_.set_defaults(handler=command_compile)
 
@@ -305,7 +325,13 @@ def command_compile(args: argparse.Namespace) -> int:
         node_selector=parse_node_selector(args.node_selector or []),
         spot=args.spot,
     )
-    pipeline_function = build_pipeline(placement, defaults=config, checkpoint_root=args.checkpoint_root)
+    pipeline_function = build_pipeline(
+        placement,
+        defaults=config,
+        checkpoint_root=args.checkpoint_root,
+        registry=args.registry,
+        promotion_margin=args.promotion_margin,
+    )
     compiler.Compiler().compile(pipeline_function, args.output)
     print(f"compiled {args.output}: image {args.image}, {describe_placement(placement)}")
     return 0

@@ -50,9 +50,13 @@ def docker_runner(gpus: bool):
     return local.DockerRunner()
 
 
-def pipeline_arguments(config: RunConfig, checkpoint_root: str, run_name: str) -> dict:
+def pipeline_arguments(
+    config: RunConfig, checkpoint_root: str, run_name: str, registry: str = "", promotion_margin: float = 0.0
+) -> dict:
     """The pipeline's parameters for one run: exactly the names `cnnpipe compile` exposes."""
     return {
+        "registry": registry,
+        "promotion_margin": promotion_margin,
         "dataset": config.dataset,
         "models": list(config.models),
         "train_config": dict(config.train),
@@ -64,7 +68,14 @@ def pipeline_arguments(config: RunConfig, checkpoint_root: str, run_name: str) -
     }
 
 
-def run_pipeline(config: RunConfig, checkpoint_root: str, run_name: str, image: str | None = None) -> str:
+def run_pipeline(
+    config: RunConfig,
+    checkpoint_root: str,
+    run_name: str,
+    image: str | None = None,
+    registry: str = "",
+    promotion_margin: float = 0.0,
+) -> str:
     """Execute the pipeline with the runner set by ``init_local_runner``; returns the run's directory."""
     from kfp import local
 
@@ -79,7 +90,7 @@ def run_pipeline(config: RunConfig, checkpoint_root: str, run_name: str, image: 
         with warnings.catch_warnings():
             # The subprocess runner warns that the components name an image; here that is the point.
             warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
-            pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name))
+            pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name, registry, promotion_margin))
     except RuntimeError as error:
         raise ValueError(f"{failed_task(str(error))}; its log is above") from None
     created = sorted(set(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*"))) - before)

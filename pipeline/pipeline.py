@@ -29,13 +29,15 @@ def build_pipeline(
     parallelism: int = 0,
     defaults: RunConfig | None = None,
     checkpoint_root: str = "",
+    registry: str = "",
+    promotion_margin: float = 0.0,
 ) -> Callable:
     """The pipeline function.
 
     ``placement`` puts tasks on cluster node pools (and names the image); ``image`` alone only
     replaces the image (``cnnpipe run --runner docker``); ``parallelism`` caps concurrent train
-    tasks (0 = no cap); ``defaults`` (the smoke preset if not given) and ``checkpoint_root``
-    become the compiled defaults of the pipeline's parameters.
+    tasks (0 = no cap); ``defaults`` (the smoke preset if not given), ``checkpoint_root``,
+    ``registry`` and ``promotion_margin`` become the compiled defaults of the pipeline's parameters.
 
     (No ``from __future__ import annotations`` here: KFP reads the parameter types at run time.)
     """
@@ -54,6 +56,8 @@ def build_pipeline(
         checkpoint_root: str = checkpoint_root,
         run_name: str = "",
         preset: str = defaults.preset,
+        registry: str = registry,
+        promotion_margin: float = promotion_margin,
     ):
         prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed)
         disable_cache_for_mutable_source(prep)
@@ -66,7 +70,14 @@ def build_pipeline(
                 run_name=run_name,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
-            evaluation = evaluate_model(dataset=prep.outputs["dataset"], model=train.outputs["model"])
+            evaluation = evaluate_model(
+                dataset=prep.outputs["dataset"],
+                model=train.outputs["model"],
+                registry=registry,
+                promotion_margin=promotion_margin,
+                run_name=run_name,
+                pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
         report = write_report(
             dataset=prep.outputs["dataset"],
             results=dsl.Collected(evaluation.outputs["result"]),

@@ -1,0 +1,53 @@
+"""Publish an evaluated model to the model registry, with a SavedModel export for serving.
+
+The registry (``components.registry``) stores files and decides promotion; this step prepares
+what it stores: the Keras model as trained, its history and records, and a TensorFlow SavedModel
+that serving systems load without Keras. The decision is written back into the evaluation's
+``result.json`` so the report shows champion against challenger.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+from components import data_prep, registry
+
+MODEL_FILES = ("model.keras", "history.csv", "train_result.json")
+SAVED_MODEL_DIR = "saved_model"
+
+
+def publish(
+    dataset_dir: str, model_dir: str, result_dir: str, registry_root: str, run_id: str, margin: float = 0.0
+) -> dict:
+    """Publish the model in ``model_dir`` under ``<registry_root>/<dataset>/<model>/<run_id>/``.
+
+    Returns the registry's decision (promoted or kept, and why), also stored as the
+    ``promotion`` field of ``result_dir/result.json``.
+    """
+    manifest = data_prep.read_manifest(dataset_dir)
+    result_path = os.path.join(result_dir, "result.json")
+    with open(result_path) as handle:
+        result = json.load(handle)
+    with tempfile.TemporaryDirectory(prefix="cnnpipe-publish-") as staging:
+        for name in MODEL_FILES:
+            shutil.copyfile(os.path.join(model_dir, name), os.path.join(staging, name))
+        export_saved_model(os.path.join(model_dir, "model.keras"), os.path.join(staging, SAVED_MODEL_DIR))
+        decision = registry.publish_model(
+            staging, registry_root, manifest["name"], result["name"], run_id, result, manifest, margin
+        )
+    temporary = result_path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump({**result, "promotion": decision}, handle, indent=2)
+    os.replace(temporary, result_path)
+    return decision
+
+
+def export_saved_model(keras_path: str, export_dir: str) -> None:
+    """A TensorFlow SavedModel with a ``serve`` signature taking raw 0-255 images."""
+    import keras
+
+    from components import models
+
+    models.allow_deep_graphs()
+    keras.models.load_model(keras_path).export(export_dir, format="tf_saved_model", verbose=False)
