@@ -111,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(commands)
 
+    bench = commands.add_parser(
+        "bench",
+        help="time forward and forward+backward passes of a zoo model over batch sizes",
+        description="Per-batch time (mean and std after warm-up) and images/s of one model on random "
+        "images, printed as a table and saved as bench.txt, bench.png and bench.json.",
+    )
+    bench.add_argument("--model", required=True, help="registry name (see `cnnpipe models`)")
+    bench.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128", help="comma-separated (default: 1,2,4,...,128)")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per batch size (default: 20)")
+    bench.add_argument("--warmup-steps", type=int, default=5, help="untimed steps before them (default: 5)")
+    bench.add_argument("--input-shape", default="32,32,3", help="height,width,channels (default: 32,32,3)")
+    bench.add_argument("--xla", action="store_true", help="compile the steps with XLA")
+    bench.add_argument("--output", metavar="DIR", help="where the table, plot and JSON go (default: runs/bench-<model>)")
+    bench.set_defaults(handler=command_bench)
+
     component = commands.add_parser(
         "component",
         help="run a single step on local paths (what each pipeline task runs, handy for debugging)",
@@ -254,6 +269,23 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = [header, ["-" * width for width in widths], *rows]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from components.bench import benchmark_model, parse_batch_sizes, parse_input_shape, write_bench_outputs
+
+    rows = benchmark_model(
+        args.model,
+        parse_batch_sizes(args.batch_sizes),
+        steps=args.steps,
+        warmup_steps=args.warmup_steps,
+        input_shape=parse_input_shape(args.input_shape),
+        jit_compile=args.xla,
+    )
+    output_dir = args.output or os.path.join("runs", f"bench-{args.model}")
+    print(write_bench_outputs(rows, output_dir))
+    print(f"\nplot: {os.path.join(output_dir, 'bench.png')}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
