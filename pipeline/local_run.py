@@ -45,9 +45,16 @@ def docker_runner(gpus: bool):
         raise ValueError(
             f"no Docker engine answers ({type(error).__name__}); start Docker, or use --runner subprocess"
         ) from None
-    if gpus:
-        return local.DockerRunner(device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
-    return local.DockerRunner()
+    return local.DockerRunner(**docker_run_arguments(gpus))
+
+
+def docker_run_arguments(gpus: bool) -> dict:
+    """Extra ``docker run`` arguments of every step: all the host's GPUs when asked for."""
+    if not gpus:
+        return {}
+    import docker
+
+    return {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
 
 
 def pipeline_arguments(

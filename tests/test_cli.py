@@ -1,9 +1,11 @@
 """The `cnnpipe` command as a user meets it: help, listings, and one-line errors for mistakes."""
 
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from datagen import make_image_folder
 
@@ -78,3 +80,61 @@ def test_corrupt_image_fails_in_prep_with_one_line(tmp_path):
     assert "broken.png" in result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_docker_runner_without_engine_is_one_line_error(tmp_path):
+    """No Docker engine runs here: the run stops before any step, naming the fix."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--runner", "docker", "--image", "cnnpipe:test",
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=240,
+        env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:9"},  # a closed port: nothing answers
+    )
+    assert_one_line_error(result, "no Docker engine answers", "--runner subprocess")
+    assert not (tmp_path / "out" / "pipeline").exists()
+
+
+def test_docker_runner_passes_gpus_through():
+    from kfp import local
+
+    from pipeline.local_run import docker_run_arguments
+
+    arguments = docker_run_arguments(gpus=True)
+    [request] = arguments["device_requests"]
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert docker_run_arguments(gpus=False) == {}
+    local.DockerRunner(**arguments)  # the runner accepts them as `docker run` arguments
+
+
+def test_image_and_gpus_need_the_docker_runner():
+    assert_one_line_error(cnnpipe("run", "--gpus"), "--runner docker")
+
+
+def test_compile_sets_placement_and_preset_defaults(tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    result = cnnpipe(
+        "compile", "--output", str(package), "--image", "registry.example/cnnpipe:1", "--gpu-type", "nvidia-tesla-t4",
+        "--spot", "--preset", "seed", "--models", "resnet20_v1,resnet56_v1", "--registry", "gs://bucket/models",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nvidia-tesla-t4" in result.stdout
+    spec, platform = list(yaml.safe_load_all(package.read_text()))
+    defaults = {name: value.get("defaultValue") for name, value in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults["models"] == ["resnet20_v1", "resnet56_v1"]
+    assert defaults["train_config"]["epochs"] == 200 and defaults["train_config"]["schedule"] == "step"
+    assert defaults["registry"] == "gs://bucket/models" and defaults["preset"] == "seed"
+    images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/cnnpipe:1"}
+    assert "nvidia-tesla-t4" in yaml.safe_dump(platform)
+
+
+def test_submit_refuses_unknown_parameter_before_connecting(tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    assert cnnpipe("compile", "--output", str(package)).returncode == 0
+    result = cnnpipe("submit", "--host", "http://127.0.0.1:9", "--package", str(package), "--param", "epochs=3")
+    assert_one_line_error(result, "unknown pipeline parameter 'epochs'", "train_config")
+
+
+def test_schedule_refuses_five_field_cron():
+    result = cnnpipe("schedule", "--host", "http://127.0.0.1:9", "--name", "nightly", "--cron", "0 2 * * *")
+    assert_one_line_error(result, "6 fields")
