@@ -192,6 +192,9 @@ def render_markdown(summary: dict, manifest: dict, run_config: dict) -> str:
         "",
         "## Comparison (sorted by test accuracy)",
         "",
+        "Reference is the paper's CIFAR-10 figure and seed the original notebook's, so gaps are only",
+        "meaningful on CIFAR-10 with a full training budget.",
+        "",
     ]
     header = [name for name, _ in comparison_columns()]
     lines.append("| " + " | ".join(header) + " |")
