@@ -196,12 +196,11 @@ def command_run(args: argparse.Namespace) -> int:
     checkpoint_root = args.checkpoint_root or os.path.join(output_dir, "checkpoints")
     if args.runner == "subprocess" and (args.image or args.gpus):
         raise ValueError("--image and --gpus need --runner docker; drop them or add --runner docker")
-    os.makedirs(output_dir, exist_ok=True)
-    write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
-
     from pipeline.local_run import collect_outputs, init_local_runner, run_pipeline
 
-    init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), image=args.image, gpus=args.gpus)
+    init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus)
+    os.makedirs(output_dir, exist_ok=True)
+    write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
     run_dir = run_pipeline(
         config,
         checkpoint_root=checkpoint_root,

@@ -21,7 +21,7 @@ REPORT_FILES = ("report.html", "report.md", "summary.json")
 MODEL_FILES = ("model.keras", "history.csv")
 
 
-def init_local_runner(runner: str, pipeline_root: str, image: str | None = None, gpus: bool = False) -> None:
+def init_local_runner(runner: str, pipeline_root: str, gpus: bool = False) -> None:
     """Point ``kfp.local`` at ``pipeline_root`` with the chosen runner."""
     from kfp import local
 

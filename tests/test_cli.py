@@ -91,7 +91,7 @@ def test_docker_runner_without_engine_is_one_line_error(tmp_path):
         env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:9"},  # a closed port: nothing answers
     )
     assert_one_line_error(result, "no Docker engine answers", "--runner subprocess")
-    assert not (tmp_path / "out" / "pipeline").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_docker_runner_passes_gpus_through():
