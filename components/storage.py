@@ -254,20 +254,20 @@ def _crc32c_of_file(path: str) -> str:
     """CRC32C of a local file, base64 of the big-endian digest (the form GCS reports)."""
     import google_crc32c
 
-    checksum = google_crc32c.Checksum()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(_READ_BLOCK_BYTES), b""):
-            checksum.update(block)
-    return b64encode(checksum.digest()).decode("ascii")
+    return _digest_of_file(path, google_crc32c.Checksum())
 
 
 def _md5_of_file(path: str) -> str:
     """MD5 of a local file, base64 (the form GCS reports)."""
-    digest = hashlib.md5()
+    return _digest_of_file(path, hashlib.md5())
+
+
+def _digest_of_file(path: str, checksum) -> str:
+    """Feed a file to a hashlib-style ``checksum`` block by block; base64 of its digest."""
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(_READ_BLOCK_BYTES), b""):
-            digest.update(block)
-    return b64encode(digest.digest()).decode("ascii")
+            checksum.update(block)
+    return b64encode(checksum.digest()).decode("ascii")
 
 
 def _verify_transfer(local_path: str, blob, uri: str) -> None:
