@@ -12,13 +12,14 @@ size (forward and forward+backward) and a JSON file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from components import storage
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 PLOT_FILE = "bench.png"
@@ -241,14 +242,9 @@ def write_bench_outputs(rows: Sequence[dict[str, Any]], output_dir: str) -> str:
         raise ValueError("no benchmark rows to write; run benchmark_model with at least one batch size")
     os.makedirs(output_dir, exist_ok=True)
     table = format_table(rows)
-    _write_text(os.path.join(output_dir, TABLE_FILE), table + "\n")
+    storage.write_text(os.path.join(output_dir, TABLE_FILE), table + "\n")
     plot_times(rows, os.path.join(output_dir, PLOT_FILE))
-    _write_text(os.path.join(output_dir, JSON_FILE), json.dumps({"rows": list(rows)}, indent=2) + "\n")
+    storage.write_json(os.path.join(output_dir, JSON_FILE), {"rows": list(rows)})
     return table
 
 
-def _write_text(path: str, text: str) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import data_prep
+from components import data_prep, storage
 from components import models
 
 logger = logging.getLogger(__name__)
@@ -81,10 +81,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     history_path = os.path.join(model_dir, "history.csv")
     if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
         shutil.copyfile(history_path, os.path.join(output_dir, "history.csv"))
-    result_path = os.path.join(output_dir, "result.json")
-    with open(result_path + ".tmp", "w") as result_file:
-        json.dump(result, result_file, indent=2)
-    os.replace(result_path + ".tmp", result_path)
+    storage.write_json(os.path.join(output_dir, "result.json"), result)
     return result
 
 

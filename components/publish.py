@@ -6,12 +6,11 @@ that serving systems load without Keras. The decision is written back into the e
 ``result.json`` so the report shows champion against challenger.
 """
 
-import json
 import os
 import shutil
 import tempfile
 
-from components import data_prep, registry
+from components import data_prep, registry, storage
 
 MODEL_FILES = ("model.keras", "history.csv", "train_result.json")
 SAVED_MODEL_DIR = "saved_model"
@@ -27,8 +26,7 @@ def publish(
     """
     manifest = data_prep.read_manifest(dataset_dir)
     result_path = os.path.join(result_dir, "result.json")
-    with open(result_path) as handle:
-        result = json.load(handle)
+    result = storage.read_json(result_path)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-publish-") as staging:
         for name in MODEL_FILES:
             shutil.copyfile(os.path.join(model_dir, name), os.path.join(staging, name))
@@ -36,10 +34,7 @@ def publish(
         decision = registry.publish_model(
             staging, registry_root, manifest["name"], result["name"], run_id, result, manifest, margin
         )
-    temporary = result_path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump({**result, "promotion": decision}, handle, indent=2)
-    os.replace(temporary, result_path)
+    storage.write_json(result_path, {**result, "promotion": decision})
     return decision
 
 

@@ -492,7 +492,7 @@ def save_checkpoint(checkpoint_dir: str, model: keras.Model, state: dict[str, An
     if is_best:
         state["best_checkpoint"] = f"best-{epoch:04d}.keras"
         shutil.copyfile(os.path.join(checkpoint_dir, state["checkpoint"]), os.path.join(checkpoint_dir, state["best_checkpoint"]))
-    _write_json_atomically(os.path.join(checkpoint_dir, CHECKPOINT_STATE_FILE), state)
+    storage.write_json(os.path.join(checkpoint_dir, CHECKPOINT_STATE_FILE), state)
     referenced = {CHECKPOINT_STATE_FILE, state["checkpoint"], state["best_checkpoint"]}
     for name in os.listdir(checkpoint_dir):
         if name not in referenced and name.endswith(".keras"):
@@ -549,13 +549,6 @@ def push_checkpoint(local_dir: str, remote_dir: str, state: dict[str, Any]) -> N
 def _save_model_atomically(model: keras.Model, path: str) -> None:
     temporary = path + ".tmp.keras"  # Keras requires the .keras suffix
     model.save(temporary)
-    os.replace(temporary, path)
-
-
-def _write_json_atomically(path: str, value: Any) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as output:
-        json.dump(value, output, indent=2)
     os.replace(temporary, path)
 
 
@@ -867,5 +860,5 @@ def _write_outputs(
         "dataset": manifest.get("name"),
         "config": config.to_dict(),
     }
-    _write_json_atomically(os.path.join(output_dir, "train_result.json"), result)
+    storage.write_json(os.path.join(output_dir, "train_result.json"), result)
     return result

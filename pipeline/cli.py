@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Sequence
 
+from components import storage
 from components.errors import USER_ERRORS, one_line
 
 
@@ -200,7 +201,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus)
     os.makedirs(output_dir, exist_ok=True)
-    write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
+    storage.write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
     run_dir = run_pipeline(
         config,
         checkpoint_root=checkpoint_root,
@@ -212,13 +213,6 @@ def command_run(args: argparse.Namespace) -> int:
     report = collect_outputs(run_dir, output_dir)
     print(f"\nreport: {report}")
     return 0
-
-
-def write_json(path: str, data: dict) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,6 +76,11 @@ class RunConfig:
     validation_fraction: float
     train: Mapping[str, Any]
 
+    @property
+    def seed(self) -> int:
+        """The recipe's seed, also the seed of the data splits."""
+        return int(self.train.get("seed", 0))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "preset": self.preset,

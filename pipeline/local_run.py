@@ -68,7 +68,7 @@ def pipeline_arguments(
         "models": list(config.models),
         "train_config": dict(config.train),
         "validation_fraction": config.validation_fraction,
-        "seed": int(config.train.get("seed", 0)),
+        "seed": config.seed,
         "checkpoint_root": checkpoint_root,
         "run_name": run_name,
         "preset": config.preset,

@@ -52,7 +52,7 @@ def build_pipeline(
         models: list = list(defaults.models),
         train_config: dict = dict(defaults.train),
         validation_fraction: float = defaults.validation_fraction,
-        seed: int = int(defaults.train.get("seed", 0)),
+        seed: int = defaults.seed,
         checkpoint_root: str = checkpoint_root,
         run_name: str = "",
         preset: str = defaults.preset,
