@@ -27,9 +27,9 @@ if REPOSITORY_ROOT not in sys.path:
     sys.path.insert(0, REPOSITORY_ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
-import keras  # noqa: E402  (after the environment variable on purpose)
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from components.keras_setup import keras, tf  # noqa: E402  (after the environment variable on purpose)
 
 
 def parse_arguments(name: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
@@ -152,7 +152,7 @@ def train_path_images_per_second(
     try:
         pixel_mean = images.mean(axis=0, dtype=np.float64) / 255.0 if config.subtract_pixel_mean else None
         model = training.assemble_model(model_name, images.shape[1:], num_classes, pixel_mean)
-        steps_per_epoch = -(-len(images) // config.batch_size)
+        steps_per_epoch = training.steps_per_epoch_for(len(images), config.batch_size)
         steps_per_execution = training.resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
         training.compile_model(model, config, device.jit_compile, steps_per_execution)
         shift_pixels = training.shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
@@ -161,7 +161,7 @@ def train_path_images_per_second(
         model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    images_per_second = len(images) / statistics.fmean(timer.seconds[1:])
+    images_per_second = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
     progress(f"{model_name} train.py path, batch {config.batch_size}: {images_per_second:.1f} images/s")
     return {
         "images_per_second": images_per_second,

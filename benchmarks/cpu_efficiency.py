@@ -29,7 +29,7 @@ import sys
 import time
 
 import common
-from common import median, np, tf
+from common import median, tf
 
 NAME = "cpu_efficiency"
 MATMUL_SIZE = 2048
@@ -98,7 +98,7 @@ def matmul_flops_per_second(size: int = MATMUL_SIZE, calls: int = 10) -> float:
 
 def measure_ours(arguments, images, labels, **config_overrides) -> float:
     """Training images/s of train.py's path with TrainConfig(batch_size, augment on, **overrides)."""
-    from components.train import TrainConfig
+    from components.recipe import TrainConfig
 
     config = TrainConfig(batch_size=arguments.batch_size, horizontal_flip=True, **config_overrides)
     return common.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs)["images_per_second"]

@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
 
 def speed(arguments, images, labels) -> dict:
     """Ours and the seed-004 baseline, alternating, `--repeats` times; medians and their ratio."""
-    from components.train import TrainConfig
+    from components.recipe import TrainConfig
 
     config = TrainConfig(batch_size=arguments.batch_size, horizontal_flip=True)
     ours, baseline = [], []
@@ -58,7 +58,8 @@ def speed(arguments, images, labels) -> dict:
 
 def time_to_target(dataset_dir: str, model_name: str, target: float, train_fields: dict, work_dir: str) -> dict:
     """Trains with the fast preset's fields; epochs and summed epoch seconds to `target` test accuracy."""
-    from components.train import TrainConfig, train
+    from components.recipe import TrainConfig
+    from components.train import train
 
     output_dir = os.path.join(work_dir, model_name)
     train(dataset_dir, model_name, output_dir, TrainConfig.from_dict(dict(train_fields)))

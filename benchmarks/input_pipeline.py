@@ -30,7 +30,7 @@ def main() -> int:
     arguments = common.parse_arguments(NAME, __doc__.splitlines()[0], add_arguments)
     if arguments.tiny:
         arguments.model, arguments.images, arguments.batch_size, arguments.epochs = "lenet5", 64, 16, 2
-    from components.train import TrainConfig
+    from components.recipe import TrainConfig
 
     machine = common.machine_description()
     images, labels = common.random_cifar_like(arguments.images)

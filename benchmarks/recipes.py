@@ -60,7 +60,8 @@ def time_to_accuracy(history: list[dict[str, float]], target: float) -> dict | N
 
 def run_recipe(dataset_dir: str, model_name: str, train_fields: dict, work_dir: str, label: str, callbacks=()) -> dict:
     """Trains with the given TrainConfig fields; returns its history, best accuracy and wall seconds."""
-    from components.train import TrainConfig, train
+    from components.recipe import TrainConfig
+    from components.train import train
 
     output_dir = os.path.join(work_dir, label)
     started = time.perf_counter()

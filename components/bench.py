@@ -77,8 +77,7 @@ def benchmark_model(
         forward_backward_seconds_mean / _std, forward_backward_images_per_second.
     """
     _check_arguments(batch_sizes, steps, warmup_steps, input_shape, num_classes)
-    import keras
-    import tensorflow as tf
+    from components.keras_setup import keras, tf
 
     from components import models
 
@@ -135,8 +134,7 @@ def make_steps(model, jit_compile: bool) -> tuple[Callable, Callable]:
     timer measures finished work. The training step is seed 003's forward-backward pass plus
     the optimizer update a real step pays for (SGD: the cheapest update, to time the model).
     """
-    import keras
-    import tensorflow as tf
+    from components.keras_setup import keras, tf
 
     optimizer = keras.optimizers.SGD(learning_rate=1e-3)
     optimizer.build(model.trainable_variables)

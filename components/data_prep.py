@@ -253,7 +253,8 @@ def _load_digits(seed: int) -> RawDataset:
 
 def _load_keras_dataset(keyword: str) -> RawDataset:
     """CIFAR-10, Fashion-MNIST or MNIST through ``keras.datasets`` (downloads on first use)."""
-    import keras  # imported here: TensorFlow takes seconds to import and most sources never need it
+    # Imported here: TensorFlow takes seconds to import and most sources never need it.
+    from components.keras_setup import keras
 
     loaders = {
         "cifar10": (keras.datasets.cifar10, CIFAR_CLASS_NAMES),

@@ -13,12 +13,11 @@ import shutil
 import time
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from components import data_prep, storage
 from components import models
+from components.keras_setup import keras, tf
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,8 @@ def train_model(
         pipeline_job_id: The KFP job id, which stays the same when the cluster retries a task.
     """
     from components.errors import pipeline_step
-    from components.train import TrainConfig, train
+    from components.recipe import TrainConfig
+    from components.train import train
 
     checkpoint_dir = None
     if checkpoint_root:

@@ -40,9 +40,8 @@ def publish(
 
 def export_saved_model(keras_path: str, export_dir: str) -> None:
     """A TensorFlow SavedModel with a ``serve`` signature taking raw 0-255 images."""
-    import keras
-
     from components import models
+    from components.keras_setup import keras
 
     models.allow_deep_graphs()
     keras.models.load_model(keras_path).export(export_dir, format="tf_saved_model", verbose=False)

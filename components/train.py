@@ -27,255 +27,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from components import data_prep
 from components import models
 from components import storage
+from components.keras_setup import keras, tf
+from components.recipe import PlateauState, TrainConfig, learning_rate_at, update_plateau
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("step", "cosine", "constant")
-MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-
-# The seed's step schedule drops the learning rate after epochs 80/120/160/180 of 200; the
-# milestones are kept as fractions of the run so that a shorter run still decays.
-STEP_MILESTONE_FRACTIONS = (0.4, 0.6, 0.8, 0.9)
-STEP_FACTORS = (1e-1, 1e-2, 1e-3, 0.5e-3)
-
-# The seed's ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on val_loss.
-PLATEAU_FACTOR = math.sqrt(0.1)
-PLATEAU_PATIENCE = 5  # epochs without improvement
-PLATEAU_MIN_LEARNING_RATE = 0.5e-6
-PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not improvements
-
-# Fields that change how fast a run goes but not what it learns; a preempted run may resume on
-# a different machine (or be extended with more epochs), so they are left out of the fingerprint.
-FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile")
-
-INTEGER_FIELDS = ("epochs", "batch_size", "seed", "steps_per_execution")
 
 CHECKPOINT_STATE_FILE = "state.json"
 CHECKPOINT_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters and execution settings of one training run.
-
-    Attributes:
-        epochs: Number of passes over the training split.
-        batch_size: Images per optimizer step (global batch across all GPUs).
-        optimizer: 'adam' (AdamW when weight_decay > 0) or 'sgd' (Nesterov momentum).
-        learning_rate: Peak learning rate.
-        momentum: SGD momentum; unused by Adam.
-        weight_decay: Decoupled weight decay; 0 disables it.
-        schedule: 'step' (seed's milestones plus reduce-on-plateau), 'cosine' (per-step cosine
-            decay after a linear warmup) or 'constant'.
-        warmup_epochs: Linear warmup length of the cosine schedule, in epochs (may be fractional).
-        label_smoothing: Label smoothing of the categorical cross-entropy, in [0, 1).
-        augment: Whether to apply random shifts and flips to training batches.
-        horizontal_flip: Random horizontal flips; None follows the manifest's
-            allow_horizontal_flip (off for digits, where a flip changes the class).
-        shift_fraction: Largest random shift as a fraction of height and width.
-        subtract_pixel_mean: Subtract the train split's mean image inside the model.
-        seed: Seed for weight initialization, shuffling and augmentation.
-        steps_per_execution: Optimizer steps per compiled call, or 'auto'.
-        jit_compile: XLA compilation, or 'auto' (on for GPU, off for CPU where it measured slower).
-        mixed_precision: 'auto' (bfloat16 on Ampere or newer GPUs, float16 on older GPUs,
-            float32 on CPU), 'float32', 'mixed_float16' or 'mixed_bfloat16'.
-    """
-
-    epochs: int = 200
-    batch_size: int = 128
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "step"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    augment: bool = True
-    horizontal_flip: bool | None = None
-    shift_fraction: float = 0.1
-    subtract_pixel_mean: bool = True
-    seed: int = 0
-    steps_per_execution: int | str = "auto"
-    jit_compile: bool | str = "auto"
-    mixed_precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        _require_int("epochs", self.epochs, minimum=1)
-        _require_int("batch_size", self.batch_size, minimum=1)
-        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _require_number("learning_rate", self.learning_rate)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        _require_number("momentum", self.momentum)
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        _require_number("weight_decay", self.weight_decay)
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        _require_choice("schedule", self.schedule, SCHEDULES)
-        _require_number("warmup_epochs", self.warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _require_number("label_smoothing", self.label_smoothing)
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require_bool("augment", self.augment)
-        if self.horizontal_flip is not None:
-            _require_bool("horizontal_flip", self.horizontal_flip, "true, false or null (follow the dataset)")
-        _require_number("shift_fraction", self.shift_fraction)
-        if not 0 <= self.shift_fraction < 0.5:
-            raise ValueError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
-        _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
-        _require_int("seed", self.seed, minimum=0)
-        if self.steps_per_execution != "auto":
-            _require_int("steps_per_execution", self.steps_per_execution, minimum=1, alternative="'auto'")
-        if self.jit_compile != "auto":
-            _require_bool("jit_compile", self.jit_compile, "true, false or 'auto'")
-        _require_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Builds a config from plain values (JSON, CLI); unknown keys and bad values raise ValueError."""
-        if not isinstance(values, dict):
-            raise ValueError(f"train config must be a mapping of field names to values, got {values!r}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
-        # KFP passes dict parameters as JSON structs, whose numbers are all doubles: 4 arrives as 4.0.
-        return cls(**{
-            key: int(value) if key in INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
-            for key, value in values.items()
-        })
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the config as a JSON-serializable dict that `from_dict` accepts back."""
-        return dataclasses.asdict(self)
-
-    def fingerprint_inputs(self, model_name: str, dataset_sha: str) -> dict[str, Any]:
-        """Returns what a checkpoint's identity depends on: the config except FINGERPRINT_EXCLUDED_FIELDS,
-        the model name and the dataset's content hash."""
-        inputs = {key: value for key, value in self.to_dict().items() if key not in FINGERPRINT_EXCLUDED_FIELDS}
-        inputs["model_name"] = model_name
-        inputs["dataset_sha256"] = dataset_sha
-        return inputs
-
-    def fingerprint(self, model_name: str, dataset_sha: str) -> str:
-        """Returns a sha256 hex digest identifying the run a checkpoint belongs to.
-
-        `epochs` is excluded on purpose: rerunning with more epochs extends a finished run.
-        """
-        encoded = json.dumps(self.fingerprint_inputs(model_name, dataset_sha), sort_keys=True).encode()
-        return hashlib.sha256(encoded).hexdigest()
-
-
-def _require_int(name: str, value: Any, minimum: int, alternative: str | None = None) -> None:
-    also = f" or {alternative}" if alternative else ""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer{also}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{also}, got {value!r}")
-
-
-def _require_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
-def _require_bool(name: str, value: Any, accepted: str = "true or false") -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
-
-
-def _require_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning-rate schedules (pure functions of the epoch position)
-
-
-@dataclass(frozen=True)
-class PlateauState:
-    """Reduce-on-plateau bookkeeping; it is saved in checkpoints so a resumed run keeps it.
-
-    Attributes:
-        scale: Multiplier applied to the step schedule's learning rate (1, sqrt(0.1), 0.1, ...).
-        best_validation_loss: Lowest validation loss seen, None before the first epoch.
-        wait: Epochs since the last improvement (or reduction).
-    """
-
-    scale: float = 1.0
-    best_validation_loss: float | None = None
-    wait: int = 0
-
-
-def step_learning_rate(epoch: int, learning_rate: float, epochs: int) -> float:
-    """The seed's step schedule with milestones scaled to `epochs` (0-based epoch index).
-
-    For 200 epochs this is the seed exactly: x1, then x0.1 after epoch 80, x0.01 after 120,
-    x0.001 after 160 and x0.0005 after 180.
-    """
-    factor = 1.0
-    for fraction, milestone_factor in zip(STEP_MILESTONE_FRACTIONS, STEP_FACTORS):
-        if epoch > fraction * epochs:
-            factor = milestone_factor
-    return learning_rate * factor
-
-
-def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
-    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then cosine decay to 0 at `epochs`.
-
-    `epoch_float` is the fractional position in the run (2.5 = half way through the third epoch).
-    """
-    if epoch_float < warmup_epochs:
-        return learning_rate * epoch_float / warmup_epochs
-    decay_epochs = epochs - warmup_epochs
-    if decay_epochs <= 0:
-        return learning_rate
-    progress = min(max((epoch_float - warmup_epochs) / decay_epochs, 0.0), 1.0)
-    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * progress))
-
-
-def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: float = 1.0) -> float:
-    """Learning rate at a fractional epoch position under `config`'s schedule.
-
-    The step schedule is multiplied by the reduce-on-plateau `plateau_scale`, which never takes it
-    below PLATEAU_MIN_LEARNING_RATE (nor raises it above the step value). The seed ran Keras'
-    LearningRateScheduler and ReduceLROnPlateau side by side, so the scheduler overwrote each
-    reduction at the next epoch; multiplying makes both take effect.
-    """
-    if config.schedule == "constant":
-        return config.learning_rate
-    if config.schedule == "cosine":
-        return cosine_learning_rate(epoch_float, config.learning_rate, config.epochs, config.warmup_epochs)
-    scheduled = step_learning_rate(math.floor(epoch_float), config.learning_rate, config.epochs)
-    return max(scheduled * plateau_scale, min(scheduled, PLATEAU_MIN_LEARNING_RATE))
-
-
-def update_plateau(state: PlateauState, validation_loss: float, learning_rate: float) -> PlateauState:
-    """Returns the plateau state after an epoch with `validation_loss` trained at `learning_rate`.
-
-    Mirrors Keras' ReduceLROnPlateau: after PLATEAU_PATIENCE epochs without an improvement of at
-    least PLATEAU_MIN_DELTA, the scale shrinks by PLATEAU_FACTOR unless the rate is already minimal.
-    """
-    best = state.best_validation_loss
-    if best is None or validation_loss < best - PLATEAU_MIN_DELTA:
-        return PlateauState(scale=state.scale, best_validation_loss=float(validation_loss), wait=0)
-    wait = state.wait + 1
-    if wait >= PLATEAU_PATIENCE and learning_rate > PLATEAU_MIN_LEARNING_RATE:
-        return PlateauState(scale=state.scale * PLATEAU_FACTOR, best_validation_loss=best, wait=0)
-    return dataclasses.replace(state, wait=wait)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +97,11 @@ def shift_pixels_for(image_shape: Sequence[int], shift_fraction: float) -> tuple
     return round(shift_fraction * image_shape[0]), round(shift_fraction * image_shape[1])
 
 
+def steps_per_epoch_for(image_count: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: full batches only (see make_train_dataset), at least one."""
+    return max(1, image_count // batch_size)
+
+
 def make_train_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -342,9 +111,15 @@ def make_train_dataset(
     shift_pixels: tuple[int, int] = (0, 0),
     flip: bool = False,
 ) -> tf.data.Dataset:
-    """Shuffled, batched, augmented (float32 images, one-hot labels) batches from in-memory uint8 arrays."""
+    """Shuffled, batched, augmented (float32 images, one-hot labels) batches from in-memory uint8 arrays.
+
+    The last partial batch of an epoch is dropped (the reshuffle lets other images wait each
+    epoch): a second batch shape would trace the train step again, seconds of graph building
+    on a CPU and a full recompile under XLA. A split smaller than one batch stays one batch.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=len(images) >= batch_size)
     augmenting = flip or any(shift_pixels)
     # One stateless seed pair per batch, different every epoch but fixed by `seed`.
     batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -397,14 +172,14 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     """Adam (AdamW with weight decay) or Nesterov SGD at the schedule's starting rate."""
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(
-            learning_rate=config.learning_rate,
+            learning_rate=config.peak_learning_rate,
             momentum=config.momentum,
             nesterov=True,
             weight_decay=config.weight_decay or None,
         )
     if config.weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=config.learning_rate)
+        return keras.optimizers.AdamW(learning_rate=config.peak_learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=config.peak_learning_rate)
 
 
 def fit_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
@@ -424,7 +199,12 @@ def fit_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
 
 
 def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, steps_per_execution: int) -> None:
-    """Compiles with categorical cross-entropy (label smoothing) and accuracy."""
+    """Compiles with categorical cross-entropy (label smoothing) and accuracy.
+
+    The optimizer's slot variables are created here rather than inside the first train step:
+    a tf.function that creates variables is traced twice, which doubled the first epoch's time
+    (ResNet20 on the CPU: 18 s -> 9 s of graph building).
+    """
     model.compile(
         optimizer=make_optimizer(config),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -432,6 +212,7 @@ def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, st
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
+    model.optimizer.build(model.trainable_variables)
 
 
 @dataclass(frozen=True)
@@ -630,7 +411,7 @@ class EpochRecorder(keras.callbacks.Callback):
         if not math.isfinite(loss):
             raise ValueError(
                 f"training diverged: loss became {loss} at epoch {epoch + 1}; lower --learning-rate "
-                f"(now {self.config.learning_rate}) or use --optimizer adam"
+                f"(the peak rate was {self.config.peak_learning_rate:g}) or use --optimizer adam"
             )
         row = {
             "epoch": epoch + 1,
@@ -749,7 +530,7 @@ def _train_with_checkpoints(
     validation_split = "validation" if manifest["splits"].get("validation", 0) > 0 else "test"
     validation_images, validation_labels = data_prep.load_split(dataset_dir, validation_split)
     num_classes = int(manifest["num_classes"])
-    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    steps_per_epoch = steps_per_epoch_for(len(train_images), config.batch_size)
 
     device = resolve_device_settings(config)
     keras.mixed_precision.set_global_policy(device.mixed_precision)
@@ -777,9 +558,10 @@ def _train_with_checkpoints(
     flip = flip and config.augment
     logger.info(
         "training %s (%d params) for epochs %d..%d: %d train / %d %s images, batch %d, %d steps/epoch, "
-        "steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), %s strategy, shift %s px, flip %s",
+        "peak learning rate %g, steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), %s strategy, "
+        "shift %s px, flip %s",
         model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, len(train_images), len(validation_images),
-        validation_split, config.batch_size, steps_per_epoch, steps_per_execution, device.jit_compile,
+        validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate, steps_per_execution, device.jit_compile,
         device.mixed_precision, device.gpus, type(strategy).__name__, shift_pixels, flip,
     )
     # A resumed run reshuffles with a different seed so it does not replay the first epochs' order.

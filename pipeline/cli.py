@@ -23,9 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # TensorFlow's C++ logging, for this process and the steps it starts: level 3 also mutes the
+    # "failed call to cuInit" error every process logs on a machine without a GPU.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        if args.needs_tensorflow:
-            import_tensorflow_quietly()
         return args.handler(args) or 0
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -41,27 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing, absl notices) off stderr.
-
-    A user should see the result or one error line, not a screen of driver probing on a machine
-    without a GPU. Python exceptions from the import still surface; only C++ logging is muted
-    (level 3 also mutes the "failed call to cuInit" line that follows on CPU machines).
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
-
-
 # ---------------------------------------------------------------------------------------------
 # Argument parsing
 
@@ -75,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnpipe",
         description="Train and compare classic CNNs with a Kubeflow pipeline, locally or on a cluster.",
     )
-    parser.set_defaults(needs_tensorflow=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -108,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=command_models)
 
     presets = commands.add_parser("presets", help="list the presets and their training recipes")
-    presets.set_defaults(handler=command_presets, needs_tensorflow=False)
+    presets.set_defaults(handler=command_presets)
 
     add_cluster_commands(commands)
 
@@ -311,7 +290,7 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
     submit.add_argument("--run-name", help="display name of the run (default: cnnpipe <UTC time>)")
     submit.add_argument("--wait", action="store_true", help="follow the run; exit non-zero naming the failed task")
-    submit.set_defaults(handler=command_submit, needs_tensorflow=False)
+    submit.set_defaults(handler=command_submit)
 
     schedule = commands.add_parser(
         "schedule",
@@ -325,7 +304,7 @@ def add_cluster_commands(commands) -> None:
     schedule.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
     schedule.add_argument("--list", action="store_true", help="list the schedules")
     schedule.add_argument("--delete", metavar="NAME", help="delete the schedule NAME")
-    schedule.set_defaults(handler=command_schedule, needs_tensorflow=False)
+    schedule.set_defaults(handler=command_schedule)
 
 
 def add_cluster_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -459,7 +438,8 @@ def component_prepare(args: argparse.Namespace) -> int:
 
 
 def component_train(args: argparse.Namespace) -> int:
-    from components.train import TrainConfig, train
+    from components.recipe import TrainConfig
+    from components.train import train
     from pipeline.config import get_preset
 
     try:

@@ -18,21 +18,24 @@ import pytest
 import tensorflow as tf
 
 from components import train as train_module
-from components.train import (
+from components.recipe import (
     PLATEAU_MIN_LEARNING_RATE,
     PLATEAU_PATIENCE,
     PlateauState,
     TrainConfig,
-    augment_batch,
     cosine_learning_rate,
     learning_rate_at,
+    step_learning_rate,
+    update_plateau,
+)
+from components.train import (
+    augment_batch,
     load_checkpoint,
     make_train_dataset,
     shift_and_flip,
     shift_pixels_for,
-    step_learning_rate,
+    steps_per_epoch_for,
     train,
-    update_plateau,
 )
 
 TINY_SHAPE = (8, 8, 1)
@@ -198,6 +201,16 @@ def test_learning_rate_at_dispatches_on_the_schedule():
     assert learning_rate_at(5.0, TrainConfig(schedule="cosine", learning_rate=1.0, epochs=10)) == pytest.approx(0.5)
 
 
+def test_learning_rate_scales_linearly_with_the_batch_when_a_reference_batch_is_set():
+    fast = dict(schedule="constant", learning_rate=0.4, reference_batch_size=512)
+    assert TrainConfig(batch_size=512, **fast).peak_learning_rate == pytest.approx(0.4)
+    assert learning_rate_at(3.0, TrainConfig(batch_size=128, **fast)) == pytest.approx(0.1)
+    assert learning_rate_at(3.0, TrainConfig(batch_size=1024, **fast)) == pytest.approx(0.8)
+    assert TrainConfig(batch_size=128, learning_rate=0.4).peak_learning_rate == 0.4  # no reference: as given
+    with pytest.raises(ValueError, match="reference_batch_size must be >= 1 or null, got 0"):
+        TrainConfig(reference_batch_size=0)
+
+
 def test_plateau_scale_multiplies_the_step_rate_but_not_below_the_minimum():
     config = TrainConfig(learning_rate=1e-3, epochs=200)
     assert learning_rate_at(0, config, plateau_scale=0.1) == pytest.approx(1e-4)
@@ -276,16 +289,32 @@ def test_shift_pixels_round_the_fraction_of_each_side():
     assert shift_pixels_for((8, 28, 1), 0.1) == (1, 3)
 
 
-def test_train_dataset_yields_every_image_once_per_epoch_as_float_with_one_hot_labels():
+def test_train_dataset_yields_full_float_batches_with_one_hot_labels_and_a_fresh_shuffle_each_epoch():
     images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
     labels = np.arange(10, dtype=np.int32) % 3
-    batches = list(make_train_dataset(images, labels, num_classes=3, batch_size=4, seed=0))
-    assert [batch[0].shape[0] for batch in batches] == [4, 4, 2]
-    assert batches[0][0].dtype == tf.float32 and batches[0][1].shape == (4, 3)
-    seen = np.concatenate([batch[0].numpy()[:, 0, 0, 0] for batch in batches])
-    seen_labels = np.concatenate([np.argmax(batch[1].numpy(), axis=1) for batch in batches])
-    assert sorted(seen.astype(int)) == sorted(images[:, 0, 0, 0].astype(int))
-    np.testing.assert_array_equal(seen_labels, labels[(seen // 4).astype(int)])
+    dataset = make_train_dataset(images, labels, num_classes=3, batch_size=4, seed=0)
+    epochs = [list(dataset) for _ in range(6)]
+    # The partial batch is dropped: one batch shape, one trace of the train step.
+    assert [[batch[0].shape[0] for batch in epoch] for epoch in epochs] == [[4, 4]] * 6
+    assert steps_per_epoch_for(len(images), 4) == 2
+    first = epochs[0][0]
+    assert first[0].dtype == tf.float32 and first[1].shape == (4, 3)
+    seen_per_epoch = []
+    for epoch in epochs:
+        seen = np.concatenate([batch[0].numpy()[:, 0, 0, 0] for batch in epoch]).astype(int)
+        seen_labels = np.concatenate([np.argmax(batch[1].numpy(), axis=1) for batch in epoch])
+        np.testing.assert_array_equal(seen_labels, labels[seen // 4])  # labels stay with their images
+        assert len(set(seen)) == 8
+        seen_per_epoch.append(frozenset(seen))
+    assert len(set(seen_per_epoch)) > 1  # different images wait each epoch
+    assert set().union(*seen_per_epoch) == set(images[:, 0, 0, 0].astype(int))
+
+
+def test_a_split_smaller_than_one_batch_is_one_partial_batch():
+    images = np.zeros((3, 2, 2, 1), dtype=np.uint8)
+    batches = list(make_train_dataset(images, np.zeros(3, dtype=np.int32), num_classes=2, batch_size=8, seed=0))
+    assert [batch[0].shape[0] for batch in batches] == [3]
+    assert steps_per_epoch_for(3, 8) == 1
 
 
 # --- real training runs ---------------------------------------------------------------------------
@@ -411,7 +440,7 @@ class PoisonWeightsAtEpoch(keras.callbacks.Callback):
 
 def test_divergence_stops_with_a_one_line_error(tiny_dataset, tmp_path):
     config = quick_config(epochs=3, optimizer="sgd", learning_rate=0.05)
-    with pytest.raises(ValueError, match=r"^training diverged: loss became nan at epoch 2; lower --learning-rate \(now 0.05\)"):
+    with pytest.raises(ValueError, match=r"^training diverged: loss became nan at epoch 2; lower --learning-rate \(the peak rate was 0.05\)"):
         train(tiny_dataset, "lenet5", str(tmp_path / "output"), config, callbacks=[PoisonWeightsAtEpoch(1)])
     assert os.listdir(tmp_path) == ["output"] and os.listdir(tmp_path / "output") == []
 
@@ -435,7 +464,8 @@ def test_killed_process_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path)
     checkpoint_dir, output_dir = str(tmp_path / "checkpoints"), str(tmp_path / "output")
     script = textwrap.dedent(f"""
         import time, keras
-        from components.train import TrainConfig, train
+        from components.recipe import TrainConfig
+        from components.train import train
 
         class Slow(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):

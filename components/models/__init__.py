@@ -2,19 +2,24 @@
 
 `MODELS` maps a registry key to its `ModelSpec`; `build_model(name, input_shape, num_classes)` checks the
 arguments and builds the network; `model_table()` lists every entry with its size for `cnnpipe models`.
+The registry itself is plain data: a family's module (and with it Keras) is imported when one of its
+models is first built, so checking a model name costs no TensorFlow start-up.
 Every model takes a float32 image batch (already scaled by the caller) and returns float32 softmax
 probabilities, so it also works under the mixed_float16 policy.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
+import importlib
 import numbers
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
-
-from components.models import alexnet, inception, lenet, resnet, vgg
+if TYPE_CHECKING:
+    import keras
 
 # Keras maps a Functional graph recursively, one Python frame per layer on the longest path;
 # resnet1202_v1 has about 4,200 layers in a row, beyond Python's default limit of 1,000.
@@ -31,7 +36,7 @@ class ModelSpec:
 
     Attributes:
         name: registry key; the built model carries it as its name.
-        family: lenet, alexnet, vgg, inception or resnet.
+        family: lenet, alexnet, vgg, inception or resnet: also the module of its builder.
         build: (input_shape, num_classes) -> keras.Model.
         min_input_size: smallest height and width accepted: the smallest size at which every layer
             has a non-empty output and every strided layer still receives a map of at least 2x2
@@ -53,72 +58,78 @@ class ModelSpec:
     params: int | None = None
 
 
+def _build_with(family, builder, input_shape, num_classes, **arguments):
+    """Calls `builder` of module components.models.<family>, importing it on first use."""
+    module = importlib.import_module(f"components.models.{family}")
+    return getattr(module, builder)(input_shape, num_classes, **arguments)
+
+
 def _entry(name, family, builder, builder_arguments=None, **spec_fields):
     """A ModelSpec whose build function names the model after its registry key."""
-    build = functools.partial(builder, name=name, **(builder_arguments or {}))
+    build = functools.partial(_build_with, family, builder, name=name, **(builder_arguments or {}))
     return ModelSpec(name=name, family=family, build=build, **spec_fields)
 
 
 _ENTRIES = (
-    _entry("lenet5", "lenet", lenet.lenet5, min_input_size=16, params=62_006,
+    _entry("lenet5", "lenet", "lenet5", min_input_size=16, params=62_006,
            reference_accuracy=None, seed_accuracy=None,
            description="LeNet5 (seed 001): two sigmoid 5x5 convs with 2x2 pools, dense 120-84"),
-    _entry("alexnet8", "alexnet", alexnet.alexnet8, min_input_size=21, params=9_639_178,
+    _entry("alexnet8", "alexnet", "alexnet8", min_input_size=21, params=9_639_178,
            reference_accuracy=None, seed_accuracy=0.70,
            description="AlexNet8 (seed 001): 5 convs with BN, dense 2048-2048 with dropout; "
                        "seed 000's AlexNet reached 70% in 10 epochs"),
-    _entry("vgg13", "vgg", vgg.vgg13, min_input_size=17, params=9_570_506,
+    _entry("vgg13", "vgg", "vgg13", min_input_size=17, params=9_570_506,
            reference_accuracy=None, seed_accuracy=None,
            description="VGG13 (seed 002): 10 convs without BN, dense 256-128"),
-    _entry("vgg16", "vgg", vgg.vgg16, min_input_size=17, params=15_262_026,
+    _entry("vgg16", "vgg", "vgg16", min_input_size=17, params=15_262_026,
            reference_accuracy=None, seed_accuracy=0.7891,
            description="VGG16 (seed 001): 13 convs with BN, dropout 0.2, dense 512-512; "
                        "seed 000's BN+dropout VGG16 reached 78.91% in 10 epochs"),
-    _entry("vgg16_imagenet", "vgg", vgg.vgg16_imagenet, min_input_size=17, params=33_638_218,
+    _entry("vgg16_imagenet", "vgg", "vgg16_imagenet", min_input_size=17, params=33_638_218,
            reference_accuracy=None, seed_accuracy=None,
            description="VGG16 configuration D (seed 003): 13 convs, FC-4096 x2 with dropout 0.5; "
                        "134M parameters at 224x224"),
-    _entry("inception10", "inception", inception.inception10, min_input_size=3, params=121_418,
+    _entry("inception10", "inception", "inception10", min_input_size=3, params=121_418,
            reference_accuracy=None, seed_accuracy=None,
            description="Inception10 (seed 001): stem + 4 four-branch blocks, 16 then 32 filters per branch"),
-    _entry("resnet18", "resnet", resnet.resnet18, min_input_size=5, params=11_183_562,
+    _entry("resnet18", "resnet", "resnet18", min_input_size=5, params=11_183_562,
            reference_accuracy=None, seed_accuracy=None,
            description="ResNet18 (seed 001): [2, 2, 2, 2] basic blocks of 64-512 filters"),
-    _entry("resnet_blocks10", "resnet", resnet.resnet_blocks10, min_input_size=13, params=819_210,
+    _entry("resnet_blocks10", "resnet", "resnet_blocks10", min_input_size=13, params=819_210,
            reference_accuracy=None, seed_accuracy=0.7845,
            description="Seed 000's ResNet: conv32-conv64-pool, 10 residual blocks of 64, conv64, "
                        "dense 256 + dropout 0.5"),
-    _entry("resnet20_v1", "resnet", resnet.resnet_v1, {"depth": 20}, min_input_size=3, params=274_442,
+    _entry("resnet20_v1", "resnet", "resnet_v1", {"depth": 20}, min_input_size=3, params=274_442,
            reference_accuracy=0.9125, seed_accuracy=0.9216,
            description="ResNet20 v1 (seed 004, n=3): basic blocks of 16-32-64 filters, he_normal, L2 1e-4"),
-    _entry("resnet32_v1", "resnet", resnet.resnet_v1, {"depth": 32}, min_input_size=3, params=470_218,
+    _entry("resnet32_v1", "resnet", "resnet_v1", {"depth": 32}, min_input_size=3, params=470_218,
            reference_accuracy=0.9249, seed_accuracy=0.9246,
            description="ResNet32 v1 (seed 004, n=5)"),
-    _entry("resnet44_v1", "resnet", resnet.resnet_v1, {"depth": 44}, min_input_size=3, params=665_994,
+    _entry("resnet44_v1", "resnet", "resnet_v1", {"depth": 44}, min_input_size=3, params=665_994,
            reference_accuracy=0.9283, seed_accuracy=0.9250,
            description="ResNet44 v1 (seed 004, n=7)"),
-    _entry("resnet56_v1", "resnet", resnet.resnet_v1, {"depth": 56}, min_input_size=3, params=861_770,
+    _entry("resnet56_v1", "resnet", "resnet_v1", {"depth": 56}, min_input_size=3, params=861_770,
            reference_accuracy=0.9303, seed_accuracy=0.9271,
            description="ResNet56 v1 (seed 004, n=9)"),
-    _entry("resnet110_v1", "resnet", resnet.resnet_v1, {"depth": 110}, min_input_size=3, params=1_742_762,
+    _entry("resnet110_v1", "resnet", "resnet_v1", {"depth": 110}, min_input_size=3, params=1_742_762,
            reference_accuracy=0.9339, seed_accuracy=0.9265,
            description="ResNet110 v1 (seed 004, n=18)"),
-    _entry("resnet164_v1", "resnet", resnet.resnet_v1, {"depth": 164}, min_input_size=3, params=2_623_754,
+    _entry("resnet164_v1", "resnet", "resnet_v1", {"depth": 164}, min_input_size=3, params=2_623_754,
            reference_accuracy=0.9407, seed_accuracy=None,
            description="ResNet164 v1 (seed 004, n=27 basic blocks; the paper's ResNet-164 uses bottlenecks)"),
-    _entry("resnet1202_v1", "resnet", resnet.resnet_v1, {"depth": 1202}, min_input_size=3, params=19_558_378,
+    _entry("resnet1202_v1", "resnet", "resnet_v1", {"depth": 1202}, min_input_size=3, params=19_558_378,
            reference_accuracy=0.9207, seed_accuracy=None,
            description="ResNet1202 v1 (seed 004, n=200): the paper's 19.4M-parameter, 7.93%-error network"),
-    _entry("resnet56_v2", "resnet", resnet.resnet_v2, {"depth": 56}, min_input_size=3, params=1_673_738,
+    _entry("resnet56_v2", "resnet", "resnet_v2", {"depth": 56}, min_input_size=3, params=1_673_738,
            reference_accuracy=None, seed_accuracy=0.9301,
            description="ResNet56 v2 (seed 004, n=6): pre-activation bottlenecks, 64-128-256 outputs"),
-    _entry("resnet110_v2", "resnet", resnet.resnet_v2, {"depth": 110}, min_input_size=3, params=3_323_210,
+    _entry("resnet110_v2", "resnet", "resnet_v2", {"depth": 110}, min_input_size=3, params=3_323_210,
            reference_accuracy=0.9363, seed_accuracy=0.9315,
            description="ResNet110 v2 (seed 004, n=12): pre-activation bottlenecks"),
-    _entry("resnet164_v2", "resnet", resnet.resnet_v2, {"depth": 164}, min_input_size=3, params=4_972_682,
+    _entry("resnet164_v2", "resnet", "resnet_v2", {"depth": 164}, min_input_size=3, params=4_972_682,
            reference_accuracy=0.9454, seed_accuracy=None,
            description="ResNet164 v2 (seed 004, n=18): pre-activation bottlenecks"),
-    _entry("resnet1001_v2", "resnet", resnet.resnet_v2, {"depth": 1001}, min_input_size=3, params=30_539_498,
+    _entry("resnet1001_v2", "resnet", "resnet_v2", {"depth": 1001}, min_input_size=3, params=30_539_498,
            reference_accuracy=0.9508, seed_accuracy=None,
            description="ResNet1001 v2 (seed 004, n=111): pre-activation bottlenecks, paper error 4.92%"),
 )

@@ -1,7 +1,8 @@
 """AlexNet family: seed 001's AlexNet8, a CIFAR-sized AlexNet with batch norm and 3x3 kernels."""
 
-import keras
-from keras import layers
+from components.keras_setup import keras
+
+layers = keras.layers
 
 
 def AlexNet(input_shape, num_classes, dense_units=2048, dropout_rate=0.5, name="alexnet"):

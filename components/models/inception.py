@@ -1,7 +1,8 @@
 """Inception family: seed 001's Inception10, GoogLeNet-style four-branch blocks on a small stem."""
 
-import keras
-from keras import layers
+from components.keras_setup import keras
+
+layers = keras.layers
 
 
 def conv_bn_relu(x, filters, kernel_size=3, strides=1):

@@ -1,7 +1,8 @@
 """LeNet family: seed 001's LeNet5 (sigmoid activations, unpadded 5x5 convolutions, 2x2 max pools)."""
 
-import keras
-from keras import layers
+from components.keras_setup import keras
+
+layers = keras.layers
 
 
 def LeNet(

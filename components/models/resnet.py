@@ -15,8 +15,9 @@ pooling gives the same result there and works for any input size.
 
 import functools
 
-import keras
-from keras import layers
+from components.keras_setup import keras
+
+layers = keras.layers
 
 # Weight decay of seed 004's convolutions (L2 factor on the kernel, per weight).
 SEED_004_WEIGHT_DECAY = 1e-4

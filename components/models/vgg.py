@@ -6,8 +6,9 @@ Variants:
 - `vgg16_imagenet`: seed 003's configuration D (FC-4096, FC-4096) for 224x224 images.
 """
 
-import keras
-from keras import layers
+from components.keras_setup import keras
+
+layers = keras.layers
 
 # (filters, convolutions) per stage.
 VGG13_STAGES = ((64, 2), (128, 2), (256, 2), (512, 2), (512, 2))

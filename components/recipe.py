@@ -1,0 +1,266 @@
+"""The training recipe: `TrainConfig`, its validation, and the learning-rate schedules.
+
+Everything here is plain Python (no TensorFlow), so the command line and the pipeline builder
+can check a recipe in milliseconds; `components.train` runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("step", "cosine", "constant")
+MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+# The seed's step schedule drops the learning rate after epochs 80/120/160/180 of 200; the
+# milestones are kept as fractions of the run so that a shorter run still decays.
+STEP_MILESTONE_FRACTIONS = (0.4, 0.6, 0.8, 0.9)
+STEP_FACTORS = (1e-1, 1e-2, 1e-3, 0.5e-3)
+
+# The seed's ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on val_loss.
+PLATEAU_FACTOR = math.sqrt(0.1)
+PLATEAU_PATIENCE = 5  # epochs without improvement
+PLATEAU_MIN_LEARNING_RATE = 0.5e-6
+PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not improvements
+
+# Fields that change how fast a run goes but not what it learns; a preempted run may resume on
+# a different machine (or be extended with more epochs), so they are left out of the fingerprint.
+FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile")
+
+INTEGER_FIELDS = ("epochs", "batch_size", "reference_batch_size", "seed", "steps_per_execution")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters and execution settings of one training run.
+
+    Attributes:
+        epochs: Number of passes over the training split.
+        batch_size: Images per optimizer step (global batch across all GPUs).
+        reference_batch_size: The batch size `learning_rate` is meant for; another batch size
+            scales the rate linearly (half the batch, half the rate), so a recipe keeps working
+            when the batch changes to fit a GPU. None: `learning_rate` is used as given.
+        optimizer: 'adam' (AdamW when weight_decay > 0) or 'sgd' (Nesterov momentum).
+        learning_rate: Peak learning rate (at reference_batch_size, when that is set).
+        momentum: SGD momentum; unused by Adam.
+        weight_decay: Decoupled weight decay; 0 disables it.
+        schedule: 'step' (seed's milestones plus reduce-on-plateau), 'cosine' (per-step cosine
+            decay after a linear warmup) or 'constant'.
+        warmup_epochs: Linear warmup length of the cosine schedule, in epochs (may be fractional).
+        label_smoothing: Label smoothing of the categorical cross-entropy, in [0, 1).
+        augment: Whether to apply random shifts and flips to training batches.
+        horizontal_flip: Random horizontal flips; None follows the manifest's
+            allow_horizontal_flip (off for digits, where a flip changes the class).
+        shift_fraction: Largest random shift as a fraction of height and width.
+        subtract_pixel_mean: Subtract the train split's mean image inside the model.
+        seed: Seed for weight initialization, shuffling and augmentation.
+        steps_per_execution: Optimizer steps per compiled call, or 'auto'.
+        jit_compile: XLA compilation, or 'auto' (on for GPU, off for CPU where it measured slower).
+        mixed_precision: 'auto' (bfloat16 on Ampere or newer GPUs, float16 on older GPUs,
+            float32 on CPU), 'float32', 'mixed_float16' or 'mixed_bfloat16'.
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    reference_batch_size: int | None = None
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    horizontal_flip: bool | None = None
+    shift_fraction: float = 0.1
+    subtract_pixel_mean: bool = True
+    seed: int = 0
+    steps_per_execution: int | str = "auto"
+    jit_compile: bool | str = "auto"
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require_int("epochs", self.epochs, minimum=1)
+        _require_int("batch_size", self.batch_size, minimum=1)
+        if self.reference_batch_size is not None:
+            _require_int("reference_batch_size", self.reference_batch_size, minimum=1, alternative="null")
+        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _require_number("learning_rate", self.learning_rate)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        _require_number("momentum", self.momentum)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        _require_number("weight_decay", self.weight_decay)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require_choice("schedule", self.schedule, SCHEDULES)
+        _require_number("warmup_epochs", self.warmup_epochs)
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _require_number("label_smoothing", self.label_smoothing)
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _require_bool("augment", self.augment)
+        if self.horizontal_flip is not None:
+            _require_bool("horizontal_flip", self.horizontal_flip, "true, false or null (follow the dataset)")
+        _require_number("shift_fraction", self.shift_fraction)
+        if not 0 <= self.shift_fraction < 0.5:
+            raise ValueError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
+        _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
+        _require_int("seed", self.seed, minimum=0)
+        if self.steps_per_execution != "auto":
+            _require_int("steps_per_execution", self.steps_per_execution, minimum=1, alternative="'auto'")
+        if self.jit_compile != "auto":
+            _require_bool("jit_compile", self.jit_compile, "true, false or 'auto'")
+        _require_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """The schedule's peak: learning_rate, scaled linearly to batch_size from reference_batch_size."""
+        if self.reference_batch_size is None:
+            return self.learning_rate
+        return self.learning_rate * self.batch_size / self.reference_batch_size
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Builds a config from plain values (JSON, CLI); unknown keys and bad values raise ValueError."""
+        if not isinstance(values, dict):
+            raise ValueError(f"train config must be a mapping of field names to values, got {values!r}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        # KFP passes dict parameters as JSON structs, whose numbers are all doubles: 4 arrives as 4.0.
+        return cls(**{
+            key: int(value) if key in INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
+            for key, value in values.items()
+        })
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a JSON-serializable dict that `from_dict` accepts back."""
+        return dataclasses.asdict(self)
+
+    def fingerprint_inputs(self, model_name: str, dataset_sha: str) -> dict[str, Any]:
+        """Returns what a checkpoint's identity depends on: the config except FINGERPRINT_EXCLUDED_FIELDS,
+        the model name and the dataset's content hash."""
+        inputs = {key: value for key, value in self.to_dict().items() if key not in FINGERPRINT_EXCLUDED_FIELDS}
+        inputs["model_name"] = model_name
+        inputs["dataset_sha256"] = dataset_sha
+        return inputs
+
+    def fingerprint(self, model_name: str, dataset_sha: str) -> str:
+        """Returns a sha256 hex digest identifying the run a checkpoint belongs to.
+
+        `epochs` is excluded on purpose: rerunning with more epochs extends a finished run.
+        """
+        encoded = json.dumps(self.fingerprint_inputs(model_name, dataset_sha), sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+
+def _require_int(name: str, value: Any, minimum: int, alternative: str | None = None) -> None:
+    also = f" or {alternative}" if alternative else ""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer{also}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{also}, got {value!r}")
+
+
+def _require_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _require_bool(name: str, value: Any, accepted: str = "true or false") -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _require_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules (pure functions of the epoch position)
+
+
+@dataclass(frozen=True)
+class PlateauState:
+    """Reduce-on-plateau bookkeeping; it is saved in checkpoints so a resumed run keeps it.
+
+    Attributes:
+        scale: Multiplier applied to the step schedule's learning rate (1, sqrt(0.1), 0.1, ...).
+        best_validation_loss: Lowest validation loss seen, None before the first epoch.
+        wait: Epochs since the last improvement (or reduction).
+    """
+
+    scale: float = 1.0
+    best_validation_loss: float | None = None
+    wait: int = 0
+
+
+def step_learning_rate(epoch: int, learning_rate: float, epochs: int) -> float:
+    """The seed's step schedule with milestones scaled to `epochs` (0-based epoch index).
+
+    For 200 epochs this is the seed exactly: x1, then x0.1 after epoch 80, x0.01 after 120,
+    x0.001 after 160 and x0.0005 after 180.
+    """
+    factor = 1.0
+    for fraction, milestone_factor in zip(STEP_MILESTONE_FRACTIONS, STEP_FACTORS):
+        if epoch > fraction * epochs:
+            factor = milestone_factor
+    return learning_rate * factor
+
+
+def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
+    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then cosine decay to 0 at `epochs`.
+
+    `epoch_float` is the fractional position in the run (2.5 = half way through the third epoch).
+    """
+    if epoch_float < warmup_epochs:
+        return learning_rate * epoch_float / warmup_epochs
+    decay_epochs = epochs - warmup_epochs
+    if decay_epochs <= 0:
+        return learning_rate
+    progress = min(max((epoch_float - warmup_epochs) / decay_epochs, 0.0), 1.0)
+    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * progress))
+
+
+def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: float = 1.0) -> float:
+    """Learning rate at a fractional epoch position under `config`'s schedule.
+
+    The step schedule is multiplied by the reduce-on-plateau `plateau_scale`, which never takes it
+    below PLATEAU_MIN_LEARNING_RATE (nor raises it above the step value). The seed ran Keras'
+    LearningRateScheduler and ReduceLROnPlateau side by side, so the scheduler overwrote each
+    reduction at the next epoch; multiplying makes both take effect.
+    """
+    if config.schedule == "constant":
+        return config.peak_learning_rate
+    if config.schedule == "cosine":
+        return cosine_learning_rate(epoch_float, config.peak_learning_rate, config.epochs, config.warmup_epochs)
+    scheduled = step_learning_rate(math.floor(epoch_float), config.peak_learning_rate, config.epochs)
+    return max(scheduled * plateau_scale, min(scheduled, PLATEAU_MIN_LEARNING_RATE))
+
+
+def update_plateau(state: PlateauState, validation_loss: float, learning_rate: float) -> PlateauState:
+    """Returns the plateau state after an epoch with `validation_loss` trained at `learning_rate`.
+
+    Mirrors Keras' ReduceLROnPlateau: after PLATEAU_PATIENCE epochs without an improvement of at
+    least PLATEAU_MIN_DELTA, the scale shrinks by PLATEAU_FACTOR unless the rate is already minimal.
+    """
+    best = state.best_validation_loss
+    if best is None or validation_loss < best - PLATEAU_MIN_DELTA:
+        return PlateauState(scale=state.scale, best_validation_loss=float(validation_loss), wait=0)
+    wait = state.wait + 1
+    if wait >= PLATEAU_PATIENCE and learning_rate > PLATEAU_MIN_LEARNING_RATE:
+        return PlateauState(scale=state.scale * PLATEAU_FACTOR, best_validation_loss=best, wait=0)
+    return dataclasses.replace(state, wait=wait)
