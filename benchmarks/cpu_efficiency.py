@@ -10,13 +10,18 @@ FLOP convention (stated because conventions differ by 2x):
 - peak = float32 2048x2048 matmul (2 x 2048^3 FLOPs each) timed in the same process.
 
 ours:     train.py's path (tf.data uint8 input, augmentation, preprocessing layers, the
-          resolved steps_per_execution) at the given batch size (default 128, the seed's).
-baseline: plain Keras (`model.fit` on pre-made float arrays, Adam, batch 128, Keras defaults).
+          resolved steps_per_execution, oneDNN on as components/keras_setup.py sets it) at
+          the given batch size (default 128, the seed's).
+baseline: plain Keras (`model.fit` on pre-made float arrays, Adam, batch 128, Keras defaults)
+          with oneDNN off, TensorFlow's default on this CPU; since that is fixed when
+          TensorFlow starts, the baseline runs in a child process (`--worker`), alternating
+          with ours.
 figure:   ours training FLOP/s ÷ matmul FLOP/s (plain Keras ≈ 0.37; target >= 0.45).
 
-`--explore` also measures one run per setting that might raise it (batch size,
-steps_per_execution, XLA, thread pools, oneDNN on/off, channels-first); settings that must be
-fixed before TensorFlow starts run in a child process of this script (`--worker`).
+`--explore` also measures each setting that might raise it (batch size, steps_per_execution,
+XLA, thread pools, oneDNN on/off, channels-first), `--repeats` times in turn, reporting medians;
+settings that must be fixed before TensorFlow starts run in a child process of this script
+(`--worker`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import sys
 import time
 
 import common
-from common import median, tf
+import throughput
+from common import median
+from components.keras_setup import keras, tf
 
 NAME = "cpu_efficiency"
 MATMUL_SIZE = 2048
@@ -47,8 +54,6 @@ def add_arguments(parser) -> None:
 
 def forward_flops_per_image(model) -> int:
     """2 x multiply-accumulates of the Conv2D and Dense layers of `model` (nested models included)."""
-    import keras
-
     multiply_accumulates = 0
     for layer in iterate_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
@@ -101,17 +106,16 @@ def measure_ours(arguments, images, labels, **config_overrides) -> float:
     from components.recipe import TrainConfig
 
     config = TrainConfig(batch_size=arguments.batch_size, horizontal_flip=True, **config_overrides)
-    return common.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs)["images_per_second"]
+    return throughput.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs)["images_per_second"]
 
 
 def measure_baseline(arguments, images, labels) -> float:
-    return common.plain_fit_images_per_second(arguments.model, images, labels, 10, 128, epochs=arguments.epochs)["images_per_second"]
+    return throughput.plain_fit_images_per_second(arguments.model, images, labels, 10, 128, epochs=arguments.epochs)["images_per_second"]
 
 
 def run_worker(arguments) -> int:
-    """Child process: apply thread / data-format settings, measure ours and the matmul, print JSON."""
-    import keras
-
+    """Child process: apply thread / data-format settings, measure ours (or the baseline) and the
+    matmul, print JSON."""
     settings = json.loads(arguments.worker)
     if "intra_op_threads" in settings:
         tf.config.threading.set_intra_op_parallelism_threads(settings["intra_op_threads"])
@@ -119,10 +123,11 @@ def run_worker(arguments) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(settings["inter_op_threads"])
     if settings.get("image_data_format"):
         keras.config.set_image_data_format(settings["image_data_format"])
-    images, labels = common.random_cifar_like(arguments.images)
+    images, labels = throughput.random_cifar_like(arguments.images)
     result = {"settings": settings}
     try:
-        result["images_per_second"] = measure_ours(arguments, images, labels)
+        measure = measure_baseline if settings.get("baseline") else measure_ours
+        result["images_per_second"] = measure(arguments, images, labels)
         result["matmul_flops_per_second"] = matmul_flops_per_second(arguments.matmul_size)
     except Exception as error:  # a setting the CPU kernels refuse is a finding, not a crash
         result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
@@ -145,17 +150,16 @@ def run_in_child(arguments, settings: dict, environment: dict | None = None) -> 
 
 
 def explore(arguments, images, labels, flops_per_image: float) -> list[dict]:
-    """One measurement per candidate setting; each row has images/s and the ratio to its matmul."""
-    rows = []
+    """Each candidate setting measured `arguments.repeats` times, the settings taking turns so that
+    a slow spell of the machine hits all of them; each row has the median images/s and ratio."""
+    samples: dict[str, list[dict]] = {}
 
     def record(name: str, images_per_second: float | None, matmul: float | None, error: str | None = None) -> None:
-        row = {"setting": name, "images_per_second": images_per_second, "matmul_flops_per_second": matmul}
+        sample = {"images_per_second": images_per_second, "matmul_flops_per_second": matmul, "error": error}
         if images_per_second and matmul:
-            row["ratio"] = images_per_second * flops_per_image / matmul
-        if error:
-            row["error"] = error
-        rows.append(row)
-        print(f"explore: {name}: {row.get('ratio', error)}", file=sys.stderr)
+            sample["ratio"] = images_per_second * flops_per_image / matmul
+        samples.setdefault(name, []).append(sample)
+        print(f"explore: {name}: {sample.get('ratio', error)}", file=sys.stderr)
 
     in_process = [(f"batch_size={size}", {"batch_size": size}, {}) for size in (64, 256, 512)] + [
         ("jit_compile=True", {}, {"jit_compile": True}),
@@ -170,14 +174,24 @@ def explore(arguments, images, labels, flops_per_image: float) -> list[dict]:
     ]
     if arguments.tiny:  # one of each kind keeps both code paths exercised
         in_process, children = in_process[-1:], children[:1]
-    for name, argument_overrides, config_overrides in in_process:
-        matmul = matmul_flops_per_second(arguments.matmul_size)
-        setting_arguments = argparse.Namespace(**{**vars(arguments), **argument_overrides})
-        record(name, measure_ours(setting_arguments, images, labels, **config_overrides), matmul)
-    for name, settings, environment in children:
-        child = run_in_child(arguments, settings, environment)
-        record(name, child.get("images_per_second"), child.get("matmul_flops_per_second"), child.get("error"))
-    return rows
+    for _ in range(arguments.repeats):
+        for name, argument_overrides, config_overrides in in_process:
+            matmul = matmul_flops_per_second(arguments.matmul_size)
+            setting_arguments = argparse.Namespace(**{**vars(arguments), **argument_overrides})
+            record(name, measure_ours(setting_arguments, images, labels, **config_overrides), matmul)
+        for name, settings, environment in children:
+            child = run_in_child(arguments, settings, environment)
+            record(name, child.get("images_per_second"), child.get("matmul_flops_per_second"), child.get("error"))
+    return [summarize(name, runs) for name, runs in samples.items()]
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    """Median images/s, matmul and ratio of a setting's runs (the failed ones only if all failed)."""
+    measured = [run for run in runs if "ratio" in run]
+    if not measured:
+        return {"setting": name, "error": runs[0]["error"]}
+    row = {key: median([run[key] for run in measured]) for key in ("images_per_second", "matmul_flops_per_second", "ratio")}
+    return {"setting": name, **row, "ratio_per_repeat": [run["ratio"] for run in measured]}
 
 
 def main() -> int:
@@ -189,12 +203,15 @@ def main() -> int:
         return run_worker(arguments)
     machine = common.machine_description()
     flops_per_image = training_flops_per_image(arguments.model)
-    images, labels = common.random_cifar_like(arguments.images)
+    images, labels = throughput.random_cifar_like(arguments.images)
     ours, baseline, matmul = [], [], []
     for _ in range(arguments.repeats):
         matmul.append(matmul_flops_per_second(arguments.matmul_size))
         ours.append(measure_ours(arguments, images, labels))
-        baseline.append(measure_baseline(arguments, images, labels))
+        baseline_run = run_in_child(arguments, {"baseline": True}, {"TF_ENABLE_ONEDNN_OPTS": "0"})
+        if "error" in baseline_run:
+            raise RuntimeError(f"baseline run failed: {baseline_run['error']}")
+        baseline.append(baseline_run["images_per_second"])
     peak = median(matmul)
     result = {
         "benchmark": NAME,

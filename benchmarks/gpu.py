@@ -20,6 +20,7 @@ import os
 import tempfile
 
 import common
+import throughput
 from common import median
 from recipes import read_history, time_to_accuracy
 
@@ -42,8 +43,8 @@ def speed(arguments, images, labels) -> dict:
     config = TrainConfig(batch_size=arguments.batch_size, horizontal_flip=True)
     ours, baseline = [], []
     for _ in range(arguments.repeats):
-        ours.append(common.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs))
-        baseline.append(common.plain_fit_images_per_second(arguments.model, images, labels, 10, 32, epochs=arguments.epochs))
+        ours.append(throughput.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs))
+        baseline.append(throughput.plain_fit_images_per_second(arguments.model, images, labels, 10, 32, epochs=arguments.epochs))
     ours_speed = median([run["images_per_second"] for run in ours])
     baseline_speed = median([run["images_per_second"] for run in baseline])
     return {
@@ -100,7 +101,7 @@ def main() -> int:
     if arguments.tiny:
         arguments.model, arguments.batch_size, arguments.images, arguments.epochs = "lenet5", 32, 128, 2
     machine = common.machine_description()
-    images, labels = common.random_cifar_like(arguments.images)
+    images, labels = throughput.random_cifar_like(arguments.images)
     result = {"benchmark": NAME, "tiny": arguments.tiny, "model": arguments.model, "images_per_epoch": arguments.images,
               "repeats": arguments.repeats, **speed(arguments, images, labels),
               "target": "ours_images_per_second >= 100000 on an H100"}

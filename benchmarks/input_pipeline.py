@@ -14,6 +14,7 @@ Both run in this process, alternating, `--repeats` times; the medians are report
 from __future__ import annotations
 
 import common
+import throughput
 from common import median
 
 NAME = "input_pipeline"
@@ -33,17 +34,17 @@ def main() -> int:
     from components.recipe import TrainConfig
 
     machine = common.machine_description()
-    images, labels = common.random_cifar_like(arguments.images)
+    images, labels = throughput.random_cifar_like(arguments.images)
     config = TrainConfig(batch_size=arguments.batch_size, augment=True, horizontal_flip=True)
     ours, same_settings, keras_defaults = [], [], []
     for _ in range(arguments.repeats):
-        ours.append(common.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs))
+        ours.append(throughput.train_path_images_per_second(arguments.model, images, labels, 10, config, epochs=arguments.epochs))
         steps_per_execution = ours[-1]["steps_per_execution"]
-        same_settings.append(common.plain_fit_images_per_second(
+        same_settings.append(throughput.plain_fit_images_per_second(
             arguments.model, images, labels, 10, arguments.batch_size, epochs=arguments.epochs,
             steps_per_execution=steps_per_execution, jit_compile=ours[-1]["jit_compile"],
         ))
-        keras_defaults.append(common.plain_fit_images_per_second(
+        keras_defaults.append(throughput.plain_fit_images_per_second(
             arguments.model, images, labels, 10, arguments.batch_size, epochs=arguments.epochs,
         ))
     ours_speed = median([run["images_per_second"] for run in ours])

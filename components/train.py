@@ -98,8 +98,9 @@ def shift_pixels_for(image_shape: Sequence[int], shift_fraction: float) -> tuple
 
 
 def steps_per_epoch_for(image_count: int, batch_size: int) -> int:
-    """Optimizer steps per epoch: full batches only (see make_train_dataset), at least one."""
-    return max(1, image_count // batch_size)
+    """Optimizer steps per epoch: enough full batches to cover the split once (the last one
+    reaches into the next epoch's shuffle, see make_train_dataset)."""
+    return math.ceil(image_count / batch_size)
 
 
 def make_train_dataset(
@@ -111,15 +112,16 @@ def make_train_dataset(
     shift_pixels: tuple[int, int] = (0, 0),
     flip: bool = False,
 ) -> tf.data.Dataset:
-    """Shuffled, batched, augmented (float32 images, one-hot labels) batches from in-memory uint8 arrays.
+    """An endless stream of shuffled, augmented, full (float32 images, one-hot labels) batches
+    from in-memory uint8 arrays; fit it with steps_per_epoch=steps_per_epoch_for(...).
 
-    The last partial batch of an epoch is dropped (the reshuffle lets other images wait each
-    epoch): a second batch shape would trace the train step again, seconds of graph building
-    on a CPU and a full recompile under XLA. A split smaller than one batch stays one batch.
+    Every pass over the split is shuffled anew and the passes run into each other, so each batch
+    is full and no image is left out: a smaller last batch would trace the train step a second
+    time, seconds of graph building on a CPU and a full recompile under XLA.
     """
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=len(images) >= batch_size)
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=True)
     augmenting = flip or any(shift_pixels)
     # One stateless seed pair per batch, different every epoch but fixed by `seed`.
     batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -576,6 +578,7 @@ def _train_with_checkpoints(
         validation_data=validation_dataset,
         epochs=config.epochs,
         initial_epoch=resumed_from_epoch,
+        steps_per_epoch=steps_per_epoch,
         callbacks=[learning_rate_callback, recorder, *extra_callbacks],
         shuffle=False,  # the dataset shuffles itself
         verbose=2,
@@ -626,7 +629,8 @@ def _write_outputs(
         writer.writerows(state["history"])
     os.replace(history_path + ".tmp", history_path)
     train_seconds = float(state["train_seconds"])
-    images_processed = int(manifest["splits"]["train"]) * len(state["history"])
+    batches_per_epoch = steps_per_epoch_for(int(manifest["splits"]["train"]), config.batch_size)
+    images_processed = batches_per_epoch * config.batch_size * len(state["history"])
     result = {
         "name": spec.name,
         "family": spec.family,

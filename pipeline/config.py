@@ -30,7 +30,7 @@ def _frozen(**values: Any) -> Mapping[str, Any]:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
-        description="about three minutes on a laptop CPU: the bundled digits and three architectures",
+        description="about two minutes on a laptop CPU: the bundled digits and three architectures",
         dataset="digits",
         models=("alexnet8", "inception10", "resnet20_v1"),
         validation_fraction=0.0,

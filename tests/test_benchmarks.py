@@ -14,7 +14,7 @@ import pytest
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS_DIR = os.path.join(REPOSITORY_ROOT, "benchmarks")
-HELPER_MODULES = {"common.py"}
+HELPER_MODULES = {"common.py", "throughput.py"}
 # Optional code paths a script only takes with a flag, exercised here too.
 EXTRA_ARGUMENTS = {"cpu_efficiency": ["--explore"]}
 SCRIPT_TIMEOUT_SECONDS = 600

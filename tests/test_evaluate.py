@@ -4,11 +4,11 @@ import json
 import math
 import os
 
-import keras
 import numpy as np
 import pytest
 
 from components.evaluate import confusion_matrix, cross_entropy, evaluate, per_class_metrics
+from components.keras_setup import keras
 from components.models import MODELS
 from components.train import train
 from test_train import TINY_CLASSES, quick_config, write_dataset

@@ -5,10 +5,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import numpy as np
 import pytest
 
+from components.keras_setup import keras
 from components.models import (
     MODELS,
     TABLE_INPUT_SHAPE,

@@ -1,0 +1,126 @@
+"""Training throughput measurements shared by the benchmark scripts: our train.py path and plain Keras."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from common import progress  # first: common puts the repository on sys.path and sets TensorFlow's log level
+from components.keras_setup import keras
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records each epoch's wall seconds (the first one includes tracing and autotuning)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+def random_cifar_like(count: int, num_classes: int = 10, shape: Sequence[int] = (32, 32, 3), seed: int = 0):
+    """uint8 images of `shape` and int32 labels, uniformly random (speed only; nothing to learn)."""
+    generator = np.random.default_rng(seed)
+    images = generator.integers(0, 256, size=(count, *shape), dtype=np.uint8)
+    labels = generator.integers(0, num_classes, size=count).astype(np.int32)
+    return images, labels
+
+
+def train_path_images_per_second(
+    model_name: str,
+    images,
+    labels,
+    num_classes: int,
+    config,
+    epochs: int = 2,
+    augment: bool = True,
+) -> dict[str, Any]:
+    """Training images/s through train.py's own path: uint8 arrays in memory -> make_train_dataset
+    (augmentation as `config` says) -> assemble_model (scaling and mean subtraction inside) ->
+    compile_model with the resolved device settings -> fit.
+
+    The first epoch (tracing, autotuning) is not counted: images/s = images per epoch / mean
+    seconds of epochs 2.. . Returns that and the settings used.
+    """
+    from components import train as training
+
+    keras.utils.set_random_seed(config.seed)
+    device = training.resolve_device_settings(config)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(device.mixed_precision)
+    try:
+        pixel_mean = images.mean(axis=0, dtype=np.float64) / 255.0 if config.subtract_pixel_mean else None
+        model = training.assemble_model(model_name, images.shape[1:], num_classes, pixel_mean)
+        steps_per_epoch = training.steps_per_epoch_for(len(images), config.batch_size)
+        steps_per_execution = training.resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
+        training.compile_model(model, config, device.jit_compile, steps_per_execution)
+        shift_pixels = training.shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
+        dataset = training.make_train_dataset(images, labels, num_classes, config.batch_size, config.seed, shift_pixels, flip=augment)
+        timer = EpochTimer()
+        model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[timer], verbose=0, shuffle=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    images_per_second = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
+    progress(f"{model_name} train.py path, batch {config.batch_size}: {images_per_second:.1f} images/s")
+    return {
+        "images_per_second": images_per_second,
+        "batch_size": config.batch_size,
+        "steps_per_execution": steps_per_execution,
+        "jit_compile": device.jit_compile,
+        "mixed_precision": device.mixed_precision,
+        "augmentation": {"shift_pixels": list(shift_pixels), "flip": augment},
+        "epoch_seconds": timer.seconds,
+    }
+
+
+def plain_fit_images_per_second(
+    model_name: str,
+    images,
+    labels,
+    num_classes: int,
+    batch_size: int,
+    epochs: int = 2,
+    steps_per_execution: int = 1,
+    jit_compile: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Training images/s of the seed notebooks' way: float32 arrays scaled and mean-subtracted
+    beforehand, one-hot labels, the registry model, Adam, `model.fit(x, y)`; no augmentation.
+
+    Like `train_path_images_per_second`, the first epoch is not counted.
+    """
+    from components import models
+
+    keras.utils.set_random_seed(seed)
+    floats = images.astype(np.float32) / 255.0
+    floats -= floats.mean(axis=0)
+    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+    model = models.build_model(model_name, images.shape[1:], num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    timer = EpochTimer()
+    model.fit(floats, one_hot, batch_size=batch_size, epochs=epochs, shuffle=True, callbacks=[timer], verbose=0)
+    images_per_second = len(images) / statistics.fmean(timer.seconds[1:])
+    progress(f"{model_name} plain fit, batch {batch_size}, steps_per_execution {steps_per_execution}: {images_per_second:.1f} images/s")
+    return {
+        "images_per_second": images_per_second,
+        "batch_size": batch_size,
+        "steps_per_execution": steps_per_execution,
+        "jit_compile": jit_compile,
+        "epoch_seconds": timer.seconds,
+    }
