@@ -3,7 +3,6 @@
 import os
 import tempfile
 import threading
-import time
 
 import pytest
 
@@ -151,19 +150,19 @@ def test_emulator_stopped_mid_publish_leaves_the_champion_on_a_complete_model(gc
     monkeypatch.setenv(storage.RETRY_SECONDS_ENVIRONMENT_VARIABLE, "1")
     root = gcs_emulator.url("models")
     publish(root, tmp_path, "run-1", 0.7)
-    half_uploaded = gcs_emulator.stored_object_path(f"models/{DATASET}/{MODEL}/run-2")
+    real_copy = storage.copy
+    copied = []
 
-    def stop_once_the_upload_has_begun():
-        deadline = time.monotonic() + 60
-        while not os.path.isdir(half_uploaded) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        gcs_emulator.stop()
+    def copy_but_stop_the_emulator_before_the_third_file(source, destination):
+        copied.append(destination)
+        if len(copied) == 3:  # two files of run-2 are stored, the rest never arrive
+            gcs_emulator.stop()
+        real_copy(source, destination)
 
-    stopper = threading.Thread(target=stop_once_the_upload_has_begun)
-    stopper.start()
+    monkeypatch.setattr(storage, "copy", copy_but_stop_the_emulator_before_the_third_file)
     with pytest.raises(storage.StorageError, match="attempts"):
-        publish(root, tmp_path, "run-2", 0.95, extra_files=60)
-    stopper.join()
+        publish(root, tmp_path, "run-2", 0.95, extra_files=10)
+    monkeypatch.setattr(storage, "copy", real_copy)
     gcs_emulator.start()
 
     champion = registry.read_champion(root, DATASET, MODEL)
