@@ -29,7 +29,6 @@ if REPOSITORY_ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
 
-
 def parse_arguments(name: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The common flags plus the script's own; `--repeats` defaults to 3 (1 with --tiny)."""
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
