@@ -629,8 +629,7 @@ def _write_outputs(
         writer.writerows(state["history"])
     os.replace(history_path + ".tmp", history_path)
     train_seconds = float(state["train_seconds"])
-    batches_per_epoch = steps_per_epoch_for(int(manifest["splits"]["train"]), config.batch_size)
-    images_processed = batches_per_epoch * config.batch_size * len(state["history"])
+    images_processed = int(state["optimizer_steps"]) * config.batch_size  # every batch is full
     result = {
         "name": spec.name,
         "family": spec.family,
