@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components import storage
+from components.errors import UserError
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 PLOT_FILE = "bench.png"
@@ -32,7 +33,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     sizes = []
     for item in (part.strip() for part in text.split(",")):
         if not item.isdigit() or int(item) < 1:
-            raise ValueError(f"batch size {item!r} in {text!r} is not an integer >= 1; pass e.g. --batch-sizes 1,2,4")
+            raise UserError(f"batch size {item!r} in {text!r} is not an integer >= 1; pass e.g. --batch-sizes 1,2,4")
         sizes.append(int(item))
     return tuple(sizes)
 
@@ -41,7 +42,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     """'32,32,3' -> (32, 32, 3); ValueError unless it is three integers >= 1."""
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 3 or not all(part.isdigit() and int(part) >= 1 for part in parts):
-        raise ValueError(f"input shape {text!r} is not height,width,channels; pass e.g. --input-shape 32,32,3")
+        raise UserError(f"input shape {text!r} is not height,width,channels; pass e.g. --input-shape 32,32,3")
     height, width, channels = (int(part) for part in parts)
     return height, width, channels
 
@@ -110,15 +111,15 @@ def benchmark_model(
 
 def _check_arguments(batch_sizes, steps, warmup_steps, input_shape, num_classes) -> None:
     if not batch_sizes or any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in batch_sizes):
-        raise ValueError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}; pass e.g. --batch-sizes 1,2,4")
+        raise UserError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}; pass e.g. --batch-sizes 1,2,4")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2 (a standard deviation needs two), got {steps!r}")
+        raise UserError(f"steps must be an integer >= 2 (a standard deviation needs two), got {steps!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise ValueError(f"warmup_steps must be an integer >= 1 (the first call compiles), got {warmup_steps!r}")
+        raise UserError(f"warmup_steps must be an integer >= 1 (the first call compiles), got {warmup_steps!r}")
     if len(input_shape) != 3 or any(int(size) < 1 for size in input_shape):
-        raise ValueError(f"input_shape must be (height, width, channels) of positive sizes, got {tuple(input_shape)}")
+        raise UserError(f"input_shape must be (height, width, channels) of positive sizes, got {tuple(input_shape)}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        raise UserError(f"num_classes must be >= 2, got {num_classes}")
 
 
 def measured_input_shape(input_shape: Sequence[int], min_input_size: int) -> tuple[int, int, int]:
@@ -237,7 +238,7 @@ def write_bench_outputs(rows: Sequence[dict[str, Any]], output_dir: str) -> str:
     """Writes bench.txt (the table), bench.png (the plot) and bench.json (the rows) into
     `output_dir` and returns the table."""
     if not rows:
-        raise ValueError("no benchmark rows to write; run benchmark_model with at least one batch size")
+        raise UserError("no benchmark rows to write; run benchmark_model with at least one batch size")
     os.makedirs(output_dir, exist_ok=True)
     table = format_table(rows)
     storage.write_text(os.path.join(output_dir, TABLE_FILE), table + "\n")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -106,22 +108,22 @@ def check_source(source: str) -> None:
     Raises ValueError or FileNotFoundError with a one-line message naming the problem and the fix.
     """
     if not isinstance(source, str) or not source.strip():
-        raise ValueError(f"source must be a keyword or a path, got {source!r}; {_source_choices()}")
+        raise UserError(f"source must be a keyword or a path, got {source!r}; {_source_choices()}")
     if source.startswith("gs://"):
         if not source[len("gs://"):].split("/")[0]:
-            raise ValueError(f"source {source!r} names no bucket; write it as gs://bucket/path")
+            raise UserError(f"source {source!r} names no bucket; write it as gs://bucket/path")
         return
     if source in KEYWORD_SOURCES:
         return
     path = os.path.expanduser(source)
     if not os.path.exists(path):
         if _looks_like_path(source):
-            raise FileNotFoundError(f"source path {source} does not exist; check the path or name a dataset keyword")
-        raise ValueError(f"unknown source {source!r}; {_source_choices()}")
+            raise UserError(f"source path {source} does not exist; check the path or name a dataset keyword")
+        raise UserError(f"unknown source {source!r}; {_source_choices()}")
     if os.path.isdir(path):
         _list_image_folder(path)
     elif not tarfile.is_tarfile(path):
-        raise ValueError(
+        raise UserError(
             f"source file {source} is not a tar archive; pass an image folder or the CIFAR-10 binary "
             "archive cifar-10-binary.tar.gz"
         )
@@ -143,9 +145,9 @@ def prepare(source: str, output_dir: str, validation_fraction: float = 0.0, seed
     """
     validation_fraction = _checked_fraction(validation_fraction)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0")
+        raise UserError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output path {output_dir} is a file; pass a directory path for the dataset")
+        raise UserError(f"output path {output_dir} is a file; pass a directory path for the dataset")
     check_source(source)
 
     raw = load_source(source, seed=seed)
@@ -160,11 +162,11 @@ def read_manifest(dataset_dir: str) -> dict:
     """The manifest of a prepared dataset directory."""
     path = os.path.join(dataset_dir, MANIFEST_NAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {dataset_dir}; run data prep (prepare) to create the dataset")
+        raise UserError(f"no {MANIFEST_NAME} in {dataset_dir}; run data prep (prepare) to create the dataset")
     with open(path, encoding="utf-8") as manifest_file:
         manifest = json.load(manifest_file)
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise UserError(
             f"dataset {dataset_dir} has format_version {manifest.get('format_version')!r}, expected "
             f"{FORMAT_VERSION}; prepare the dataset again with this version"
         )
@@ -174,10 +176,10 @@ def read_manifest(dataset_dir: str) -> dict:
 def load_split(dataset_dir: str, split: str) -> ImagesAndLabels:
     """Images (uint8 [N, H, W, C]) and labels (int32 [N]) of one split of a prepared dataset."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     manifest = read_manifest(dataset_dir)
     if not manifest["splits"].get(split):
-        raise ValueError(
+        raise UserError(
             f"dataset {dataset_dir} has no {split} split; prepare it with validation_fraction > 0 "
             "or use the test split"
         )
@@ -198,7 +200,7 @@ def load_source(source: str, seed: int = 0) -> RawDataset:
 def load_local_source(path: str, name: str | None = None) -> RawDataset:
     """Load a local image folder (named ``name`` or its basename) or CIFAR-10 binary archive (``cifar10``)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"source path {path} does not exist; check the path")
+        raise UserError(f"source path {path} does not exist; check the path")
     if os.path.isdir(path):
         return read_image_folder(path, name=name)
     return read_cifar_binary_archive(path)
@@ -268,7 +270,7 @@ def _load_keras_dataset(keyword: str) -> RawDataset:
         (train_images, train_labels), (test_images, test_labels) = module.load_data()
     except Exception as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise ValueError(
+        raise UserError(
             f"could not download the {keyword} dataset ({reason}); without internet access use a local "
             "image folder (train/<class>/*.png, test/<class>/...) or a CIFAR-10 binary archive "
             "(cifar-10-binary.tar.gz) as the source"
@@ -343,20 +345,20 @@ def _list_image_folder(root: str) -> dict[str, dict[str, list[str]]]:
     for split in IMAGE_FOLDER_SPLITS:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
-            raise ValueError(f"image folder {root} has no {split}/ subfolder; {layout_hint}")
+            raise UserError(f"image folder {root} has no {split}/ subfolder; {layout_hint}")
         entries = _visible_entries(split_dir)
         strays = [entry for entry in entries if not os.path.isdir(os.path.join(split_dir, entry))]
         if strays:
-            raise ValueError(
+            raise UserError(
                 f"{os.path.join(split_dir, strays[0])} is not inside a class folder; move it into {split_dir}/<class>/"
             )
         if not entries:
-            raise ValueError(f"no images found: {split_dir} has no class folders; {layout_hint}")
+            raise UserError(f"no images found: {split_dir} has no class folders; {layout_hint}")
         files_by_split[split] = {entry: _list_class_folder(os.path.join(split_dir, entry)) for entry in entries}
 
     missing_in_train = sorted(set(files_by_split["test"]) - set(files_by_split["train"]))
     if missing_in_train:
-        raise ValueError(
+        raise UserError(
             f"class {missing_in_train[0]!r} has test images but no folder in {os.path.join(root, 'train')}; "
             "add training images for it or remove its test folder"
         )
@@ -367,11 +369,11 @@ def _list_class_folder(class_dir: str) -> list[str]:
     """Sorted image paths of one class folder; an empty folder or a non-image file is an error."""
     entries = _visible_entries(class_dir)
     if not entries:
-        raise ValueError(f"class folder {class_dir} is empty; add images to it or remove it")
+        raise UserError(f"class folder {class_dir} is empty; add images to it or remove it")
     for entry in entries:
         path = os.path.join(class_dir, entry)
         if os.path.isdir(path) or not entry.lower().endswith(IMAGE_EXTENSIONS):
-            raise ValueError(
+            raise UserError(
                 f"unsupported entry {path}; class folders may hold only {', '.join(IMAGE_EXTENSIONS)} images"
             )
     return [os.path.join(class_dir, entry) for entry in entries]
@@ -389,7 +391,7 @@ def _open_image(path: str):
     try:
         return Image.open(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image {path} ({error}); remove or replace the file") from error
+        raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from error
 
 
 def _oriented_size(image) -> tuple[int, int]:
@@ -420,7 +422,7 @@ def _decode_image(path: str, target_size: tuple[int, int], target_mode: str) -> 
                 converted = converted.resize(target_size, Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"cannot decode image {path} ({error}); remove or replace the file") from error
+            raise UserError(f"cannot decode image {path} ({error}); remove or replace the file") from error
     return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
 
 
@@ -442,7 +444,7 @@ def read_cifar_binary_archive(path: str) -> RawDataset:
                 if member.isfile() and base_name in CIFAR_MEMBERS and base_name not in contents:
                     contents[base_name] = archive.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"cannot read archive {path} ({error}); download cifar-10-binary.tar.gz again") from error
+        raise UserError(f"cannot read archive {path} ({error}); download cifar-10-binary.tar.gz again") from error
 
     missing = [member for member in CIFAR_MEMBERS if member not in contents]
     if missing:
@@ -453,7 +455,7 @@ def read_cifar_binary_archive(path: str) -> RawDataset:
             else "expected cifar-10-batches-bin/data_batch_1.bin ... data_batch_5.bin, test_batch.bin and "
             "batches.meta.txt as in cifar-10-binary.tar.gz"
         )
-        raise ValueError(f"archive {path} lacks {', '.join(missing)}; {hint}")
+        raise UserError(f"archive {path} lacks {', '.join(missing)}; {hint}")
 
     meta_lines = contents[CIFAR_META_MEMBER].decode("utf-8", "replace").splitlines()
     class_names = tuple(line.strip() for line in meta_lines if line.strip())
@@ -477,14 +479,14 @@ def read_cifar_binary_archive(path: str) -> RawDataset:
 def _parse_cifar_records(data: bytes, member: str, path: str, num_classes: int) -> ImagesAndLabels:
     """Records of 1 label byte + 32x32 R, G, B planes -> uint8 [N, 32, 32, 3] images, int32 labels."""
     if not data or len(data) % CIFAR_RECORD_BYTES:
-        raise ValueError(
+        raise UserError(
             f"{member} in {path} holds {len(data)} bytes, not a whole number of {CIFAR_RECORD_BYTES}-byte "
             "CIFAR-10 records; download cifar-10-binary.tar.gz again"
         )
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD_BYTES)
     labels = records[:, 0].astype(np.int32)
     if labels.max() >= num_classes:
-        raise ValueError(
+        raise UserError(
             f"{member} in {path} has label {labels.max()} but {CIFAR_META_MEMBER} names only {num_classes} "
             "classes; download cifar-10-binary.tar.gz again"
         )
@@ -517,9 +519,9 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def _checked_fraction(validation_fraction) -> float:
     """validation_fraction as a float in [0, 1), else a ValueError naming the received value."""
     if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float, np.floating)):
-        raise ValueError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}; e.g. 0.1")
+        raise UserError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}; e.g. 0.1")
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(
+        raise UserError(
             f"validation_fraction must be in [0, 1), got {validation_fraction}; "
             "use e.g. 0.1, or 0 for no validation split"
         )
@@ -533,7 +535,7 @@ def _split_validation(raw: RawDataset, validation_fraction: float, seed: int) ->
     if validation_fraction > 0:
         kept, held_out = stratified_split(raw.train_labels, validation_fraction, seed)
         if not len(held_out):
-            raise ValueError(
+            raise UserError(
                 f"validation_fraction={validation_fraction} holds out no image of the {len(raw.train_labels)} "
                 "training images; use a larger fraction or 0"
             )
@@ -547,19 +549,19 @@ def _check_arrays(raw: RawDataset) -> None:
     splits = (("train", raw.train_images, raw.train_labels), ("test", raw.test_images, raw.test_labels))
     for split, images, labels in splits:
         if not len(images):
-            raise ValueError(f"dataset {raw.name} has no {split} images; add some to the source")
+            raise UserError(f"dataset {raw.name} has no {split} images; add some to the source")
         if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(
+            raise UserError(
                 f"dataset {raw.name} {split} split has images {images.dtype}{list(images.shape)} and "
                 f"{len(labels)} labels; expected uint8 [N, H, W, C] with N labels"
             )
         if labels.min() < 0 or labels.max() >= len(raw.class_names):
-            raise ValueError(
+            raise UserError(
                 f"dataset {raw.name} {split} split has labels outside 0..{len(raw.class_names) - 1}; "
                 "fix the source's labels"
             )
     if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
-        raise ValueError(
+        raise UserError(
             f"dataset {raw.name} train images are {list(raw.train_images.shape[1:])} but test images are "
             f"{list(raw.test_images.shape[1:])}; give both splits one image size"
         )

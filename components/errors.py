@@ -1,26 +1,35 @@
 """What counts as a user mistake, and how a step reports it.
 
-Steps raise ``ValueError`` (or ``FileNotFoundError``) with a one-line message that names the
-problem and the fix. Entry points turn those into that line and a non-zero exit, without a
-traceback; anything else is a bug and keeps its traceback.
+A mistake the user can fix (an unknown model, a missing path, an empty dataset, a bad flag)
+raises `UserError` with a one-line message that names the problem and the fix. Entry points
+turn it into that line and a non-zero exit, without a traceback. Every other exception is a
+bug (or an outage) and keeps its traceback. `UserError` is a `ValueError`, so code that
+validates arguments reads as usual.
 """
 
 import contextlib
 import logging
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# The exit code of a pipeline step that stopped on a user mistake; the cluster does not retry
+# it (pipeline/placement.py), since the same inputs fail the same way.
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; its message is one line: the problem and the fix."""
 
 
 @contextlib.contextmanager
 def pipeline_step():
     """How a step runs as a pipeline task: its INFO log lines (the decisions it made, such as
-    precision, XLA or a resumed epoch) go to the task log, and a user mistake leaves as
-    ``SystemExit("error: ...")``: one line, exit code 1."""
+    precision, XLA or a resumed epoch) go to the task log, and a user mistake leaves as one
+    ``error: ...`` line and exit code USER_ERROR_EXIT_CODE."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         yield
-    except USER_ERRORS as error:
-        raise SystemExit(f"error: {one_line(error)}") from None
+    except UserError as error:
+        print(f"error: {one_line(error)}", flush=True)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 
 def one_line(error: BaseException) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from components import data_prep, storage
 from components import models
+from components.errors import UserError
 from components.keras_setup import keras, tf
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,12 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
         batch_size: Images per prediction batch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     model_path = os.path.join(model_dir, "model.keras")
     train_result_path = os.path.join(model_dir, "train_result.json")
     for required in (model_path, train_result_path):
         if not os.path.isfile(required):
-            raise FileNotFoundError(f"no {os.path.basename(required)} in {model_dir}; pass the training step's output directory")
+            raise UserError(f"no {os.path.basename(required)} in {model_dir}; pass the training step's output directory")
     manifest = data_prep.read_manifest(dataset_dir)
     images, labels = data_prep.load_split(dataset_dir, "test")
     with open(train_result_path) as train_result_file:

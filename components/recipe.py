@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import UserError
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "cosine", "constant")
 MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -95,26 +97,26 @@ class TrainConfig:
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
         _require_number("learning_rate", self.learning_rate)
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
         _require_number("momentum", self.momentum)
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
         _require_number("weight_decay", self.weight_decay)
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         _require_choice("schedule", self.schedule, SCHEDULES)
         _require_number("warmup_epochs", self.warmup_epochs)
         if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+            raise UserError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _require_number("label_smoothing", self.label_smoothing)
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _require_bool("augment", self.augment)
         if self.horizontal_flip is not None:
             _require_bool("horizontal_flip", self.horizontal_flip, "true, false or null (follow the dataset)")
         _require_number("shift_fraction", self.shift_fraction)
         if not 0 <= self.shift_fraction < 0.5:
-            raise ValueError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
+            raise UserError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
         _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
         _require_int("seed", self.seed, minimum=0)
         if self.steps_per_execution != "auto":
@@ -134,11 +136,11 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Builds a config from plain values (JSON, CLI); unknown keys and bad values raise ValueError."""
         if not isinstance(values, dict):
-            raise ValueError(f"train config must be a mapping of field names to values, got {values!r}")
+            raise UserError(f"train config must be a mapping of field names to values, got {values!r}")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown train config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+            raise UserError(f"unknown train config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
         # KFP passes dict parameters as JSON structs, whose numbers are all doubles: 4 arrives as 4.0.
         return cls(**{
             key: int(value) if key in INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
@@ -169,24 +171,24 @@ class TrainConfig:
 def _require_int(name: str, value: Any, minimum: int, alternative: str | None = None) -> None:
     also = f" or {alternative}" if alternative else ""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer{also}, got {value!r}")
+        raise UserError(f"{name} must be an integer{also}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{also}, got {value!r}")
+        raise UserError(f"{name} must be >= {minimum}{also}, got {value!r}")
 
 
 def _require_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise UserError(f"{name} must be a finite number, got {value!r}")
 
 
 def _require_bool(name: str, value: Any, accepted: str = "true or false") -> None:
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+        raise UserError(f"{name} must be {accepted}, got {value!r}")
 
 
 def _require_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

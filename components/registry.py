@@ -28,6 +28,7 @@ import platform
 from importlib import metadata
 
 from components import storage
+from components.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE"
 CHAMPION_FILE = "champion.json"
@@ -92,14 +93,14 @@ def publish_model(
         when promoted (None for the first model), the one that stays when kept.
     """
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (0 <= margin < 1):
-        raise ValueError(f"margin must be a fraction in [0, 1), got {margin!r}; e.g. 0.005 for half a point")
+        raise UserError(f"margin must be a fraction in [0, 1), got {margin!r}; e.g. 0.005 for half a point")
     accuracy = _test_accuracy(result)
     if not storage.is_directory(model_dir):
-        raise FileNotFoundError(f"no model directory at {model_dir}; pass the train step's output directory")
+        raise UserError(f"no model directory at {model_dir}; pass the train step's output directory")
     root = model_uri(registry_root, dataset, model_name)
     version = version_uri(registry_root, dataset, model_name, run_id)
     if is_complete(version):
-        raise ValueError(f"run id {run_id!r} is already published at {version}; publish under a new run id")
+        raise UserError(f"run id {run_id!r} is already published at {version}; publish under a new run id")
     registry_manifest = _registry_manifest(dataset, model_name, run_id, result, manifest)
     _upload_version(model_dir, version, run_id, accuracy, result, registry_manifest)
     challenger = {"run_id": run_id, "uri": version, "test_accuracy": accuracy}
@@ -110,7 +111,7 @@ def _check_path_segment(label: str, value: str) -> None:
     """Dataset, model and run names become path segments: no slashes, not empty, not reserved."""
     reserved = (".", "..", CHAMPION_FILE, *_RESERVED_NAMES)
     if not isinstance(value, str) or not value or "/" in value or value in reserved:
-        raise ValueError(f"{label} {value!r} cannot be a registry path segment; use a plain name without '/'")
+        raise UserError(f"{label} {value!r} cannot be a registry path segment; use a plain name without '/'")
 
 
 def _test_accuracy(result: dict) -> float:
@@ -118,7 +119,7 @@ def _test_accuracy(result: dict) -> float:
     value = result.get("test_accuracy") if isinstance(result, dict) else None
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not (is_number and math.isfinite(value) and 0 <= value <= 1):
-        raise ValueError(
+        raise UserError(
             f"result needs a test_accuracy fraction in [0, 1], got {value!r}; pass the evaluate step's result.json"
         )
     return float(value)
@@ -161,7 +162,7 @@ def _upload_version(model_dir: str, version: str, run_id: str, accuracy: float, 
     """Upload the model files, result.json and manifest.json, then the ``_COMPLETE`` marker last."""
     names = [name for name in storage.list_files(model_dir) if name not in _RESERVED_NAMES]
     if not names:
-        raise FileNotFoundError(f"no model files in {model_dir}; pass the train step's output directory")
+        raise UserError(f"no model files in {model_dir}; pass the train step's output directory")
     # Leftovers of an interrupted publish of this run id must not mix into the new version.
     for stale_name in set(storage.list_files(version)) - set(names):
         storage.delete(storage.join(version, stale_name))
@@ -183,7 +184,7 @@ def _read_pointer(pointer_uri: str) -> tuple[dict | None, int]:
     try:
         record = json.loads(data)
     except json.JSONDecodeError:
-        raise ValueError(f"{pointer_uri} is not valid JSON; restore it or delete it to start over") from None
+        raise UserError(f"{pointer_uri} is not valid JSON; restore it or delete it to start over") from None
     return record, generation
 
 

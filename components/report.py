@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
+from components.errors import UserError
+
 # Fields every result.json must carry; they make up the comparison table and summary.json.
 REQUIRED_NUMBER_FIELDS = (
     "params",
@@ -80,11 +82,11 @@ def write_report(result_dirs: list[str], output_dir: str, manifest: dict, run_co
         The summary dict written to summary.json.
     """
     if isinstance(result_dirs, (str, bytes, os.PathLike)):
-        raise ValueError(
+        raise UserError(
             f"result_dirs must be a list of directories, got the single path {result_dirs!r}; wrap it in a list"
         )
     if not result_dirs:
-        raise ValueError("result_dirs is empty; pass at least one evaluate output directory (with result.json)")
+        raise UserError("result_dirs is empty; pass at least one evaluate output directory (with result.json)")
     results = sort_by_accuracy([read_result(result_dir) for result_dir in result_dirs])
     if "promotion" not in run_config:
         promotion = [item.result["promotion"] for item in results if item.result.get("promotion")]
@@ -103,26 +105,26 @@ def read_result(result_dir: str) -> ModelResult:
     """Read and check one evaluate output directory."""
     result_path = os.path.join(result_dir, "result.json")
     if not os.path.isfile(result_path):
-        raise ValueError(f"no result.json in {result_dir!r}; pass directories written by the evaluate step")
+        raise UserError(f"no result.json in {result_dir!r}; pass directories written by the evaluate step")
     try:
         with open(result_path, encoding="utf-8") as file:
             result = json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
+        raise UserError(
             f"invalid result.json in {result_dir!r} ({error}); rerun the evaluate step for this model"
         ) from error
     if not isinstance(result, dict):
-        raise ValueError(
+        raise UserError(
             f"result.json in {result_dir!r} holds a {type(result).__name__}, not an object; rerun the evaluate step"
         )
     missing = [field for field in ("name", *REQUIRED_NUMBER_FIELDS) if field not in result]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"result.json in {result_dir!r} lacks {', '.join(missing)}; rerun the evaluate step for this model"
         )
     not_numbers = [field for field in REQUIRED_NUMBER_FIELDS if not is_number(result[field])]
     if not_numbers:
-        raise ValueError(
+        raise UserError(
             f"result.json in {result_dir!r} has non-numeric {', '.join(not_numbers)}; rerun the evaluate step"
         )
     return ModelResult(result_dir=str(result_dir), result=result, history=read_history(result_dir))

@@ -37,6 +37,8 @@ import time
 from base64 import b64decode, b64encode
 from typing import Callable, TypeVar
 
+from components.errors import UserError
+
 GCS_SCHEME = "gs://"
 RETRY_SECONDS_ENVIRONMENT_VARIABLE = "CNNPIPE_STORAGE_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 30.0
@@ -54,7 +56,7 @@ _READ_BLOCK_BYTES = 1024 * 1024
 Result = TypeVar("Result")
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """A storage operation failed for good; the message is one line naming the URI."""
 
 
@@ -77,10 +79,10 @@ def is_gcs(uri: str) -> bool:
 def split_gcs_uri(uri: str) -> tuple[str, str]:
     """``gs://bucket/some/key`` -> ``("bucket", "some/key")``; the key may be empty."""
     if not is_gcs(uri):
-        raise ValueError(f"not a GCS URI: {uri!r}; expected gs://bucket/key")
+        raise UserError(f"not a GCS URI: {uri!r}; expected gs://bucket/key")
     bucket, _, key = uri[len(GCS_SCHEME):].partition("/")
     if not bucket:
-        raise ValueError(f"GCS URI without a bucket: {uri!r}; expected gs://bucket/key")
+        raise UserError(f"GCS URI without a bucket: {uri!r}; expected gs://bucket/key")
     return bucket, key
 
 
@@ -129,7 +131,7 @@ def _blob(uri: str):
     """The (unfetched) blob object for ``uri``."""
     bucket_name, key = split_gcs_uri(uri)
     if not key:
-        raise ValueError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
+        raise UserError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
     return _client(uri).bucket(bucket_name).blob(key)
 
 
@@ -143,7 +145,7 @@ def retry_seconds() -> float:
     except ValueError:
         seconds = -1.0
     if not (seconds >= 0 and math.isfinite(seconds)):
-        raise ValueError(
+        raise UserError(
             f"{RETRY_SECONDS_ENVIRONMENT_VARIABLE}={text!r} is not a number of seconds >= 0; set e.g. 30"
         )
     return seconds
@@ -471,7 +473,7 @@ def read_with_generation(uri: str) -> tuple[bytes, int]:
 
         blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         if blob is None:
-            raise FileNotFoundError(f"no object at {uri}; check the path")
+            raise UserError(f"no object at {uri}; check the path")
         read_generation = int(blob.generation)
         try:
             # The precondition pins the content to the generation just read.
@@ -493,7 +495,7 @@ def write_bytes(uri: str, data: bytes, if_generation_match: int | None = None) -
     reports a precondition failure too: callers re-read and find their own write.
     """
     if isinstance(data, str):
-        raise ValueError(f"write_bytes got text for {uri}; use write_text or encode it first")
+        raise UserError(f"write_bytes got text for {uri}; use write_text or encode it first")
     if not is_gcs(uri):
         if if_generation_match is None:
             _atomic_local_write(uri, lambda file: file.write(data))
@@ -533,7 +535,7 @@ def read_json(uri: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{uri} is not valid JSON ({error}); rewrite or remove it") from None
+        raise UserError(f"{uri} is not valid JSON ({error}); rewrite or remove it") from None
 
 
 def write_json(uri: str, value, if_generation_match: int | None = None) -> int:
@@ -602,7 +604,7 @@ def download(uri: str, local_path: str) -> str:
     def fetch() -> str:
         blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         if blob is None:
-            raise FileNotFoundError(f"no object at {uri}; check the path")
+            raise UserError(f"no object at {uri}; check the path")
         large = (blob.size or 0) > LARGE_OBJECT_BYTES
         progress = _Progress(f"download {uri}", blob.size or 0) if large else None
 
@@ -629,14 +631,14 @@ def _copy_local_into(source_path: str, file) -> None:
 def upload(local_path: str, uri: str) -> None:
     """Copy one local file to a file/object atomically, verified by size and checksum."""
     if not os.path.isfile(local_path):
-        raise FileNotFoundError(f"no file to upload at {local_path}; check the path")
+        raise UserError(f"no file to upload at {local_path}; check the path")
     if not is_gcs(uri):
         if os.path.abspath(uri) != os.path.abspath(local_path):
             _atomic_local_write(uri, lambda file: _copy_local_into(local_path, file))
         return
     bucket_name, key = split_gcs_uri(uri)
     if not key:
-        raise ValueError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
+        raise UserError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
     size = os.path.getsize(local_path)
     large = size > LARGE_OBJECT_BYTES
 
@@ -671,7 +673,7 @@ def copy(source: str, destination: str) -> None:
         client = _client(source)
         source_blob = client.bucket(source_bucket).get_blob(source_key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         if source_blob is None:
-            raise FileNotFoundError(f"no object at {source}; check the path")
+            raise UserError(f"no object at {source}; check the path")
         # Large or cross-location copies take several rewrite calls; the token carries the progress.
         token, _, _ = destination_blob.rewrite(source_blob, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         while token is not None:
@@ -691,7 +693,7 @@ def download_tree(prefix: str, local_dir: str) -> list[str]:
     """Copy every file under a directory/prefix into ``local_dir``; returns the relative names."""
     names = list_files(prefix)
     if not names:
-        raise FileNotFoundError(f"nothing to download under {prefix}; check the path")
+        raise UserError(f"nothing to download under {prefix}; check the path")
     for name in names:
         download(join(prefix, name), os.path.join(local_dir, *name.split("/")))
     return names
@@ -701,7 +703,7 @@ def upload_tree(local_dir: str, prefix: str) -> list[str]:
     """Copy every file under ``local_dir`` to a directory/prefix; returns the relative names."""
     names = _local_files(local_dir) if os.path.isdir(local_dir) else []
     if not names:
-        raise FileNotFoundError(f"no files to upload under {local_dir}; check the path")
+        raise UserError(f"no files to upload under {local_dir}; check the path")
     for name in names:
         upload(os.path.join(local_dir, *name.split("/")), join(prefix, name))
     return names

@@ -32,6 +32,7 @@ import numpy as np
 from components import data_prep
 from components import models
 from components import storage
+from components.errors import UserError
 from components.keras_setup import keras, tf
 from components.recipe import PlateauState, TrainConfig, learning_rate_at, update_plateau
 
@@ -292,7 +293,7 @@ def load_checkpoint(checkpoint_dir: str) -> dict[str, Any] | None:
     with open(state_path) as state_file:
         state = json.load(state_file)
     if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise ValueError(
+        raise UserError(
             f"checkpoint at {checkpoint_dir} has format_version {state.get('format_version')!r}, "
             f"expected {CHECKPOINT_FORMAT_VERSION}; delete it"
         )
@@ -411,7 +412,7 @@ class EpochRecorder(keras.callbacks.Callback):
         logs = logs or {}
         loss = float(logs.get("loss", float("nan")))
         if not math.isfinite(loss):
-            raise ValueError(
+            raise UserError(
                 f"training diverged: loss became {loss} at epoch {epoch + 1}; lower --learning-rate "
                 f"(the peak rate was {self.config.peak_learning_rate:g}) or use --optimizer adam"
             )
@@ -517,7 +518,7 @@ def _train_with_checkpoints(
     fingerprint = config.fingerprint(model_name, dataset_sha)
     state = load_checkpoint(checkpoint_dir)
     if state is not None and state["fingerprint"] != fingerprint:
-        raise ValueError(
+        raise UserError(
             f"checkpoint at {location} was written by a different configuration "
             f"({_describe_difference(state.get('fingerprint_inputs', {}), fingerprint_inputs)}); "
             "use a new --checkpoint-root or delete it"

@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 from components import storage
-from components.errors import USER_ERRORS, one_line
+from components.errors import UserError, one_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         return args.handler(args) or 0
-    except USER_ERRORS as error:
+    except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except RuntimeError as error:
@@ -175,7 +175,7 @@ def command_run(args: argparse.Namespace) -> int:
     output_dir = os.path.abspath(args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     checkpoint_root = args.checkpoint_root or os.path.join(output_dir, "checkpoints")
     if args.runner == "subprocess" and (args.image or args.gpus):
-        raise ValueError("--image and --gpus need --runner docker; drop them or add --runner docker")
+        raise UserError("--image and --gpus need --runner docker; drop them or add --runner docker")
     from pipeline.local_run import collect_outputs, init_local_runner, run_pipeline
 
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus)
@@ -378,7 +378,7 @@ def command_schedule(args: argparse.Namespace) -> int:
         cluster.delete_schedule(args.host, args.delete, existing_token=args.token)
         return 0
     if not args.name or not args.cron:
-        raise ValueError("schedule needs --name and --cron (or --list / --delete NAME)")
+        raise UserError("schedule needs --name and --cron (or --list / --delete NAME)")
     cluster.schedule(
         args.host,
         args.name,
@@ -445,9 +445,9 @@ def component_train(args: argparse.Namespace) -> int:
     try:
         overrides = json.loads(args.config)
     except json.JSONDecodeError as error:
-        raise ValueError(f"--config is not valid JSON ({error.msg}); pass e.g. '{{\"epochs\": 2}}'") from None
+        raise UserError(f"--config is not valid JSON ({error.msg}); pass e.g. '{{\"epochs\": 2}}'") from None
     if not isinstance(overrides, dict):
-        raise ValueError(f"--config must be a JSON object, got {args.config}")
+        raise UserError(f"--config must be a JSON object, got {args.config}")
     config = TrainConfig.from_dict({**get_preset(args.preset).train, **overrides})
     result = train(args.dataset, args.model, args.output, config, args.checkpoint_dir)
     print(json.dumps({key: result[key] for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from components.errors import UserError
+
 TOKEN_ENVIRONMENT_VARIABLE = "KFP_TOKEN"
 # The Kubernetes service account of k8s/serviceaccount.yaml (Workload Identity for GCS).
 RUNNER_SERVICE_ACCOUNT = "cnnpipe-runner"
@@ -79,17 +81,17 @@ def validate_cron(expression: str) -> str:
     """Checks a 6-field KFP cron expression (seconds first) and returns it normalized."""
     fields = str(expression).split()
     if len(fields) == 5:
-        raise ValueError(
+        raise UserError(
             f"cron needs 6 fields (seconds first) in KFP, e.g. '{CRON_EXAMPLE}'; "
             f"got 5: '{expression}'")
     if len(fields) != 6:
-        raise ValueError(
+        raise UserError(
             f"cron needs 6 fields (seconds minutes hours day-of-month month day-of-week), "
             f"e.g. '{CRON_EXAMPLE}'; got {len(fields)}: '{expression}'")
     for position, (text, (name, lowest, highest, names)) in enumerate(zip(fields, CRON_FIELDS), 1):
         for part in text.split(","):
             if not _valid_cron_part(part, lowest, highest, names, name.startswith("day")):
-                raise ValueError(
+                raise UserError(
                     f"cron field {position} ({name}) must use {lowest}-{highest}, '*', ranges "
                     f"a-b, lists a,b or steps */n; got '{text}' in '{expression}'")
     return " ".join(fields)
@@ -126,7 +128,7 @@ def parse_params(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
     for item in items or ():
         key, separator, value = item.partition("=")
         if not separator or not key.strip():
-            raise ValueError(f"--param needs KEY=VALUE, e.g. --param preset=fast; got {item!r}")
+            raise UserError(f"--param needs KEY=VALUE, e.g. --param preset=fast; got {item!r}")
         params[key.strip()] = value
     return params
 
@@ -137,11 +139,11 @@ def pipeline_parameters(pipeline_package_path: str) -> dict[str, dict]:
         with open(pipeline_package_path, encoding="utf-8") as package:
             pipeline_spec = next(yaml.safe_load_all(package))
     except FileNotFoundError:
-        raise ValueError(
+        raise UserError(
             f"pipeline package {pipeline_package_path!r} does not exist; "
             f"create it with `cnnpipe compile --output {pipeline_package_path}`") from None
     if not isinstance(pipeline_spec, dict) or "root" not in pipeline_spec:
-        raise ValueError(
+        raise UserError(
             f"{pipeline_package_path!r} is not a compiled KFP pipeline; "
             f"create it with `cnnpipe compile --output {pipeline_package_path}`")
     return dict(pipeline_spec["root"].get("inputDefinitions", {}).get("parameters", {}))
@@ -153,7 +155,7 @@ def resolve_params(params: dict | None, pipeline_package_path: str) -> dict:
     resolved = {}
     for name, value in (params or {}).items():
         if name not in declared:
-            raise ValueError(
+            raise UserError(
                 f"unknown pipeline parameter {name!r}; the pipeline takes: {', '.join(sorted(declared)) or '(none)'}")
         parameter_type = declared[name].get("parameterType", "STRING")
         resolved[name] = _convert(name, value, parameter_type) if isinstance(value, str) else value
@@ -170,7 +172,7 @@ def _convert(name: str, text: str, parameter_type: str):
         if parameter_type == "BOOLEAN":
             lowered = text.strip().lower()
             if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
+                raise UserError(text)
             return lowered in ("true", "1", "yes")
         if parameter_type == "LIST":
             # A plain comma list is the friendly form for lists of names: models=lenet5,vgg16.
@@ -180,10 +182,10 @@ def _convert(name: str, text: str, parameter_type: str):
         if parameter_type == "STRUCT":
             value = json.loads(text)
             if not isinstance(value, dict):
-                raise ValueError(text)
+                raise UserError(text)
             return value
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"pipeline parameter {name!r} is {parameter_type}; got {text!r}; "
             f"give e.g. {_type_example(parameter_type)}") from None
     return text
@@ -197,7 +199,7 @@ def _type_example(parameter_type: str) -> str:
 def check_pipeline_root(pipeline_root: str | None) -> None:
     """A pipeline root must be an object store prefix the cluster's pods can reach."""
     if pipeline_root is not None and not re.match(r"(gs|s3|minio)://[^/]+", pipeline_root):
-        raise ValueError(
+        raise UserError(
             f"--pipeline-root must be an object store URI like gs://BUCKET/pipeline-root; got {pipeline_root!r}")
 
 
@@ -205,7 +207,7 @@ def check_pipeline_root(pipeline_root: str | None) -> None:
 def check_reachable(host: str, timeout_seconds: float = 10.0) -> None:
     """Fails fast with one line when nothing answers at `host` (kfp.Client would retry 25 s)."""
     if not host or not re.match(r"https?://", host):
-        raise ValueError(
+        raise UserError(
             f"--host must be the KFP API URL with http:// or https://, "
             f"e.g. http://localhost:8080 after `kubectl port-forward`; got {host!r}")
     probe = urllib.request.Request(host.rstrip("/") + "/apis/v2beta1/healthz", method="GET")
@@ -363,7 +365,7 @@ def schedule(host: str, name: str, cron: str, pipeline_package_path: str, params
     """
     cron = validate_cron(cron)
     if not SCHEDULE_NAME_PATTERN.fullmatch(name or ""):
-        raise ValueError(
+        raise UserError(
             f"--name must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit, "
             f"e.g. nightly-cifar10; got {name!r}")
     resolved = resolve_params(params, pipeline_package_path)

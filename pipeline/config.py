@@ -12,6 +12,8 @@ import dataclasses
 import types
 from typing import Any, Mapping
 
+from components.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -94,7 +96,7 @@ class RunConfig:
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -116,17 +118,17 @@ def resolve(
     base = get_preset(preset)
     chosen_models = tuple(models) if models is not None else base.models
     if not chosen_models:
-        raise ValueError("no models given; pass --models with at least one name from `cnnpipe models`")
+        raise UserError("no models given; pass --models with at least one name from `cnnpipe models`")
     unknown = [name for name in chosen_models if name not in MODELS]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown model '{unknown[0]}'; choose from: {', '.join(MODELS)} (see `cnnpipe models`)"
         )
     if len(set(chosen_models)) != len(chosen_models):
-        raise ValueError(f"model list has duplicates: {','.join(chosen_models)}")
+        raise UserError(f"model list has duplicates: {','.join(chosen_models)}")
     fraction = base.validation_fraction if validation_fraction is None else validation_fraction
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise UserError(f"validation fraction must be in [0, 1), got {fraction}")
     train = {**base.train, **{key: value for key, value in train_overrides.items() if value is not None}}
     # None means "decide from the data" (e.g. horizontal_flip); KFP parameters cannot hold None,
     # and from_dict restores the default when the key is absent.

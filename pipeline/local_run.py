@@ -17,6 +17,8 @@ import warnings
 
 from pipeline.config import RunConfig
 
+from components.errors import UserError
+
 REPORT_FILES = ("report.html", "report.md", "summary.json")
 MODEL_FILES = ("model.keras", "history.csv")
 
@@ -30,7 +32,7 @@ def init_local_runner(runner: str, pipeline_root: str, gpus: bool = False) -> No
     elif runner == "docker":
         chosen = docker_runner(gpus)
     else:
-        raise ValueError(f"unknown runner '{runner}'; choose subprocess or docker")
+        raise UserError(f"unknown runner '{runner}'; choose subprocess or docker")
     local.init(runner=chosen, pipeline_root=pipeline_root, raise_on_error=True)
 
 
@@ -42,7 +44,7 @@ def docker_runner(gpus: bool):
     try:
         docker.from_env(timeout=5).ping()
     except Exception as error:  # the SDK raises several types for "no engine"; all mean the same here
-        raise ValueError(
+        raise UserError(
             f"no Docker engine answers ({type(error).__name__}); start Docker, or use --runner subprocess"
         ) from None
     return local.DockerRunner(**docker_run_arguments(gpus))
@@ -99,7 +101,7 @@ def run_pipeline(
             warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
             pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name, registry, promotion_margin))
     except RuntimeError as error:
-        raise ValueError(f"{failed_task(str(error))}; its log is above") from None
+        raise UserError(f"{failed_task(str(error))}; its log is above") from None
     created = sorted(set(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*"))) - before)
     if not created:
         raise RuntimeError(f"the local runner wrote no run directory under {pipeline_root}")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from kfp import kubernetes
 
+from components.errors import UserError
+
 # GKE labels every node of an accelerator pool with the accelerator name, e.g. nvidia-l4.
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # GKE labels Spot VMs with this key; the taint of the same key is added by the node pool command.
@@ -70,23 +72,23 @@ class Placement:
 
     def __post_init__(self):
         if not self.image or any(character.isspace() for character in self.image):
-            raise ValueError(
+            raise UserError(
                 f"image must be a container image reference like "
                 f"'us-docker.pkg.dev/PROJECT/REPO/cnnpipe:TAG'; got {self.image!r}")
         if isinstance(self.gpus_per_task, bool) or not isinstance(self.gpus_per_task, int) \
                 or self.gpus_per_task < 0:
-            raise ValueError(
+            raise UserError(
                 f"gpus_per_task must be a whole number >= 0 (0 = CPU only); got {self.gpus_per_task!r}")
         if isinstance(self.train_retries, bool) or not isinstance(self.train_retries, int) \
                 or self.train_retries < 0:
-            raise ValueError(f"train_retries must be a whole number >= 0; got {self.train_retries!r}")
+            raise UserError(f"train_retries must be a whole number >= 0; got {self.train_retries!r}")
         if self.gpus_per_task > 0 and not self.gpu_type and not self.node_selector:
-            raise ValueError(
+            raise UserError(
                 f"gpus_per_task={self.gpus_per_task} needs a GPU pool to land on: give gpu_type "
                 f"(e.g. 'nvidia-l4') or a node_selector, or set gpus_per_task=0 for CPU only")
         for pair in self.node_selector:
             if len(pair) != 2 or not all(isinstance(part, str) and part for part in pair):
-                raise ValueError(
+                raise UserError(
                     f"node_selector entries must be (key, value) string pairs; got {pair!r}")
 
     @property
@@ -108,7 +110,7 @@ def parse_node_selector(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, 
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key.strip() or not value.strip():
-            raise ValueError(
+            raise UserError(
                 f"--node-selector needs KEY=VALUE, e.g. cloud.google.com/gke-nodepool=gpu-pool; got {item!r}")
         pairs.append((key.strip(), value.strip()))
     return tuple(pairs)

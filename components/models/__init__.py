@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from components.errors import UserError
+
 if TYPE_CHECKING:
     import keras
 
@@ -149,7 +151,7 @@ def allow_deep_graphs():
 def get_spec(name: str) -> ModelSpec:
     """The registry entry for `name`; ValueError listing the choices if there is none."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)} (see `cnnpipe models`)")
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)} (see `cnnpipe models`)")
     return MODELS[name]
 
 
@@ -168,13 +170,13 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
     spec = get_spec(name)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or not all(_is_positive_int(size) for size in input_shape):
-        raise ValueError(f"input_shape must be (height, width, channels), positive ints; got {input_shape!r}")
+        raise UserError(f"input_shape must be (height, width, channels), positive ints; got {input_shape!r}")
     if not _is_positive_int(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        raise UserError(f"num_classes must be an int >= 2, got {num_classes!r}")
     input_shape = tuple(int(size) for size in input_shape)
     height, width, _ = input_shape
     if min(height, width) < spec.min_input_size:
-        raise ValueError(
+        raise UserError(
             f"model {name!r} needs images of at least {spec.min_input_size}x{spec.min_input_size}, "
             f"got {height}x{width}; resize the images up first"
         )

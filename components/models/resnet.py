@@ -15,6 +15,7 @@ pooling gives the same result there and works for any input size.
 
 import functools
 
+from components.errors import UserError
 from components.keras_setup import keras
 
 layers = keras.layers
@@ -190,7 +191,7 @@ def ResNet(
 def resnet_v1(input_shape, num_classes, depth, name=None):
     """Seed 004 ResNet v1 of depth 6n+2 (20, 32, 44, 56, 110, 164, 1202)."""
     if depth < 8 or (depth - 2) % 6 != 0:
-        raise ValueError(f"ResNet v1 depth must be 6n+2 with n >= 1 (20, 32, 56, ...), got {depth}")
+        raise UserError(f"ResNet v1 depth must be 6n+2 with n >= 1 (20, 32, 56, ...), got {depth}")
     blocks = (depth - 2) // 6
     return ResNet(
         input_shape,
@@ -211,7 +212,7 @@ def resnet_v2(input_shape, num_classes, depth, name=None):
     64, 128, 256), so resnet164_v2 has 5.0M parameters where the paper's ResNet-164 has 1.7M.
     """
     if depth < 11 or (depth - 2) % 9 != 0:
-        raise ValueError(f"ResNet v2 depth must be 9n+2 with n >= 1 (56, 110, 164, ...), got {depth}")
+        raise UserError(f"ResNet v2 depth must be 9n+2 with n >= 1 (56, 110, 164, ...), got {depth}")
     blocks = (depth - 2) // 9
     return ResNet(
         input_shape,
