@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--image", help="image for --runner docker (default: cnnpipe:latest, see `make image`)")
     run.add_argument("--gpus", action="store_true", help="with --runner docker: pass the host's GPUs through")
+    run.add_argument(
+        "--verbose", action="store_true",
+        help="also stream every task's full log (always written to <output>/logs/<task>.log)",
+    )
     run.set_defaults(handler=command_run)
 
     models = commands.add_parser("models", help="list the model zoo: name, family, parameters, reference accuracy")
@@ -176,20 +180,31 @@ def command_run(args: argparse.Namespace) -> int:
     checkpoint_root = args.checkpoint_root or os.path.join(output_dir, "checkpoints")
     if args.runner == "subprocess" and (args.image or args.gpus):
         raise UserError("--image and --gpus need --runner docker; drop them or add --runner docker")
-    from pipeline.local_run import collect_outputs, init_local_runner, run_pipeline
+    from pipeline.console import Console, comparison_table
+    from pipeline.local_run import PipelineFailed, collect_outputs, init_local_runner, run_pipeline
 
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus)
     os.makedirs(output_dir, exist_ok=True)
     storage.write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
-    run_dir = run_pipeline(
-        config,
-        checkpoint_root=checkpoint_root,
-        run_name=args.run_name,
-        image=args.image,
-        registry=args.registry,
-        promotion_margin=args.promotion_margin,
-    )
+    print(f"cnnpipe run: {config.dataset}, models {', '.join(config.models)}; logs in {os.path.join(output_dir, 'logs')}")
+    console = Console(os.path.join(output_dir, "logs"), verbose=args.verbose)
+    try:
+        run_dir = run_pipeline(
+            config,
+            checkpoint_root=checkpoint_root,
+            run_name=args.run_name,
+            console=console,
+            image=args.image,
+            registry=args.registry,
+            promotion_margin=args.promotion_margin,
+        )
+    except PipelineFailed as error:
+        # Not a user mistake (exit 2), but the task's own traceback is in its log: one line here.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     report = collect_outputs(run_dir, output_dir)
+    with open(os.path.join(output_dir, "summary.json"), encoding="utf-8") as handle:
+        print("\n" + comparison_table(json.load(handle)))
     print(f"\nreport: {report}")
     return 0
 
@@ -290,6 +305,7 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--experiment", default="cnnpipe", help="KFP experiment (default: cnnpipe)")
     submit.add_argument("--run-name", help="display name of the run (default: cnnpipe <UTC time>)")
     submit.add_argument("--wait", action="store_true", help="follow the run; exit non-zero naming the failed task")
+    submit.add_argument("--poll-seconds", type=float, default=15.0, help="with --wait: seconds between status checks (default: 15)")
     submit.set_defaults(handler=command_submit)
 
     schedule = commands.add_parser(
@@ -358,6 +374,7 @@ def command_submit(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         pipeline_root=args.pipeline_root,
         wait=args.wait,
+        poll_seconds=args.poll_seconds,
         existing_token=args.token,
         run_name=args.run_name,
     )
@@ -368,11 +385,7 @@ def command_schedule(args: argparse.Namespace) -> int:
     from pipeline import cluster
 
     if args.list:
-        schedules = cluster.list_schedules(args.host, existing_token=args.token)
-        if not schedules:
-            print("no schedules")
-        for item in schedules:
-            print(f"{item.name}  cron '{item.cron}' UTC  {item.status}  {item.recurring_run_id}")
+        cluster.list_schedules(args.host, existing_token=args.token)  # prints the table
         return 0
     if args.delete:
         cluster.delete_schedule(args.host, args.delete, existing_token=args.token)

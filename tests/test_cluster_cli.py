@@ -1,0 +1,86 @@
+"""Every cluster command through the `cnnpipe` entry point, against the loopback KFP server.
+
+tests/test_cluster.py checks the functions; these check what a user types and reads: the
+printed lines, the exit code, and that nothing ends in a traceback.
+"""
+
+import pytest
+
+from pipeline.cli import main
+from tests.kfp_fake_server import FakeKfpServer, failing_script, successful_script
+from tests.test_cluster import package_path, no_inherited_kfp_settings  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def server():
+    with FakeKfpServer() as fake:
+        yield fake
+
+
+def cnnpipe(capsys, *args):
+    """Runs `cnnpipe ARGS` in this process; returns (exit code, stdout, stderr)."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_submit_prints_the_run_and_its_link(server, package_path, capsys):
+    code, out, err = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
+                             "--param", "epochs=2", "--pipeline-root", "gs://bucket/root")
+    assert code == 0 and err == ""
+    (run_id,) = server.runs
+    assert run_id in out and f"{server.host}/#/runs/details/{run_id}" in out
+    (create,) = server.requests_to("POST", "/runs")
+    assert create.body["runtime_config"]["parameters"] == {"epochs": 2}
+
+
+def test_submit_wait_prints_each_task_state_and_succeeds(server, package_path, capsys):
+    server.run_script = successful_script(("prep", "train"))
+    code, out, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
+                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0")
+    assert code == 0
+    states = [line.split()[1:] for line in out.splitlines() if line.startswith("  ")]
+    assert states == [["prep", "RUNNING"], ["prep", "SUCCEEDED"], ["train", "RUNNING"], ["train", "SUCCEEDED"]]
+    assert "SUCCEEDED" in out.splitlines()[-1]
+
+
+def test_submit_wait_on_a_failed_run_exits_non_zero_naming_the_task(server, package_path, capsys):
+    server.run_script = failing_script("train", "OOMKilled: container exceeded memory")
+    code, _, err = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
+                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0")
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()]  # one line
+    assert err.startswith("error: ") and "task 'train' failed: OOMKilled" in err
+
+
+def test_schedule_create_update_list_and_delete(server, package_path, capsys):
+    code, out, _ = cnnpipe(capsys, "schedule", "--host", server.host, "--package", package_path,
+                           "--name", "nightly", "--cron", "0 0 2 * * *", "--pipeline-root", "gs://b/r")
+    assert code == 0 and "nightly" in out
+    first_version = next(iter(server.recurring_runs.values()))["pipeline_version_reference"]["pipeline_version_id"]
+
+    code, out, _ = cnnpipe(capsys, "schedule", "--host", server.host, "--package", package_path,
+                           "--name", "nightly", "--cron", "0 30 3 * * *", "--pipeline-root", "gs://b/r")
+    assert code == 0
+    (schedule,) = server.recurring_runs.values()  # replaced, not added
+    assert schedule["trigger"]["cron_schedule"]["cron"] == "0 30 3 * * *"
+    assert schedule["pipeline_version_reference"]["pipeline_version_id"] != first_version
+
+    code, out, err = cnnpipe(capsys, "schedule", "--host", server.host, "--list")
+    assert code == 0 and err == ""
+    (line,) = out.strip().splitlines()
+    assert line.split()[:5] == ["nightly", "0", "30", "3", "*"] and "enabled" in line
+
+    code, out, _ = cnnpipe(capsys, "schedule", "--host", server.host, "--delete", "nightly")
+    assert code == 0 and "deleted schedule 'nightly'" in out and not server.recurring_runs
+
+
+def test_schedule_list_without_schedules_says_so_once(server, capsys):
+    code, out, _ = cnnpipe(capsys, "schedule", "--host", server.host, "--list")
+    assert code == 0 and out == "no schedules\n"
+
+
+def test_deleting_an_unknown_schedule_is_one_line(server, capsys):
+    code, out, err = cnnpipe(capsys, "schedule", "--host", server.host, "--delete", "nightly")
+    assert code == 1
+    assert err.count("\n") == 1 and "no schedule named 'nightly'" in err
