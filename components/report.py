@@ -36,6 +36,9 @@ MAX_ANNOTATED_CLASSES = 20
 # Beyond this many classes, tick labels overlap even at the smallest font.
 MAX_LABELLED_CLASSES = 60
 MISSING = "—"
+# The zoo's reference (paper) and seed accuracies are CIFAR-10 test accuracies (components/models),
+# so they compare with a run only on that dataset (the Keras download and the binary archive alike).
+REFERENCE_DATASET = "cifar10"
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -174,6 +177,13 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
     if run_config.get("promotion"):
         summary["promotion"] = run_config["promotion"]
     return summary
+
+
+def reference_applies(dataset) -> tuple[bool, str]:
+    """(whether the paper and seed figures compare with a run on `dataset`, why not if they don't)."""
+    if dataset == REFERENCE_DATASET:
+        return True, ""
+    return False, f"the paper figures are CIFAR-10 test accuracies and this run is on {dataset}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import shutil
 import warnings
 
 from pipeline.config import RunConfig
+from pipeline.console import Console
 
 from components.errors import UserError
 
@@ -77,15 +78,26 @@ def pipeline_arguments(
     }
 
 
+class PipelineFailed(RuntimeError):
+    """A task failed for a reason other than a user mistake; the message is one line: the task,
+    its cause and the path of its log."""
+
+
 def run_pipeline(
     config: RunConfig,
     checkpoint_root: str,
     run_name: str,
+    console: Console,
     image: str | None = None,
     registry: str = "",
     promotion_margin: float = 0.0,
 ) -> str:
-    """Execute the pipeline with the runner set by ``init_local_runner``; returns the run's directory."""
+    """Execute the pipeline with the runner set by ``init_local_runner``; returns the run's directory.
+
+    Everything the tasks print goes through ``console`` (their logs, progress, start and end
+    lines). A task that stopped on a user mistake (its ``error: ...`` line) raises UserError,
+    any other failure PipelineFailed; both name the task, the cause and the task's log.
+    """
     from kfp import local
 
     from pipeline.pipeline import PIPELINE_NAME, build_pipeline
@@ -96,16 +108,26 @@ def run_pipeline(
     # and the measured images/s of each model stay meaningful.
     pipeline_function = build_pipeline(image=image, parallelism=1)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), console.capture():
             # The subprocess runner warns that the components name an image; here that is the point.
             warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
             pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name, registry, promotion_margin))
     except RuntimeError as error:
-        raise UserError(f"{failed_task(str(error))}; its log is above") from None
+        raise failure(console, str(error)) from None
     created = sorted(set(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*"))) - before)
     if not created:
         raise RuntimeError(f"the local runner wrote no run directory under {pipeline_root}")
     return created[-1]
+
+
+def failure(console: Console, message: str) -> Exception:
+    """The error for a failed run: UserError when the task stopped on a user mistake."""
+    task = console.failed_task()
+    if task is None:
+        log = os.path.join(console.logs_dir, "pipeline.log")
+        return PipelineFailed(f"{failed_task(message)}; see {log}")
+    text = f"the pipeline step '{task.name}' failed: {task.cause}; log: {task.log_path}"
+    return UserError(text) if task.error else PipelineFailed(text)
 
 
 def failed_task(message: str) -> str:
