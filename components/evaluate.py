@@ -6,6 +6,7 @@ evaluation only casts the stored test images to float32 and runs one timed predi
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import numpy as np
 from components import data_prep, storage
 from components import models
 from components.errors import UserError
+from components.report import MISTAKES_FILE
 from components.keras_setup import keras, tf
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ logger = logging.getLogger(__name__)
 # Probabilities are clipped like Keras' categorical cross-entropy does, so a confident mistake
 # costs a large finite loss instead of infinity.
 PROBABILITY_EPSILON = 1e-7
+# How many of the most confidently wrong test images the report shows, and the largest side
+# (pixels) their thumbnails keep: enough to recognise the image, small enough to embed.
+MISTAKES_SHOWN = 12
+THUMBNAIL_MAX_SIZE = 64
 
 
 def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int = 256) -> dict[str, Any]:
@@ -33,8 +39,11 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     result.json holds train_result.json's fields plus test_accuracy, test_loss (plain categorical
     cross-entropy, without training's label smoothing), inference_images_per_second (one timed
     prediction pass after a warm-up batch), class_names, confusion_matrix (rows: true class,
-    columns: predicted class), per_class precision/recall/support, and the registry's
-    reference_accuracy and seed_accuracy. history.csv is copied beside it.
+    columns: predicted class), per_class precision/recall/support, the registry's
+    reference_accuracy and seed_accuracy, and `mistakes`: the test images the model gets most
+    confidently wrong (index, true and predicted class, probabilities), whose thumbnails
+    (uint8 [N, H, W, C], at most THUMBNAIL_MAX_SIZE pixels a side) go to mistakes.npy in the same
+    order. history.csv is copied beside it.
 
     Args:
         dataset_dir: Dataset artifact written by data prep.
@@ -72,6 +81,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
         per_class=per_class_metrics(confusion, manifest["class_names"]),
         reference_accuracy=spec.reference_accuracy if spec else None,
         seed_accuracy=spec.seed_accuracy if spec else None,
+        mistakes=confident_mistakes(probabilities, labels, MISTAKES_SHOWN),
     )
     logger.info(
         "%s: test accuracy %.4f, loss %.4f, %.0f images/s inference",
@@ -81,6 +91,8 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     history_path = os.path.join(model_dir, "history.csv")
     if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
         shutil.copyfile(history_path, os.path.join(output_dir, "history.csv"))
+    mistaken_images = images[[mistake["index"] for mistake in result["mistakes"]]]
+    write_thumbnails(mistaken_images, os.path.join(output_dir, MISTAKES_FILE))
     storage.write_json(os.path.join(output_dir, "result.json"), result)
     return result
 
@@ -120,6 +132,40 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
     return counts
+
+
+def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int) -> list[dict[str, Any]]:
+    """The `count` wrongly classified test images with the highest predicted probability, most
+    confident first (ties by index): index, true_class, predicted_class, confidence (probability of
+    the predicted class) and true_class_probability."""
+    predictions = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    confidence = probabilities[wrong, predictions[wrong]]
+    chosen = wrong[np.lexsort((wrong, -confidence))][:count]
+    return [
+        {
+            "index": int(index),
+            "true_class": int(labels[index]),
+            "predicted_class": int(predictions[index]),
+            "confidence": float(probabilities[index, predictions[index]]),
+            "true_class_probability": float(probabilities[index, labels[index]]),
+        }
+        for index in chosen
+    ]
+
+
+def thumbnail(image: np.ndarray, max_size: int = THUMBNAIL_MAX_SIZE) -> np.ndarray:
+    """`image` shrunk by a whole stride until no side exceeds `max_size` (small ones unchanged)."""
+    stride = max(1, -(-max(image.shape[:2]) // max_size))
+    return image[::stride, ::stride]
+
+
+def write_thumbnails(images: np.ndarray, path: str) -> None:
+    """Thumbnails of `images` as one uint8 [N, H, W, C] .npy file, written atomically."""
+    thumbnails = np.stack([thumbnail(image) for image in images]) if len(images) else images[:, :0, :0]
+    buffer = io.BytesIO()
+    np.save(buffer, thumbnails.astype(np.uint8), allow_pickle=False)
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:

@@ -36,6 +36,10 @@ MAX_ANNOTATED_CLASSES = 20
 # Beyond this many classes, tick labels overlap even at the smallest font.
 MAX_LABELLED_CLASSES = 60
 MISSING = "—"
+# How many confused (true, predicted) class pairs each model section lists.
+CONFUSED_PAIRS_SHOWN = 5
+# Written by the evaluate step beside result.json: thumbnails of result["mistakes"], same order.
+MISTAKES_FILE = "mistakes.npy"
 # The zoo's reference (paper) and seed accuracies are CIFAR-10 test accuracies (components/models),
 # so they compare with a run only on that dataset (the Keras download and the binary archive alike).
 REFERENCE_DATASET = "cifar10"
@@ -52,6 +56,9 @@ tr.best td { background: #e6ffec; font-weight: 600; }
 .muted { color: #656d76; font-size: 0.9rem; }
 img { max-width: 100%; height: auto; } .plots { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 pre { background: #f6f8fa; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.8rem; }
+figure.mistake { margin: 0; width: 8rem; font-size: 0.8rem; }
+img.thumb { width: 96px; height: auto; image-rendering: pixelated; border: 1px solid #d0d7de; }
 """
 
 
@@ -155,6 +162,8 @@ def sort_by_accuracy(results: list[ModelResult]) -> list[ModelResult]:
 
 def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) -> dict:
     """The summary.json document (field names fixed by DESIGN.md; extra fields after them)."""
+    dataset = manifest.get("name") or run_config.get("dataset")
+    compared, _ = reference_applies(dataset)
     models = []
     for model in results:
         result = model.result
@@ -163,9 +172,11 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
         entry["seed_accuracy"] = finite_or_none(result.get("seed_accuracy"))
         entry["family"] = result.get("family")
         entry["best_validation_accuracy"] = finite_or_none(result.get("best_validation_accuracy"))
+        entry["reference_gap"] = reference_gap(result, "reference_accuracy", compared)
+        entry["seed_gap"] = reference_gap(result, "seed_accuracy", compared)
         models.append(entry)
     summary = {
-        "dataset": manifest.get("name") or run_config.get("dataset"),
+        "dataset": dataset,
         "preset": run_config.get("preset"),
         "num_classes": manifest.get("num_classes", len(manifest.get("class_names", []))),
         "models": models,
@@ -173,6 +184,9 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
         "class_names": list(manifest.get("class_names", [])),
         "image_shape": manifest.get("image_shape"),
         "splits": manifest.get("splits"),
+        # Whether reference_accuracy / seed_accuracy compare with this run (see reference_applies).
+        "reference_dataset": REFERENCE_DATASET,
+        "reference_compared": compared,
     }
     if run_config.get("promotion"):
         summary["promotion"] = run_config["promotion"]
@@ -184,6 +198,23 @@ def reference_applies(dataset) -> tuple[bool, str]:
     if dataset == REFERENCE_DATASET:
         return True, ""
     return False, f"the paper figures are CIFAR-10 test accuracies and this run is on {dataset}"
+
+
+def reference_gap(result: dict, field: str, compared: bool) -> float | None:
+    """Test accuracy minus the figure in `field`, when the figure exists and compares."""
+    figure = result.get(field)
+    if not compared or not is_number(figure) or not math.isfinite(figure):
+        return None
+    return finite_or_none(float(result["test_accuracy"]) - figure)
+
+
+def reference_note(summary: dict) -> str:
+    """One sentence under the comparison table saying what the reference columns mean here."""
+    if summary["reference_compared"]:
+        return ("Reference is the paper's CIFAR-10 test accuracy and seed the original notebook's; "
+                "gaps are meaningful with a full training budget.")
+    _, reason = reference_applies(summary["dataset"])
+    return f"Reference and seed columns show {MISSING} because {reason}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,15 +235,15 @@ def render_markdown(summary: dict, manifest: dict, run_config: dict) -> str:
         "",
         "## Comparison (sorted by test accuracy)",
         "",
-        "Reference is the paper's CIFAR-10 figure and seed the original notebook's, so gaps are only",
-        "meaningful on CIFAR-10 with a full training budget.",
+        reference_note(summary),
         "",
     ]
-    header = [name for name, _ in comparison_columns()]
+    columns = comparison_columns(summary["reference_compared"])
+    header = [name for name, _ in columns]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for entry in summary["models"]:
-        lines.append("| " + " | ".join(markdown_cell(cell(entry)) for _, cell in comparison_columns()) + " |")
+        lines.append("| " + " | ".join(markdown_cell(cell(entry)) for _, cell in columns) + " |")
     promotion = run_config.get("promotion") or []
     if promotion:
         lines += ["", "## Model registry", ""]
@@ -232,15 +263,20 @@ def markdown_cell(value) -> str:
 # Tables shared by the HTML and Markdown renderings
 
 
-def comparison_columns() -> list[tuple[str, Callable[[dict], object]]]:
-    """(header, cell function over a summary entry) for the comparison table."""
+def comparison_columns(compared: bool) -> list[tuple[str, Callable[[dict], object]]]:
+    """(header, cell function over a summary entry) for the comparison table; the paper and seed
+    figures only when `compared` (the run's dataset is theirs)."""
+
+    def figure(field: str) -> Callable[[dict], str]:
+        return lambda entry: format_percent(entry[field]) if compared else MISSING
+
     return [
         ("Model", lambda entry: entry["name"]),
         ("Test accuracy", lambda entry: format_percent(entry["test_accuracy"])),
-        ("Reference (paper)", lambda entry: format_percent(entry["reference_accuracy"])),
-        ("Gap to reference", lambda entry: format_gap(entry["test_accuracy"], entry["reference_accuracy"])),
-        ("Seed accuracy", lambda entry: format_percent(entry["seed_accuracy"])),
-        ("Gap to seed", lambda entry: format_gap(entry["test_accuracy"], entry["seed_accuracy"])),
+        ("Reference (paper)", figure("reference_accuracy")),
+        ("Gap to reference", lambda entry: format_points(entry["reference_gap"])),
+        ("Seed accuracy", figure("seed_accuracy")),
+        ("Gap to seed", lambda entry: format_points(entry["seed_gap"])),
         ("Test loss", lambda entry: format_number(entry["test_loss"], digits=4)),
         ("Training time", lambda entry: format_duration(entry["train_seconds"])),
         ("Parameters", lambda entry: format_count(entry["params"])),
@@ -279,10 +315,10 @@ def render_html(results: list[ModelResult], summary: dict, manifest: dict, run_c
         "<h2>Dataset and settings</h2>",
         html_key_value_table(dataset_rows(manifest)),
         html_key_value_table(config_rows(run_config)),
+        html_settings_tables(run_config),
         "<h2>Comparison</h2>",
-        '<p class="muted">Sorted by test accuracy. Reference is the paper\'s CIFAR-10 figure and seed the '
-        "original notebook's, so gaps are only meaningful on CIFAR-10 with a full training budget.</p>",
-        html_comparison_table(summary["models"]),
+        f'<p class="muted">Sorted by test accuracy. {html.escape(reference_note(summary))}</p>',
+        html_comparison_table(summary["models"], summary["reference_compared"]),
         "<h2>Accuracy against training time</h2>",
         html_image(plot_accuracy_against_time(summary["models"]), "test accuracy against training time"),
         "<h2>Validation accuracy over epochs</h2>",
@@ -309,14 +345,28 @@ def dataset_rows(manifest: dict) -> list[tuple[str, str]]:
 
 
 def config_rows(run_config: dict) -> list[tuple[str, str]]:
-    """The run settings as text rows (promotion decisions get their own table)."""
-    rows = []
-    for key, value in run_config.items():
-        if key == "promotion":
-            continue
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-        rows.append((str(key), text))
-    return rows
+    """The run's own settings as text rows; nested settings (the training recipe) and promotion
+    decisions get tables of their own."""
+    return [
+        (str(key), format_setting(value))
+        for key, value in run_config.items()
+        if key != "promotion" and not isinstance(value, dict)
+    ]
+
+
+def html_settings_tables(run_config: dict) -> str:
+    """One titled table per nested group of settings, e.g. the training recipe under "train"."""
+    titles = {"train": "Training recipe"}
+    return "\n".join(
+        f"<h3>{html.escape(titles.get(key, str(key)))}</h3>" + html_key_value_table(setting_rows(value))
+        for key, value in run_config.items()
+        if isinstance(value, dict)
+    )
+
+
+def setting_rows(settings: dict) -> list[tuple[str, str]]:
+    """A flat mapping of settings as sorted (name, readable value) rows."""
+    return [(str(key), format_setting(value)) for key, value in sorted(settings.items())]
 
 
 def html_key_value_table(rows: list[tuple[str, str]]) -> str:
@@ -328,9 +378,9 @@ def html_key_value_table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def html_comparison_table(entries: list[dict]) -> str:
+def html_comparison_table(entries: list[dict], compared: bool) -> str:
     """The model comparison table, best model highlighted, gaps coloured by sign."""
-    columns = comparison_columns()
+    columns = comparison_columns(compared)
     header = "".join(
         f'<th class="text">{html.escape(name)}</th>' if name == "Model" else f"<th>{html.escape(name)}</th>"
         for name, _ in columns
@@ -391,6 +441,10 @@ def html_model_section(index: int, model: ModelResult, manifest: dict) -> str:
         heatmap = plot_confusion_matrix(confusion, class_names, model.name)
         parts.append(html_image(heatmap, f"confusion matrix of {model.name}"))
     parts.append("</div>")
+    if confusion:
+        parts += ["<h3>Most confused classes</h3>", html_confused_pairs(confused_pairs(confusion, class_names))]
+    if "mistakes" in result:
+        parts += ["<h3>Most confidently wrong test images</h3>", html_mistakes(model, class_names)]
     per_class = result.get("per_class") or []
     if per_class:
         opened = " open" if len(per_class) <= MAX_ANNOTATED_CLASSES else ""
@@ -398,10 +452,93 @@ def html_model_section(index: int, model: ModelResult, manifest: dict) -> str:
             f"<details{opened}><summary>Per-class precision and recall</summary>"
             f"{html_per_class_table(per_class)}</details>"
         )
-    if result.get("config"):
-        config_text = json.dumps(result["config"], indent=2, sort_keys=True, default=str)
-        parts.append(f"<details><summary>Training configuration</summary><pre>{escape(config_text)}</pre></details>")
+    if isinstance(result.get("config"), dict):
+        parts.append(
+            "<details><summary>Training configuration</summary>"
+            f"{html_key_value_table(setting_rows(result['config']))}</details>"
+        )
     return "\n".join(parts)
+
+
+def confused_pairs(confusion: list[list[int]], class_names: list[str], count: int = CONFUSED_PAIRS_SHOWN) -> list[dict]:
+    """The `count` largest off-diagonal cells of the confusion matrix: which true class is taken
+    for which other class, how many times, and what share of the true class that is."""
+    cells = []
+    for true_index, row in enumerate(confusion):
+        total = sum(row)
+        for predicted_index, images in enumerate(row):
+            if predicted_index != true_index and images > 0:
+                cells.append({
+                    "true": class_label(class_names, true_index),
+                    "predicted": class_label(class_names, predicted_index),
+                    "images": int(images),
+                    "share": images / total,
+                })
+    return sorted(cells, key=lambda cell: (-cell["images"], -cell["share"]))[:count]
+
+
+def html_confused_pairs(pairs: list[dict]) -> str:
+    """The confused class pairs as a table, or a sentence when there are none."""
+    if not pairs:
+        return '<p class="muted">No test image was classified as another class.</p>'
+    rows = "".join(
+        f'<tr><td class="text">{html.escape(pair["true"])}</td><td class="text">{html.escape(pair["predicted"])}</td>'
+        f"<td>{format_count(pair['images'])}</td><td>{format_percent(pair['share'])}</td></tr>"
+        for pair in pairs
+    )
+    header = '<th class="text">True class</th><th class="text">Predicted as</th><th>Images</th><th>Share of true class</th>'
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def html_mistakes(model: ModelResult, class_names: list[str]) -> str:
+    """A gallery of the test images the model gets most confidently wrong (evaluate's mistakes.npy),
+    each with its true and predicted class and the predicted probability."""
+    mistakes = model.result["mistakes"]
+    if not mistakes:
+        return '<p class="muted">The model classified every test image correctly.</p>'
+    thumbnails = read_thumbnails(model.result_dir, len(mistakes))
+    if thumbnails is None:
+        return f'<p class="muted">{len(mistakes)} mistakes listed but no thumbnails saved ({MISTAKES_FILE}).</p>'
+    figures = []
+    for mistake, picture in zip(mistakes, thumbnails):
+        true_name = class_label(class_names, mistake["true_class"])
+        predicted_name = class_label(class_names, mistake["predicted_class"])
+        description = f"test image {mistake['index']}: a {true_name} taken for a {predicted_name}"
+        figures.append(
+            f'<figure class="mistake">{html_image(thumbnail_png(picture), description, css_class="thumb")}'
+            f"<figcaption>true <strong>{html.escape(true_name)}</strong><br>"
+            f"predicted <strong>{html.escape(predicted_name)}</strong> ({format_percent(mistake['confidence'])})"
+            "</figcaption></figure>"
+        )
+    return f'<div class="gallery">{"".join(figures)}</div>'
+
+
+def read_thumbnails(result_dir: str, expected: int):
+    """The uint8 thumbnails evaluate saved, or None when the file is missing or does not match."""
+    import numpy
+
+    path = os.path.join(result_dir, MISTAKES_FILE)
+    if not os.path.isfile(path):
+        return None
+    thumbnails = numpy.load(path, allow_pickle=False)
+    return thumbnails if len(thumbnails) == expected and thumbnails.ndim == 4 else None
+
+
+def thumbnail_png(picture) -> bytes:
+    """One uint8 [H, W, C] image as PNG bytes (grey for one channel)."""
+    from matplotlib.image import imsave
+
+    buffer = io.BytesIO()
+    if picture.shape[-1] == 1:
+        imsave(buffer, picture[..., 0], cmap="gray", vmin=0, vmax=255, format="png")
+    else:
+        imsave(buffer, picture, format="png")
+    return buffer.getvalue()
+
+
+def class_label(class_names: list[str], index: int) -> str:
+    """The class's name, or its index when the names do not cover it."""
+    return str(class_names[index]) if 0 <= index < len(class_names) else str(index)
 
 
 def html_per_class_table(per_class: list[dict]) -> str:
@@ -416,10 +553,11 @@ def html_per_class_table(per_class: list[dict]) -> str:
     return f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def html_image(png: bytes, description: str) -> str:
+def html_image(png: bytes, description: str, css_class: str = "") -> str:
     """An <img> carrying the PNG inline as a base64 data URI."""
     encoded = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(description)}">'
+    class_attribute = f' class="{css_class}"' if css_class else ""
+    return f'<img{class_attribute} src="data:image/png;base64,{encoded}" alt="{html.escape(description)}">'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,9 +585,9 @@ def figure_png(figure) -> bytes:
 
 
 def plot_training_curves(model: ModelResult) -> bytes:
-    """Train/validation accuracy and loss over epochs for one model."""
-    figure = new_figure(9, 3.4)
-    accuracy_axes, loss_axes = figure.subplots(1, 2)
+    """Train/validation accuracy and loss, and the learning rate, over epochs for one model."""
+    figure = new_figure(12, 3.4)
+    accuracy_axes, loss_axes, rate_axes = figure.subplots(1, 3)
     history = model.history
     epochs = history.get("epoch") or list(range(1, 1 + max((len(values) for values in history.values()), default=0)))
     panels = ((accuracy_axes, "accuracy", "Accuracy (%)", 100), (loss_axes, "loss", "Loss", 1))
@@ -459,15 +597,35 @@ def plot_training_curves(model: ModelResult) -> bytes:
             if values:
                 scaled = [value * scale for value in values]
                 axes.plot(epochs[: len(values)], scaled, style, markersize=3, label=line_label)
-        axes.set_xlabel("epoch")
         axes.set_title(label)
-        axes.grid(alpha=0.3)
-        if axes.lines:
-            axes.legend()
-        else:
-            axes.text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=axes.transAxes)
+        finish_epoch_axes(axes, legend=True)
+    plot_learning_rate(rate_axes, epochs, history.get("learning_rate"))
     figure.suptitle(model.name, parse_math=False)
     return figure_png(figure)
+
+
+def plot_learning_rate(axes, epochs: list, rates: list | None) -> None:
+    """The learning rate at the end of each epoch; log scale when it spans a decade or more."""
+    if rates:
+        axes.plot(epochs[: len(rates)], rates, "-o", markersize=3, color="#8250df")
+        positive = [rate for rate in rates if rate > 0]
+        if positive and max(positive) / min(positive) >= 10:
+            axes.set_yscale("log")
+    axes.set_title("Learning rate (end of epoch)")
+    finish_epoch_axes(axes, legend=False)
+
+
+def finish_epoch_axes(axes, legend: bool) -> None:
+    """Epoch x-axis with whole-number ticks, a grid, and a note when nothing was plotted."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if not axes.lines:
+        axes.text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=axes.transAxes)
+    elif legend:
+        axes.legend(fontsize="small")
 
 
 def plot_validation_overview(results: list[ModelResult]) -> bytes:
@@ -479,13 +637,8 @@ def plot_validation_overview(results: list[ModelResult]) -> bytes:
         if values:
             epochs = model.history.get("epoch") or list(range(1, len(values) + 1))
             axes.plot(epochs[: len(values)], [value * 100 for value in values], "-o", markersize=3, label=model.name)
-    axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy (%)")
-    axes.grid(alpha=0.3)
-    if axes.lines:
-        axes.legend(fontsize="small")
-    else:
-        axes.text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=axes.transAxes)
+    finish_epoch_axes(axes, legend=True)
     return figure_png(figure)
 
 
@@ -570,11 +723,27 @@ def format_percent(fraction) -> str:
     return f"{fraction * 100:.2f}%"
 
 
-def format_gap(accuracy, reference) -> str:
-    """Signed difference in percentage points, e.g. '+1.20 pp'."""
-    if not all(is_number(value) and math.isfinite(value) for value in (accuracy, reference)):
+def format_points(difference) -> str:
+    """A signed difference of fractions in percentage points, e.g. 0.012 -> '+1.20 pp'."""
+    if not is_number(difference) or not math.isfinite(difference):
         return MISSING
-    return f"{(accuracy - reference) * 100:+.2f} pp"
+    return f"{difference * 100:+.2f} pp"
+
+
+def format_setting(value) -> str:
+    """A setting as people write it: whole numbers without '.0' (KFP passes every number of a
+    dict parameter as a float, so batch_size arrives as 64.0), lists comma-separated."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_setting(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={format_setting(item)}" for key, item in sorted(value.items()))
+    return str(value)
 
 
 def format_number(value, digits: int = 2) -> str:

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -97,8 +98,9 @@ class Console:
         """Everything printed to sys.stdout inside the block is read by the console."""
         os.makedirs(self.logs_dir, exist_ok=True)
         self._pipeline_log = open(os.path.join(self.logs_dir, "pipeline.log"), "a", encoding="utf-8")
+        stream = _ThreadLines(self)
         try:
-            with contextlib.redirect_stdout(_ThreadLines(self)):
+            with contextlib.redirect_stdout(stream), _root_logging_to(stream):
                 yield
         finally:
             self.close()
@@ -144,9 +146,10 @@ class Console:
                 self._pipeline_line(line)
                 return
             text = line[len(KFP_INDENT):] if line.startswith(KFP_INDENT) else line
-            self._task_line(task, text)
             finished = TASK_FINISHED.search(line)
-            if finished and finished.group(1) == task.kfp_name and not task.status:
+            ends_task = bool(finished and finished.group(1) == task.kfp_name and not task.status)
+            self._task_line(task, text, kfp_status=ends_task)
+            if ends_task:
                 self._finish(task, finished.group(2))
             elif task.status and SEPARATOR.match(line):
                 self._current[thread] = None
@@ -158,7 +161,8 @@ class Console:
         if self.verbose and line.strip():
             self._print(line)
 
-    def _task_line(self, task: Task, text: str) -> None:
+    def _task_line(self, task: Task, text: str, kfp_status: bool = False) -> None:
+        """One line of a task (`kfp_status`: kfp's own line saying how the task ended)."""
         self._follow_executor_input(task, text)
         if task.log:
             task.log.write(text + "\n")
@@ -167,7 +171,7 @@ class Console:
             task.pending.append(text)
         if self.verbose and task.name:
             self._print(f"[{task.name}] {text}")
-        if text.strip():
+        if text.strip() and not kfp_status:
             task.tail.append(text)
         if text.startswith("error: "):
             task.error = text[len("error: "):].strip()
@@ -259,6 +263,21 @@ class Console:
     def failed_task(self) -> Task | None:
         """The first task that finished with a failure, if any."""
         return next((task for task in self.tasks if task.status and task.status != "SUCCESS"), None)
+
+
+@contextlib.contextmanager
+def _root_logging_to(stream: TextIO) -> Iterator[None]:
+    """Log records of the root logger go to `stream` meanwhile: kfp logs its own messages between
+    tasks ("Skipping task ...", "Cleaned up workspace ...") through whatever handlers it finds."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = saved
 
 
 class _ThreadLines(io.TextIOBase):

@@ -7,8 +7,18 @@ import os
 import numpy as np
 import pytest
 
-from components.evaluate import confusion_matrix, cross_entropy, evaluate, per_class_metrics
+from components.data_prep import load_split
+from components.evaluate import (
+    confident_mistakes,
+    confusion_matrix,
+    cross_entropy,
+    evaluate,
+    per_class_metrics,
+    thumbnail,
+)
+from components.errors import UserError
 from components.keras_setup import keras
+from components.report import MISTAKES_FILE
 from components.models import MODELS
 from components.train import train
 from test_train import TINY_CLASSES, quick_config, write_dataset
@@ -55,8 +65,7 @@ def test_evaluate_writes_result_with_metrics_consistent_with_the_model(trained, 
         train_result = json.load(train_result_file)
     assert {key: result[key] for key in train_result} == train_result
 
-    images = np.load(os.path.join(dataset_dir, "test_images.npy"))
-    labels = np.load(os.path.join(dataset_dir, "test_labels.npy"))
+    images, labels = load_split(dataset_dir, "test")
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False)
     probabilities = model.predict(images.astype(np.float32), verbose=0)
     assert 0 <= result["test_accuracy"] <= 1
@@ -73,10 +82,36 @@ def test_evaluate_writes_result_with_metrics_consistent_with_the_model(trained, 
     spec = MODELS["lenet5"]
     assert (result["reference_accuracy"], result["seed_accuracy"]) == (spec.reference_accuracy, spec.seed_accuracy)
 
+    predictions = probabilities.argmax(axis=1)
+    wrong = int(np.sum(predictions != labels))
+    assert len(result["mistakes"]) == min(wrong, 12)
+    for mistake in result["mistakes"]:
+        assert mistake["true_class"] == labels[mistake["index"]] != mistake["predicted_class"]
+        assert mistake["confidence"] == pytest.approx(float(probabilities[mistake["index"]].max()), rel=1e-4)
+    thumbnails = np.load(os.path.join(output_dir, MISTAKES_FILE))
+    assert thumbnails.dtype == np.uint8 and len(thumbnails) == len(result["mistakes"])
+    for mistake, picture in zip(result["mistakes"], thumbnails):
+        np.testing.assert_array_equal(picture, images[mistake["index"]])
+
+
+def test_confident_mistakes_are_the_wrong_predictions_most_confident_first():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    mistakes = confident_mistakes(probabilities, np.array([1, 1, 0, 0, 0]), count=2)
+    assert [(item["index"], item["true_class"], item["predicted_class"]) for item in mistakes] == [(0, 1, 0), (4, 0, 1)]
+    assert mistakes[0]["confidence"] == 0.9 and mistakes[0]["true_class_probability"] == pytest.approx(0.1)
+    assert confident_mistakes(probabilities, probabilities.argmax(axis=1), count=5) == []
+
+
+def test_thumbnails_keep_small_images_and_shrink_large_ones():
+    large = np.arange(200 * 130 * 3, dtype=np.uint8).reshape(200, 130, 3)
+    assert thumbnail(large, max_size=64).shape == (50, 33, 3)
+    np.testing.assert_array_equal(thumbnail(large, max_size=64), large[::4, ::4])
+    assert thumbnail(np.zeros((8, 8, 1)), max_size=64).shape == (8, 8, 1)
+
 
 def test_evaluate_refuses_a_directory_without_a_trained_model(trained, tmp_path):
     dataset_dir, _ = trained
-    with pytest.raises(FileNotFoundError, match="no model.keras in .*; pass the training step's output directory"):
+    with pytest.raises(UserError, match="no model.keras in .*; pass the training step's output directory"):
         evaluate(dataset_dir, str(tmp_path), str(tmp_path / "evaluation"))
     assert not os.path.exists(tmp_path / "evaluation")
 

@@ -6,9 +6,10 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
-from components.report import write_report
+from components.report import MISTAKES_FILE, confused_pairs, format_setting, write_report
 
 CLASS_NAMES = ["<b>cat", "dog & wolf", "$bird$"]
 
@@ -22,7 +23,15 @@ MANIFEST = {
     "splits": {"train": 120, "test": 30, "validation": 0},
 }
 
-RUN_CONFIG = {"preset": "smoke", "dataset": "/data/pets", "models": ["lenet5", "resnet20_v1", "vgg16"]}
+# As the pipeline passes it: KFP hands every number of a dict parameter over as a float.
+RUN_CONFIG = {
+    "preset": "smoke",
+    "dataset": "/data/pets",
+    "models": ["lenet5", "resnet20_v1", "vgg16"],
+    "train": {"batch_size": 64.0, "epochs": 3.0, "learning_rate": 0.002, "augment": True, "warmup_epochs": 0.5},
+}
+# The two most confidently wrong test images of every model: (index, true, predicted, confidence).
+MISTAKES = [(7, 2, 1, 0.97), (3, 0, 2, 0.81)]
 
 # name -> values written to result.json; accuracies differ so the sort order is known.
 MODEL_VALUES = {
@@ -46,7 +55,12 @@ def write_result_dir(directory, name, values, epochs=2):
         "epochs": epochs,
         "best_validation_accuracy": values["test_accuracy"],
         "resumed_from_epoch": None,
-        "config": {"epochs": epochs, "batch_size": 16, "optimizer": "adam"},
+        "config": {"epochs": epochs, "batch_size": 16.0, "optimizer": "adam"},
+        "mistakes": [
+            {"index": index, "true_class": true, "predicted_class": predicted, "confidence": confidence,
+             "true_class_probability": 0.01}
+            for index, true, predicted, confidence in MISTAKES
+        ],
         "class_names": CLASS_NAMES,
         "confusion_matrix": [[8, 1, 1], [2, 7, 1], [0, 3, 7]],
         "per_class": [
@@ -56,6 +70,9 @@ def write_result_dir(directory, name, values, epochs=2):
     }
     with open(os.path.join(directory, "result.json"), "w", encoding="utf-8") as file:
         json.dump(result, file)
+    # A grey and a white 8x8 RGB thumbnail, in the order of "mistakes".
+    thumbnails = np.stack([np.full((8, 8, 3), 128, np.uint8), np.full((8, 8, 3), 255, np.uint8)])
+    np.save(os.path.join(directory, MISTAKES_FILE), thumbnails)
     with open(os.path.join(directory, "history.csv"), "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"])
@@ -63,18 +80,28 @@ def write_result_dir(directory, name, values, epochs=2):
         for epoch in range(1, epochs + 1):
             validation_accuracy = values["test_accuracy"] * epoch / epochs
             writer.writerow([epoch, 2.0 / epoch, min(validation_accuracy + 0.05, 1.0), 2.2 / epoch,
-                             validation_accuracy, 0.001, 1.5])
+                             validation_accuracy, 0.001 / epoch, 1.5])
     return str(directory)
+
+
+def write_three_model_report(tmp_path, manifest):
+    """Write three result dirs and their report: (summary, output_dir)."""
+    result_dirs = [write_result_dir(tmp_path / name, name, values) for name, values in MODEL_VALUES.items()]
+    output_dir = tmp_path / "report"
+    summary = write_report(result_dirs, str(output_dir), manifest, RUN_CONFIG)
+    return summary, output_dir
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """Write three result dirs, run write_report once for the module, return (summary, output_dir)."""
-    tmp_path = tmp_path_factory.mktemp("report")
-    result_dirs = [write_result_dir(tmp_path / name, name, values) for name, values in MODEL_VALUES.items()]
-    output_dir = tmp_path / "report"
-    summary = write_report(result_dirs, str(output_dir), MANIFEST, RUN_CONFIG)
-    return summary, output_dir
+    """The report of three models on a user's own dataset, "pets"."""
+    return write_three_model_report(tmp_path_factory.mktemp("report"), MANIFEST)
+
+
+@pytest.fixture(scope="module")
+def cifar_report(tmp_path_factory):
+    """The same three models as if trained on CIFAR-10, the dataset of the paper figures."""
+    return write_three_model_report(tmp_path_factory.mktemp("cifar"), {**MANIFEST, "name": "cifar10"})
 
 
 def test_writes_the_three_files_and_nothing_temporary(report):
@@ -101,6 +128,8 @@ def test_summary_json_follows_the_design_schema(report):
             assert entry[field] == expected, (entry["name"], field)
         assert entry["seed_accuracy"] == values["seed_accuracy"]
         assert entry["family"] == values["family"]
+        assert entry["reference_gap"] is None and entry["seed_gap"] is None  # pets is not CIFAR-10
+    assert on_disk["reference_dataset"] == "cifar10" and on_disk["reference_compared"] is False
 
 
 def test_html_is_self_contained_with_every_model_and_embedded_plots(report):
@@ -108,24 +137,67 @@ def test_html_is_self_contained_with_every_model_and_embedded_plots(report):
     page = (output_dir / "report.html").read_text()
     for name in MODEL_VALUES:
         assert name in page
-    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # accuracy/time scatter + validation overview + per model (curves + confusion matrix)
-    assert len(images) == 2 + 2 * len(MODEL_VALUES)
+    images = re.findall(r'<img (?:class="thumb" )?src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # accuracy/time scatter + validation overview + per model (curves + confusion matrix + 2 thumbnails)
+    assert len(images) == 2 + 4 * len(MODEL_VALUES)
     assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*https?:', page, flags=re.IGNORECASE)
     assert not re.search(r"https?://|url\(|<script|<link", page, flags=re.IGNORECASE)
 
 
+def comparison_section(output_dir):
+    page = (output_dir / "report.html").read_text()
+    return page[page.index("<h2>Comparison</h2>"):page.index("<h2>Accuracy against training time</h2>")]
+
+
 def test_html_shows_comparison_numbers_sorted_by_accuracy(report):
     _, output_dir = report
-    page = (output_dir / "report.html").read_text()
-    comparison = page[page.index("<h2>Comparison</h2>"):page.index("<h2>Accuracy against training time</h2>")]
+    comparison = comparison_section(output_dir)
     order = [comparison.index(f'">{name}</a>') for name in ("resnet20_v1", "vgg16", "lenet5")]
     assert order == sorted(order)
-    assert "91.25%" in comparison and "92.16%" in comparison  # resnet20_v1 reference and seed
-    assert "-11.25 pp" in comparison  # 80% against the 91.25% reference
     assert "272,474" in comparison and "1 h 06 min" in comparison and "1 min 35 s" in comparison
-    assert "32×32×3" in page and "train 120" in page
+    assert "32×32×3" in (output_dir / "report.html").read_text()
+
+
+def test_paper_figures_and_gaps_only_on_the_dataset_they_were_measured_on(report, cifar_report):
+    pets = comparison_section(report[1])
+    assert "91.25%" not in pets and " pp" not in pets and 'class="negative"' not in pets
+    assert "because the paper figures are CIFAR-10 test accuracies and this run is on pets" in pets
+    assert "the paper figures are CIFAR-10" in (report[1] / "report.md").read_text()
+    summary, output_dir = cifar_report
+    cifar = comparison_section(output_dir)
+    assert "91.25%" in cifar and "92.16%" in cifar  # resnet20_v1 reference and seed
+    assert '<td class="negative">-11.25 pp</td>' in cifar  # 80% against the 91.25% reference
+    assert summary["reference_compared"] is True
+    assert summary["models"][0]["reference_gap"] == pytest.approx(0.8 - 0.9125)
+    assert summary["models"][-1]["reference_gap"] is None  # lenet5 has no paper figure
+
+
+def test_settings_read_as_a_table_with_whole_numbers(report):
+    page = (report[1] / "report.html").read_text()
+    assert "<h3>Training recipe</h3>" in page
+    for key, shown in (("batch_size", "64"), ("epochs", "3"), ("learning_rate", "0.002"), ("warmup_epochs", "0.5")):
+        assert f'<th class="text">{key}</th><td class="text">{shown}</td>' in page
+    assert "64.0" not in page and "16.0" not in page and "<pre>" not in page
+    assert [format_setting(value) for value in (64.0, 0.5, 5e-05, True, None, [1.0, "a"])] == [
+        "64", "0.5", "5e-05", "true", "—", "1, a"]
+
+
+def test_each_model_shows_its_most_confident_mistakes_and_confused_pairs(report):
+    page = (report[1] / "report.html").read_text()
+    galleries = re.findall(r'<div class="gallery">(.*?)</div>', page)
+    assert len(galleries) == len(MODEL_VALUES)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", galleries[0])
+    assert captions == [
+        "true <strong>$bird$</strong><br>predicted <strong>dog &amp; wolf</strong> (97.00%)",
+        "true <strong>&lt;b&gt;cat</strong><br>predicted <strong>$bird$</strong> (81.00%)",
+    ]
+    assert page.count("<h3>Most confused classes</h3>") == len(MODEL_VALUES)
+    assert confused_pairs([[8, 1, 1], [2, 7, 1], [0, 3, 7]], ["a", "b", "c"], count=2) == [
+        {"true": "c", "predicted": "b", "images": 3, "share": 0.3},
+        {"true": "b", "predicted": "a", "images": 2, "share": 0.2},
+    ]
+    assert confused_pairs([[2, 0], [0, 3]], ["a", "b"]) == []
 
 
 def test_html_escapes_class_names_from_user_folders(report):
@@ -141,7 +213,7 @@ def test_markdown_has_one_table_row_per_model(report):
     markdown = (output_dir / "report.md").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| Model")]
     assert [row.split("|")[1].strip() for row in rows] == ["resnet20_v1", "vgg16", "lenet5"]
-    assert "80.00%" in rows[0] and "91.25%" in rows[0]
+    assert "80.00%" in rows[0] and "91.25%" not in rows[0]
     assert "data:image" not in markdown
     assert "Best model: **resnet20_v1**" in markdown
 
