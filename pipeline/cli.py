@@ -183,7 +183,8 @@ def command_run(args: argparse.Namespace) -> int:
     from pipeline.console import Console, comparison_table
     from pipeline.local_run import PipelineFailed, collect_outputs, init_local_runner, run_pipeline
 
-    init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus)
+    init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus,
+                      inputs=(config.dataset,), outputs=(checkpoint_root, args.registry))
     os.makedirs(output_dir, exist_ok=True)
     storage.write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
     print(f"cnnpipe run: {config.dataset}, models {', '.join(config.models)}; logs in {os.path.join(output_dir, 'logs')}")
