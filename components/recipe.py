@@ -237,6 +237,40 @@ def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, 
     return 0.5 * learning_rate * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_steps_for(config: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the cosine schedule's linear warmup."""
+    return round(config.warmup_epochs * steps_per_epoch)
+
+
+def step_boundaries_for(config: TrainConfig, steps_per_epoch: int) -> list[int]:
+    """The last optimizer step (0-based) before each milestone of the step schedule.
+
+    A milestone takes effect at the first epoch whose 0-based index exceeds fraction * epochs
+    (as in `step_learning_rate`), i.e. from step (floor(fraction * epochs) + 1) * steps_per_epoch.
+    """
+    return [(math.floor(fraction * config.epochs) + 1) * steps_per_epoch - 1 for fraction in STEP_MILESTONE_FRACTIONS]
+
+
+def learning_rate_at_step(step: int, steps_per_epoch: int, config: TrainConfig, plateau_scale: float = 1.0) -> float:
+    """The learning rate of optimizer step `step` (0-based): the reference the optimizer's
+    per-step schedule (components.train.make_learning_rate) is tested against.
+
+    Cosine warms up linearly from 0 over `warmup_steps_for` steps (step 0 trains at rate 0, as
+    Keras' CosineDecay does), then decays to 0 at the run's last step; the step schedule changes
+    at epoch boundaries and follows the reduce-on-plateau scale.
+    """
+    if config.schedule == "constant":
+        return config.peak_learning_rate
+    if config.schedule == "step":
+        return learning_rate_at(step // steps_per_epoch, config, plateau_scale)
+    warmup_steps = warmup_steps_for(config, steps_per_epoch)
+    if step < warmup_steps:
+        return config.peak_learning_rate * step / warmup_steps
+    decay_steps = max(config.epochs * steps_per_epoch - warmup_steps, 1)
+    progress = min(step - warmup_steps, decay_steps) / decay_steps
+    return 0.5 * config.peak_learning_rate * (1.0 + math.cos(math.pi * progress))
+
+
 def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: float = 1.0) -> float:
     """Learning rate at a fractional epoch position under `config`'s schedule.
 

@@ -16,31 +16,32 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from components import data_prep
-from components import models
-from components import storage
-from components.errors import UserError
+from components import checkpoints, data_prep, models, storage
+from components.callbacks import EpochCheckpointer, PlateauCallback, ProgressReporter, StopOnDivergence, TensorBoardWriter
+from components.errors import UserError, one_line
 from components.keras_setup import keras, tf
-from components.recipe import PlateauState, TrainConfig, learning_rate_at, update_plateau
+from components.recipe import PlateauState, TrainConfig
+from components.schedules import make_learning_rate
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_STATE_FILE = "state.json"
-CHECKPOINT_FORMAT_VERSION = 1
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+RESULT_FILE = "train_result.json"
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "steps", "images", "seconds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,29 +172,28 @@ def assemble_model(
     return keras.Model(inputs, body(features), name=model_name)
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """Adam (AdamW with weight decay) or Nesterov SGD at the schedule's starting rate."""
+def make_optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
+    """Adam (AdamW with weight decay) or Nesterov SGD at `learning_rate` (a float or a schedule)."""
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(
-            learning_rate=config.peak_learning_rate,
+            learning_rate=learning_rate,
             momentum=config.momentum,
             nesterov=True,
             weight_decay=config.weight_decay or None,
         )
     if config.weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate=config.peak_learning_rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=config.peak_learning_rate)
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
-def fit_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
+def shorten_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
     """Shortens the window of every BatchNormalization's moving statistics.
 
     Keras' momentum 0.99 averages over the last ~100 steps. While the weights still move fast
     (a short run, a small dataset: 23 steps an epoch for the bundled digits) the statistics then
     describe older weights, and inference-mode accuracy stays near chance while training accuracy
-    is high (measured: inception10 on digits, 4 epochs, 16 % -> 91 % validation accuracy). 0.9
-    (PyTorch's default), or one epoch when that is shorter, keeps them current. The momentum is
-    saved with the model, so a resumed run keeps it.
+    is high. 0.9 (PyTorch's default), or one epoch when that is shorter, keeps them current. The
+    momentum is saved with the model, so a resumed run keeps it.
     """
     momentum = max(0.5, min(0.9, 1.0 - 1.0 / steps_per_epoch))
     for layer in model._flatten_layers():
@@ -201,15 +201,14 @@ def fit_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
             layer.momentum = momentum
 
 
-def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, steps_per_execution: int) -> None:
+def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, steps_per_execution: int, learning_rate) -> None:
     """Compiles with categorical cross-entropy (label smoothing) and accuracy.
 
     The optimizer's slot variables are created here rather than inside the first train step:
-    a tf.function that creates variables is traced twice, which doubled the first epoch's time
-    (ResNet20 on the CPU: 18 s -> 9 s of graph building).
+    a tf.function that creates variables is traced twice, doubling the first epoch's graph building.
     """
     model.compile(
-        optimizer=make_optimizer(config),
+        optimizer=make_optimizer(config, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -259,190 +258,6 @@ def distribution_strategy(gpus: int) -> tf.distribute.Strategy:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (a local directory; state.json is the commit point)
-
-
-def save_checkpoint(checkpoint_dir: str, model: keras.Model, state: dict[str, Any], is_best: bool) -> dict[str, Any]:
-    """Saves the model (with optimizer) and `state` for completed epoch state['epoch'].
-
-    The model goes to a new epoch-numbered file first, then state.json is replaced atomically to
-    point at it; an interruption at any moment leaves the previous consistent checkpoint. Files
-    no longer referenced are removed afterwards. Returns the state as written.
-    """
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    epoch = state["epoch"]
-    state = dict(state, checkpoint=f"epoch-{epoch:04d}.keras")
-    _save_model_atomically(model, os.path.join(checkpoint_dir, state["checkpoint"]))
-    if is_best:
-        state["best_checkpoint"] = f"best-{epoch:04d}.keras"
-        shutil.copyfile(os.path.join(checkpoint_dir, state["checkpoint"]), os.path.join(checkpoint_dir, state["best_checkpoint"]))
-    storage.write_json(os.path.join(checkpoint_dir, CHECKPOINT_STATE_FILE), state)
-    referenced = {CHECKPOINT_STATE_FILE, state["checkpoint"], state["best_checkpoint"]}
-    for name in os.listdir(checkpoint_dir):
-        if name not in referenced and name.endswith(".keras"):
-            os.remove(os.path.join(checkpoint_dir, name))
-    return state
-
-
-def load_checkpoint(checkpoint_dir: str) -> dict[str, Any] | None:
-    """Returns the checkpoint state in `checkpoint_dir` (None when there is none), with
-    'checkpoint_path' and 'best_checkpoint_path' set to the model files' local paths."""
-    state_path = os.path.join(checkpoint_dir, CHECKPOINT_STATE_FILE)
-    if not os.path.exists(state_path):
-        return None
-    with open(state_path) as state_file:
-        state = json.load(state_file)
-    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise UserError(
-            f"checkpoint at {checkpoint_dir} has format_version {state.get('format_version')!r}, "
-            f"expected {CHECKPOINT_FORMAT_VERSION}; delete it"
-        )
-    state["checkpoint_path"] = os.path.join(checkpoint_dir, state["checkpoint"])
-    state["best_checkpoint_path"] = os.path.join(checkpoint_dir, state["best_checkpoint"])
-    return state
-
-
-def pull_checkpoint(remote_dir: str, local_dir: str) -> None:
-    """Copies the checkpoint under a gs:// prefix (state.json and the model files it names) into
-    `local_dir`; does nothing when there is none yet."""
-    state_uri = storage.join(remote_dir, CHECKPOINT_STATE_FILE)
-    if not storage.exists(state_uri):
-        return
-    state = storage.read_json(state_uri)
-    for name in {state["checkpoint"], state["best_checkpoint"]}:
-        storage.download(storage.join(remote_dir, name), os.path.join(local_dir, name))
-    storage.download(state_uri, os.path.join(local_dir, CHECKPOINT_STATE_FILE))
-
-
-def push_checkpoint(local_dir: str, remote_dir: str, state: dict[str, Any]) -> None:
-    """Uploads the model files `state` names, then state.json, then removes files no longer named.
-
-    The same order as `save_checkpoint`: a preempted pod can stop between any two uploads and the
-    remote state.json still names complete files.
-    """
-    named = {state["checkpoint"], state["best_checkpoint"]}
-    remote_files = set(storage.list_files(remote_dir))
-    for name in sorted(named - remote_files):
-        storage.upload(os.path.join(local_dir, name), storage.join(remote_dir, name))
-    storage.write_json(storage.join(remote_dir, CHECKPOINT_STATE_FILE), state)
-    for name in remote_files - named - {CHECKPOINT_STATE_FILE}:
-        if name.endswith(".keras"):
-            storage.delete(storage.join(remote_dir, name))
-
-
-def _save_model_atomically(model: keras.Model, path: str) -> None:
-    temporary = path + ".tmp.keras"  # Keras requires the .keras suffix
-    model.save(temporary)
-    os.replace(temporary, path)
-
-
-def _copy_atomically(source: str, destination: str) -> None:
-    temporary = destination + ".tmp"
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, destination)
-
-
-# ---------------------------------------------------------------------------------------------
-# Callbacks
-
-
-class LearningRateCallback(keras.callbacks.Callback):
-    """Sets the learning rate from `learning_rate_at` and tracks reduce-on-plateau for 'step'.
-
-    Step and constant schedules change at epoch starts; cosine changes at every compiled call
-    (each `steps_per_execution` steps). The plateau state lives here so checkpoints can save it.
-    """
-
-    def __init__(self, config: TrainConfig, steps_per_epoch: int, plateau: PlateauState):
-        super().__init__()
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch
-        self.plateau = plateau
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self._set_learning_rate(learning_rate_at(epoch, self.config, self.plateau.scale))
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.config.schedule == "cosine":
-            # Position at the end of this step, so the first warmup step does not train at rate 0.
-            self._set_learning_rate(learning_rate_at(self.epoch + (batch + 1) / self.steps_per_epoch, self.config))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.config.schedule == "step" and logs and "val_loss" in logs:
-            self.plateau = update_plateau(self.plateau, float(logs["val_loss"]), current_learning_rate(self.model))
-
-    def _set_learning_rate(self, value: float) -> None:
-        self.model.optimizer.learning_rate = value
-
-
-def current_learning_rate(model: keras.Model) -> float:
-    """The optimizer's learning rate as a Python float."""
-    return float(model.optimizer.learning_rate)
-
-
-class EpochRecorder(keras.callbacks.Callback):
-    """Times each epoch, refuses a diverged loss, appends the history row and checkpoints.
-
-    Runs after LearningRateCallback so the plateau state it saves includes this epoch.
-    """
-
-    def __init__(
-        self,
-        checkpoint_dir: str,
-        state: dict[str, Any],
-        learning_rate_callback: LearningRateCallback,
-        config: TrainConfig,
-        remote_dir: str | None = None,
-    ):
-        super().__init__()
-        self.checkpoint_dir = checkpoint_dir
-        self.remote_dir = remote_dir
-        self.state = state
-        self.learning_rate_callback = learning_rate_callback
-        self.config = config
-        self.epoch_started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.epoch_started
-        logs = logs or {}
-        loss = float(logs.get("loss", float("nan")))
-        if not math.isfinite(loss):
-            raise UserError(
-                f"training diverged: loss became {loss} at epoch {epoch + 1}; lower --learning-rate "
-                f"(the peak rate was {self.config.peak_learning_rate:g}) or use --optimizer adam"
-            )
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss,
-            "accuracy": float(logs.get("accuracy", float("nan"))),
-            "val_loss": float(logs.get("val_loss", float("nan"))),
-            "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
-            "learning_rate": current_learning_rate(self.model),
-            "seconds": seconds,
-        }
-        best = self.state["best_validation_accuracy"]
-        is_best = best is None or row["val_accuracy"] > best
-        state = dict(
-            self.state,
-            epoch=epoch + 1,
-            history=self.state["history"] + [row],
-            train_seconds=self.state["train_seconds"] + seconds,
-            plateau=dataclasses.asdict(self.learning_rate_callback.plateau),
-            optimizer_steps=int(self.model.optimizer.iterations),
-        )
-        if is_best:
-            state.update(best_validation_accuracy=row["val_accuracy"], best_epoch=epoch + 1)
-        self.state = save_checkpoint(self.checkpoint_dir, self.model, state, is_best)
-        if self.remote_dir:
-            push_checkpoint(self.checkpoint_dir, self.remote_dir, self.state)
-
-
-# ---------------------------------------------------------------------------------------------
 # The step
 
 
@@ -453,45 +268,60 @@ def train(
     config: TrainConfig,
     checkpoint_dir: str | None = None,
     *,
+    tensorboard_dir: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Trains `model_name` on the dataset artifact and writes the best model and its records.
 
-    Writes output_dir/model.keras (best by validation accuracy; takes raw uint8-valued images),
-    output_dir/history.csv and output_dir/train_result.json, and returns the result dict.
-    Validation uses the dataset's validation split when it has one, else its test split.
+    Writes output_dir/model.keras (best by validation accuracy, without optimizer state; takes
+    raw uint8-valued images), output_dir/history.csv and output_dir/train_result.json, and
+    returns the result dict. Validation uses the dataset's validation split when it has one,
+    else its test split. An epoch is exactly ceil(train images / batch_size) optimizer steps.
 
-    With `checkpoint_dir`, every epoch is checkpointed there (model with optimizer state plus
-    schedule state) and a rerun resumes after the last completed epoch; a checkpoint from a
-    different configuration is refused with ValueError. `epochs` is not part of that identity, so
-    rerunning with more epochs extends a run, and a rerun whose epochs are all done only writes
-    the outputs. Without `checkpoint_dir` a temporary one beside `output_dir` is used and removed.
+    With `checkpoint_dir` (local or gs://), every epoch is checkpointed there (model with
+    optimizer state plus schedule state) and a rerun resumes after the last completed epoch; a
+    checkpoint from a different configuration is refused. `epochs` is not part of that identity,
+    so rerunning with more epochs extends a run, and a rerun whose epochs are all done only
+    writes the outputs. Without `checkpoint_dir` a temporary one beside `output_dir` is used.
+    A run that stops on a user mistake or a diverged loss records that in `checkpoint_dir`, so a
+    retry of the same run stops at once (see checkpoints.record_failure).
 
     Args:
-        callbacks: Extra Keras callbacks run after checkpointing (progress reporting, tests).
+        tensorboard_dir: Where TensorBoard event files go (local or gs://); None writes none.
+        callbacks: Extra Keras callbacks run after the step's own (tests, tools).
     """
     manifest = data_prep.read_manifest(dataset_dir)
     spec = models.get_spec(model_name)
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    # Keras saves to local files: a gs:// checkpoint location is mirrored in a local scratch
-    # directory, pulled before training and pushed after every epoch.
+    location = checkpoint_dir
+    # Keras saves to local files: a gs:// location is mirrored in a local scratch directory.
     remote_dir = checkpoint_dir if checkpoint_dir and storage.is_gcs(checkpoint_dir) else None
-    temporary_checkpoints = checkpoint_dir is None or remote_dir is not None
-    if temporary_checkpoints:
-        checkpoint_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}-checkpoints-", dir=os.path.dirname(output_dir))
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}-scratch-", dir=os.path.dirname(output_dir))
+    if checkpoint_dir is None or remote_dir:
+        checkpoint_dir = os.path.join(scratch, "checkpoint")
+        os.makedirs(checkpoint_dir)
+    dataset_sha = dataset_fingerprint(manifest)
+    fingerprint = config.fingerprint(model_name, dataset_sha)
     previous_policy = keras.mixed_precision.global_policy()
     try:
         if remote_dir:
-            pull_checkpoint(remote_dir, checkpoint_dir)
-        state = _train_with_checkpoints(
-            dataset_dir, manifest, model_name, config, checkpoint_dir, list(callbacks), remote_dir
-        )
+            checkpoints.pull(remote_dir, checkpoint_dir)
+        if location:
+            checkpoints.check_recorded_failure(checkpoint_dir, location, fingerprint)
+        try:
+            state = _train_with_checkpoints(
+                dataset_dir, manifest, model_name, config, checkpoint_dir, list(callbacks), remote_dir,
+                tensorboard_dir, os.path.join(scratch, "tensorboard"),
+            )
+        except UserError as error:
+            if location:
+                checkpoints.record_failure(location, fingerprint, one_line(error))
+            raise
         return _write_outputs(output_dir, spec, manifest, config, state)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-        if temporary_checkpoints:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def dataset_fingerprint(manifest: dict[str, Any]) -> str:
@@ -506,7 +336,9 @@ def _train_with_checkpoints(
     config: TrainConfig,
     checkpoint_dir: str,
     extra_callbacks: list[keras.callbacks.Callback],
-    remote_dir: str | None = None,
+    remote_dir: str | None,
+    tensorboard_dir: str | None,
+    tensorboard_scratch: str,
 ) -> dict[str, Any]:
     """Resumes or starts the run in `checkpoint_dir`, trains the missing epochs, returns the final state.
 
@@ -516,7 +348,7 @@ def _train_with_checkpoints(
     dataset_sha = dataset_fingerprint(manifest)
     fingerprint_inputs = config.fingerprint_inputs(model_name, dataset_sha)
     fingerprint = config.fingerprint(model_name, dataset_sha)
-    state = load_checkpoint(checkpoint_dir)
+    state = checkpoints.load(checkpoint_dir)
     if state is not None and state["fingerprint"] != fingerprint:
         raise UserError(
             f"checkpoint at {location} was written by a different configuration "
@@ -534,24 +366,28 @@ def _train_with_checkpoints(
     validation_images, validation_labels = data_prep.load_split(dataset_dir, validation_split)
     num_classes = int(manifest["num_classes"])
     steps_per_epoch = steps_per_epoch_for(len(train_images), config.batch_size)
+    plateau = PlateauState(**state["plateau"]) if state else PlateauState()
 
     device = resolve_device_settings(config)
     keras.mixed_precision.set_global_policy(device.mixed_precision)
     strategy = distribution_strategy(device.gpus)
     with strategy.scope():
+        learning_rate = make_learning_rate(config, steps_per_epoch, plateau.scale)
         if state is None:
             pixel_mean = train_images.mean(axis=0, dtype=np.float64) / 255.0 if config.subtract_pixel_mean else None
             model = assemble_model(model_name, manifest["image_shape"], num_classes, pixel_mean)
             steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
-            fit_batch_norm_momentum(model, steps_per_epoch)
-            compile_model(model, config, device.jit_compile, steps_per_execution)
+            shorten_batch_norm_momentum(model, steps_per_epoch)
+            compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
             state = _new_state(model_name, fingerprint, fingerprint_inputs, model.count_params(), validation_split)
         else:
             models.allow_deep_graphs()
             model = keras.models.load_model(state["checkpoint_path"])
             steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
             # Keep the restored optimizer (its step counter and moments) and the saved precision
-            # policy of the layers; only the execution knobs follow this machine.
+            # policy of the layers; the schedule is rebuilt, since --epochs may have grown, and
+            # the execution knobs follow this machine.
+            model.optimizer.learning_rate = learning_rate
             model.jit_compile = device.jit_compile
             model.steps_per_execution = steps_per_execution
             logger.info("resuming %s from %s after epoch %d", model_name, location, resumed_from_epoch)
@@ -561,31 +397,40 @@ def _train_with_checkpoints(
     flip = flip and config.augment
     logger.info(
         "training %s (%d params) for epochs %d..%d: %d train / %d %s images, batch %d, %d steps/epoch, "
-        "peak learning rate %g, steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), %s strategy, "
-        "shift %s px, flip %s",
+        "peak learning rate %g (%s schedule), steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), "
+        "%s strategy, shift %s px, flip %s",
         model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, len(train_images), len(validation_images),
-        validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate, steps_per_execution, device.jit_compile,
-        device.mixed_precision, device.gpus, type(strategy).__name__, shift_pixels, flip,
+        validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate, config.schedule, steps_per_execution,
+        device.jit_compile, device.mixed_precision, device.gpus, type(strategy).__name__, shift_pixels, flip,
     )
     # A resumed run reshuffles with a different seed so it does not replay the first epochs' order.
     train_dataset = make_train_dataset(
         train_images, train_labels, num_classes, config.batch_size, config.seed + resumed_from_epoch, shift_pixels, flip
     )
+    # Exactly one epoch's steps per pass over this dataset: Keras ends the epoch when it runs
+    # out, even inside a compiled call of `steps_per_execution` steps, and starts it anew.
+    train_dataset = train_dataset.take(steps_per_epoch)
     validation_dataset = make_eval_dataset(validation_images, validation_labels, num_classes, config.batch_size)
-    learning_rate_callback = LearningRateCallback(config, steps_per_epoch, PlateauState(**state["plateau"]))
-    recorder = EpochRecorder(checkpoint_dir, state, learning_rate_callback, config, remote_dir)
+    plateau_callback = PlateauCallback(plateau)
+    step_callbacks = [
+        StopOnDivergence(config),
+        plateau_callback,
+        EpochCheckpointer(checkpoint_dir, state, plateau_callback, config.batch_size, remote_dir),
+        ProgressReporter(model_name, config.epochs, steps_per_epoch, config.batch_size),
+    ]
+    if tensorboard_dir:
+        local_tensorboard = tensorboard_scratch if storage.is_gcs(tensorboard_dir) else tensorboard_dir
+        step_callbacks.append(TensorBoardWriter(tensorboard_dir, local_tensorboard, config.batch_size))
     model.fit(
         train_dataset,
         validation_data=validation_dataset,
         epochs=config.epochs,
         initial_epoch=resumed_from_epoch,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=[learning_rate_callback, recorder, *extra_callbacks],
+        callbacks=[*step_callbacks, *extra_callbacks],
         shuffle=False,  # the dataset shuffles itself
-        verbose=2,
+        verbose=0,  # ProgressReporter reports
     )
-    final_state = load_checkpoint(checkpoint_dir)
-    return dict(final_state, resumed_from_epoch=resumed_from_epoch)
+    return dict(checkpoints.load(checkpoint_dir), resumed_from_epoch=resumed_from_epoch)
 
 
 def _new_state(
@@ -593,7 +438,7 @@ def _new_state(
 ) -> dict[str, Any]:
     """The checkpoint state of a run that has completed no epoch yet."""
     return {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "format_version": checkpoints.FORMAT_VERSION,
         "model_name": model_name,
         "fingerprint": fingerprint,
         "fingerprint_inputs": fingerprint_inputs,
@@ -621,30 +466,34 @@ def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
 def _write_outputs(
     output_dir: str, spec: models.ModelSpec, manifest: dict[str, Any], config: TrainConfig, state: dict[str, Any]
 ) -> dict[str, Any]:
-    """Copies the best model and writes history.csv and train_result.json (last, as the commit point)."""
-    _copy_atomically(state["best_checkpoint_path"], os.path.join(output_dir, "model.keras"))
-    history_path = os.path.join(output_dir, "history.csv")
-    with open(history_path + ".tmp", "w", newline="") as history_file:
-        writer = csv.DictWriter(history_file, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(state["history"])
-    os.replace(history_path + ".tmp", history_path)
+    """Writes the best model (for inference: no optimizer state, loads with plain Keras),
+    history.csv, and train_result.json last, as the commit point."""
+    models.allow_deep_graphs()
+    best_model = keras.models.load_model(state["best_checkpoint_path"], compile=False)
+    checkpoints.save_model_atomically(best_model, os.path.join(output_dir, MODEL_FILE))
+    history = io.StringIO()
+    writer = csv.DictWriter(history, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(state["history"])
+    storage.write_text(os.path.join(output_dir, HISTORY_FILE), history.getvalue())
     train_seconds = float(state["train_seconds"])
-    images_processed = int(state["optimizer_steps"]) * config.batch_size  # every batch is full
+    optimizer_steps = int(state["optimizer_steps"])
     result = {
         "name": spec.name,
         "family": spec.family,
         "params": int(state["params"]),
         "epochs": int(state["epoch"]),
         "train_seconds": train_seconds,
-        "train_images_per_second": images_processed / train_seconds if train_seconds > 0 else None,
+        "train_images_per_second": optimizer_steps * config.batch_size / train_seconds if train_seconds > 0 else None,
         "best_validation_accuracy": state["best_validation_accuracy"],
         "best_epoch": state["best_epoch"],
         "resumed_from_epoch": int(state["resumed_from_epoch"]),
-        "optimizer_steps": int(state["optimizer_steps"]),
+        "optimizer_steps": optimizer_steps,
+        "steps_per_epoch": steps_per_epoch_for(int(manifest["splits"]["train"]), config.batch_size),
+        "images_seen": optimizer_steps * config.batch_size,  # every batch is full
         "validation_split": state["validation_split"],
         "dataset": manifest.get("name"),
         "config": config.to_dict(),
     }
-    storage.write_json(os.path.join(output_dir, "train_result.json"), result)
+    storage.write_json(os.path.join(output_dir, RESULT_FILE), result)
     return result

@@ -14,8 +14,11 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from components import data_prep
 from components import train as train_module
+from components.checkpoints import load as load_checkpoint
 from components.keras_setup import keras, tf
 from components.recipe import (
     PLATEAU_MIN_LEARNING_RATE,
@@ -24,12 +27,14 @@ from components.recipe import (
     TrainConfig,
     cosine_learning_rate,
     learning_rate_at,
+    learning_rate_at_step,
     step_learning_rate,
     update_plateau,
 )
+from components.schedules import make_learning_rate
 from components.train import (
     augment_batch,
-    load_checkpoint,
+    make_optimizer,
     make_train_dataset,
     shift_and_flip,
     shift_pixels_for,
@@ -44,41 +49,24 @@ TINY_CLASSES = 3
 def write_dataset(
     directory, train_count=24, test_count=12, image_shape=TINY_SHAPE, num_classes=TINY_CLASSES, seed=0, validation_count=0
 ):
-    """Writes a dataset artifact in the data-prep contract format: each class is a bright square at
+    """Prepares a dataset artifact from a generated PNG folder: each class is a bright square at
     its own position on noise, so a tiny model can learn something. Returns the directory."""
     generator = np.random.default_rng(seed)
-    os.makedirs(directory, exist_ok=True)
     height, width, channels = image_shape
-    counts = {"train": train_count, "test": test_count, "validation": validation_count}
-    hashes = {}
+    source = f"{directory}-source"
+    counts = {"train": train_count + validation_count, "test": test_count}
     for split, count in counts.items():
-        if count == 0:
-            continue
-        labels = (np.arange(count) % num_classes).astype(np.int32)
-        images = generator.integers(0, 60, size=(count, height, width, channels), dtype=np.uint8)
-        for index, label in enumerate(labels):
+        for index in range(count):
+            label = index % num_classes
+            image = generator.integers(0, 60, size=(height, width, channels), dtype=np.uint8)
             top = (label * height // num_classes) % (height - 2)
-            images[index, top : top + 3, 1:4, :] = 250
-        for kind, array in (("images", images), ("labels", labels)):
-            name = f"{split}_{kind}.npy"
-            np.save(os.path.join(directory, name), array)
-            with open(os.path.join(directory, name), "rb") as saved:
-                hashes[name] = hashlib.sha256(saved.read()).hexdigest()
-    manifest = {
-        "format_version": 1,
-        "name": "tiny",
-        "source": "generated",
-        "class_names": [f"class{index}" for index in range(num_classes)],
-        "num_classes": num_classes,
-        "image_shape": list(image_shape),
-        "splits": counts,
-        "mean": [0.2] * channels,
-        "std": [0.3] * channels,
-        "allow_horizontal_flip": True,
-        "sha256": hashes,
-    }
-    with open(os.path.join(directory, "manifest.json"), "w") as manifest_file:
-        json.dump(manifest, manifest_file)
+            image[top : top + 3, 1:4, :] = 250
+            class_dir = os.path.join(source, split, f"class{label}")
+            os.makedirs(class_dir, exist_ok=True)
+            Image.fromarray(image.squeeze(-1) if channels == 1 else image).save(os.path.join(class_dir, f"{index:04d}.png"))
+    validation_fraction = validation_count / counts["train"]
+    data_prep.prepare(source, str(directory), validation_fraction=validation_fraction, seed=seed)
+    shutil.rmtree(source)
     return str(directory)
 
 
@@ -361,11 +349,11 @@ def test_saved_model_takes_raw_uint8_images_and_includes_preprocessing(trained_r
     layer_names = [layer.name for layer in model.layers]
     assert layer_names[1:4] == ["scale_to_unit", "subtract_pixel_mean", "resize_to_min_input"]
     assert model.input_shape == (None, *TINY_SHAPE)
-    images = np.load(os.path.join(tiny_dataset, "test_images.npy"))
+    images, _ = data_prep.load_split(tiny_dataset, "test")
     probabilities = model.predict(images.astype(np.float32), verbose=0)
     assert probabilities.shape == (12, TINY_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    train_images = np.load(os.path.join(tiny_dataset, "train_images.npy"))
+    train_images, _ = data_prep.load_split(tiny_dataset, "train")
     mean_layer = model.get_layer("subtract_pixel_mean")
     np.testing.assert_allclose(-np.asarray(mean_layer.offset), train_images.mean(axis=0) / 255.0, rtol=1e-5)
 
@@ -417,8 +405,10 @@ def test_interrupted_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
     result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
     assert result["resumed_from_epoch"] == 1 and result["epochs"] == 2 and result["optimizer_steps"] == 6
     history = read_history(output_dir)
-    # Cosine with one warmup epoch: epoch 1 ends at the peak rate, epoch 2 ends at zero.
-    assert [float(row["learning_rate"]) for row in history] == pytest.approx([1e-3, 0.0], abs=1e-9)
+    # The resumed run continues the same per-step curve: each row holds its epoch's last step's rate.
+    expected = [learning_rate_at_step(step, 3, config) for step in (2, 5)]
+    assert [float(row["learning_rate"]) for row in history] == pytest.approx(expected, rel=1e-5)
+    assert [int(row["steps"]) for row in history] == [3, 3]
 
 
 class PoisonWeightsAtEpoch(keras.callbacks.Callback):
@@ -489,3 +479,92 @@ def test_killed_process_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path)
     result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
     assert result["resumed_from_epoch"] == killed_at and result["epochs"] == 6
     assert [row["epoch"] for row in read_history(output_dir)] == [str(epoch) for epoch in range(1, 7)]
+
+
+# ---- epochs and per-step learning rates ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_count, batch_size, steps_per_execution", [
+    (24, 8, 1),    # 3 steps an epoch, one per call
+    (40, 4, 4),    # 10 steps an epoch in calls of 4, 4, 2
+    (23, 5, 3),    # a partial last pass (5 steps) in calls of 3, 2
+    (12, 8, 32),   # fewer steps than one call would run
+])
+def test_an_epoch_is_exactly_one_pass_of_optimizer_steps(image_count, batch_size, steps_per_execution, tmp_path):
+    dataset = write_dataset(tmp_path / "dataset", train_count=image_count)
+    config = quick_config(epochs=2, batch_size=batch_size, steps_per_execution=steps_per_execution)
+    result = train(dataset, "lenet5", str(tmp_path / "output"), config)
+    steps_per_epoch = math.ceil(image_count / batch_size)
+    assert result["optimizer_steps"] == 2 * steps_per_epoch == 2 * result["steps_per_epoch"]
+    assert result["images_seen"] == 2 * steps_per_epoch * batch_size
+    history = read_history(str(tmp_path / "output"))
+    assert [int(row["steps"]) for row in history] == [steps_per_epoch] * 2
+    assert [int(row["images"]) for row in history] == [steps_per_epoch * batch_size] * 2
+
+
+SCHEDULE_CONFIGS = [
+    dict(schedule="cosine", warmup_epochs=2, epochs=6),
+    dict(schedule="cosine", warmup_epochs=0, epochs=3),
+    dict(schedule="cosine", warmup_epochs=5, epochs=2),  # the warmup never ends
+    dict(schedule="step", epochs=10),
+    dict(schedule="constant", epochs=2),
+]
+
+
+@pytest.mark.parametrize("recipe", SCHEDULE_CONFIGS)
+def test_keras_schedule_equals_the_recipe_at_every_step(recipe):
+    config = TrainConfig(learning_rate=0.1, **recipe)
+    steps_per_epoch = 7
+    schedule = make_learning_rate(config, steps_per_epoch)
+    for step in range(config.epochs * steps_per_epoch + 2):
+        expected = learning_rate_at_step(step, steps_per_epoch, config)
+        actual = float(schedule(step)) if callable(schedule) else schedule
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-9), f"step {step}"
+
+
+def test_plateau_scale_reaches_the_step_schedule_without_rebuilding_it():
+    config = TrainConfig(learning_rate=1e-3, schedule="step", epochs=10)
+    schedule = make_learning_rate(config, 5)
+    schedule.plateau_scale.assign(0.1)
+    assert float(schedule(0)) == pytest.approx(learning_rate_at_step(0, 5, config, plateau_scale=0.1))
+    assert float(schedule(49)) == pytest.approx(learning_rate_at_step(49, 5, config, plateau_scale=0.1))
+
+
+@pytest.mark.parametrize("recipe", [dict(schedule="cosine", warmup_epochs=1, epochs=4), dict(schedule="step", epochs=4)])
+def test_the_optimizer_uses_the_scheduled_rate_at_every_step_inside_compiled_calls(recipe):
+    """loss = w, so plain SGD moves w by exactly -rate each step: after the run, w = 1 - sum of the
+    rates of every step taken, whatever steps_per_execution groups them into."""
+    config = TrainConfig(learning_rate=0.01, optimizer="sgd", momentum=0.0, **recipe)
+    steps_per_epoch = 5
+    inputs = keras.Input(shape=(1,))
+    outputs = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=make_optimizer(config, make_learning_rate(config, steps_per_epoch)),
+        loss=lambda y_true, y_pred: tf.reduce_mean(y_pred),
+        steps_per_execution=3,  # does not divide the epoch's 5 steps
+    )
+    ones = tf.data.Dataset.from_tensors((tf.ones([1, 1]), tf.zeros([1, 1]))).repeat().take(steps_per_epoch)
+    model.fit(ones, epochs=config.epochs, verbose=0)
+    steps = config.epochs * steps_per_epoch
+    assert int(model.optimizer.iterations) == steps
+    expected = 1.0 - sum(learning_rate_at_step(step, steps_per_epoch, config) for step in range(steps))
+    assert float(model.get_weights()[0][0, 0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_retry_of_a_diverged_run_stops_at_once_with_the_same_message(tiny_dataset, tmp_path):
+    config = quick_config(epochs=3, optimizer="sgd", learning_rate=0.05)
+    checkpoint_dir = str(tmp_path / "checkpoints")
+    with pytest.raises(ValueError, match="training diverged"):
+        train(tiny_dataset, "lenet5", str(tmp_path / "output"), config, checkpoint_dir=checkpoint_dir,
+              callbacks=[PoisonWeightsAtEpoch(1)])
+    with pytest.raises(ValueError, match="training diverged.*stopped the same way before"):
+        train(tiny_dataset, "lenet5", str(tmp_path / "output"), config, checkpoint_dir=checkpoint_dir)
+    assert not os.path.exists(tmp_path / "output" / "train_result.json")
+    # Another recipe in the same place is the user's change: the old record no longer applies,
+    # and the old checkpoint is refused as usual (which is then what a retry would repeat).
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tiny_dataset, "lenet5", str(tmp_path / "output"), quick_config(epochs=3, optimizer="sgd", learning_rate=0.01),
+              checkpoint_dir=checkpoint_dir)
+    with open(os.path.join(checkpoint_dir, "failed.json")) as record:
+        assert "different configuration" in json.load(record)["message"]

@@ -1,0 +1,130 @@
+"""Training checkpoints: a local directory whose state.json is the commit point, mirrored to gs://.
+
+Layout of a checkpoint directory:
+    state.json          the run's progress (epochs done, history, schedule state, fingerprint);
+                        written last, so it only ever names complete model files
+    epoch-NNNN.keras    the model with its optimizer after the last completed epoch
+    best-NNNN.keras     the best epoch by validation accuracy so far
+    failed.json         present when the run stopped on a mistake that a retry cannot fix
+
+Keras saves to local files, so a gs:// location is mirrored in a local scratch directory:
+pulled before training, pushed after every epoch in the same order as the local writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from components import storage
+from components.errors import UserError
+
+STATE_FILE = "state.json"
+FAILURE_FILE = "failed.json"
+FORMAT_VERSION = 1
+
+
+def save(checkpoint_dir: str, model, state: dict[str, Any], is_best: bool) -> dict[str, Any]:
+    """Saves the model (with optimizer) and `state` for completed epoch state['epoch'].
+
+    The model goes to a new epoch-numbered file first, then state.json is replaced atomically to
+    point at it; an interruption at any moment leaves the previous consistent checkpoint. Files
+    no longer referenced are removed afterwards. Returns the state as written.
+    """
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    epoch = state["epoch"]
+    state = dict(state, checkpoint=f"epoch-{epoch:04d}.keras")
+    save_model_atomically(model, os.path.join(checkpoint_dir, state["checkpoint"]))
+    if is_best:
+        state["best_checkpoint"] = f"best-{epoch:04d}.keras"
+        shutil.copyfile(os.path.join(checkpoint_dir, state["checkpoint"]), os.path.join(checkpoint_dir, state["best_checkpoint"]))
+    storage.write_json(os.path.join(checkpoint_dir, STATE_FILE), state)
+    referenced = {STATE_FILE, state["checkpoint"], state["best_checkpoint"]}
+    for name in os.listdir(checkpoint_dir):
+        if name not in referenced and name.endswith(".keras"):
+            os.remove(os.path.join(checkpoint_dir, name))
+    return state
+
+
+def load(checkpoint_dir: str) -> dict[str, Any] | None:
+    """Returns the checkpoint state in `checkpoint_dir` (None when there is none), with
+    'checkpoint_path' and 'best_checkpoint_path' set to the model files' local paths."""
+    state_path = os.path.join(checkpoint_dir, STATE_FILE)
+    if not os.path.exists(state_path):
+        return None
+    with open(state_path) as state_file:
+        state = json.load(state_file)
+    if state.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"checkpoint at {checkpoint_dir} has format_version {state.get('format_version')!r}, "
+            f"expected {FORMAT_VERSION}; delete it"
+        )
+    state["checkpoint_path"] = os.path.join(checkpoint_dir, state["checkpoint"])
+    state["best_checkpoint_path"] = os.path.join(checkpoint_dir, state["best_checkpoint"])
+    return state
+
+
+def pull(remote_dir: str, local_dir: str) -> None:
+    """Copies the checkpoint under a gs:// prefix (state.json, the model files it names and a
+    failure record) into `local_dir`; does nothing when there is none yet."""
+    failure_uri = storage.join(remote_dir, FAILURE_FILE)
+    if storage.exists(failure_uri):
+        storage.download(failure_uri, os.path.join(local_dir, FAILURE_FILE))
+    state_uri = storage.join(remote_dir, STATE_FILE)
+    if not storage.exists(state_uri):
+        return
+    state = storage.read_json(state_uri)
+    for name in {state["checkpoint"], state["best_checkpoint"]}:
+        storage.download(storage.join(remote_dir, name), os.path.join(local_dir, name))
+    storage.download(state_uri, os.path.join(local_dir, STATE_FILE))
+
+
+def push(local_dir: str, remote_dir: str, state: dict[str, Any]) -> None:
+    """Uploads the model files `state` names, then state.json, then removes files no longer named.
+
+    The same order as `save`: a preempted pod can stop between any two uploads and the remote
+    state.json still names complete files.
+    """
+    named = {state["checkpoint"], state["best_checkpoint"]}
+    remote_files = set(storage.list_files(remote_dir))
+    for name in sorted(named - remote_files):
+        storage.upload(os.path.join(local_dir, name), storage.join(remote_dir, name))
+    storage.write_json(storage.join(remote_dir, STATE_FILE), state)
+    for name in remote_files - named - {STATE_FILE, FAILURE_FILE}:
+        if name.endswith(".keras"):
+            storage.delete(storage.join(remote_dir, name))
+
+
+def record_failure(location: str, fingerprint: str, message: str) -> None:
+    """Remembers, beside the checkpoint (local dir or gs://), that this run stopped on a mistake
+    a retry cannot fix (a user error, a diverged loss).
+
+    The cluster retries a failed train task whatever the cause (KFP's retry policy cannot look
+    at exit codes); with this record a retry of the same run stops at once with the same message
+    instead of training again until it fails the same way.
+    """
+    storage.write_json(storage.join(location, FAILURE_FILE), {"fingerprint": fingerprint, "message": message})
+
+
+def check_recorded_failure(checkpoint_dir: str, location: str, fingerprint: str) -> None:
+    """Raises the recorded failure of this same run (same fingerprint) found in `checkpoint_dir`
+    (the local directory or mirror). A record from another configuration is stale (the user
+    changed something since) and is removed from `location` (what the user named) and the mirror."""
+    path = os.path.join(checkpoint_dir, FAILURE_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as failure_file:
+        failure = json.load(failure_file)
+    if failure.get("fingerprint") == fingerprint:
+        raise UserError(f"{failure.get('message')} (this run stopped the same way before; change the recipe or use a new --run-name)")
+    storage.delete(storage.join(location, FAILURE_FILE))
+    storage.delete(path)
+
+
+def save_model_atomically(model, path: str) -> None:
+    """model.save to a temporary name beside `path`, then rename (Keras requires the .keras suffix)."""
+    temporary = path + ".tmp.keras"
+    model.save(temporary)
+    os.replace(temporary, path)
