@@ -24,20 +24,26 @@ REPORT_FILES = ("report.html", "report.md", "summary.json")
 MODEL_FILES = ("model.keras", "history.csv")
 
 
-def init_local_runner(runner: str, pipeline_root: str, gpus: bool = False) -> None:
-    """Point ``kfp.local`` at ``pipeline_root`` with the chosen runner."""
+def init_local_runner(
+    runner: str, pipeline_root: str, gpus: bool = False, inputs: tuple = (), outputs: tuple = ()
+) -> None:
+    """Point ``kfp.local`` at ``pipeline_root`` with the chosen runner.
+
+    ``inputs`` (the dataset) and ``outputs`` (checkpoint root, registry) are the run's other
+    locations; the Docker runner mounts the local ones into every step, at the same paths.
+    """
     from kfp import local
 
     if runner == "subprocess":
         chosen = local.SubprocessRunner(use_venv=False)
     elif runner == "docker":
-        chosen = docker_runner(gpus)
+        chosen = docker_runner(gpus, pipeline_root, inputs, outputs)
     else:
         raise UserError(f"unknown runner '{runner}'; choose subprocess or docker")
     local.init(runner=chosen, pipeline_root=pipeline_root, raise_on_error=True)
 
 
-def docker_runner(gpus: bool):
+def docker_runner(gpus: bool, pipeline_root: str, inputs: tuple = (), outputs: tuple = ()):
     """A ``DockerRunner`` after checking that a Docker engine answers (fails in a second if not)."""
     import docker
     from kfp import local
@@ -48,16 +54,76 @@ def docker_runner(gpus: bool):
         raise UserError(
             f"no Docker engine answers ({type(error).__name__}); start Docker, or use --runner subprocess"
         ) from None
-    return local.DockerRunner(**docker_run_arguments(gpus))
+    # The engine would create a missing mount source itself, owned by root, where a step running
+    # as the caller could not write: every directory the steps write to exists, as the caller's.
+    for directory in (pipeline_root, *outputs):
+        if is_local(directory):
+            os.makedirs(directory, exist_ok=True)
+    return local.DockerRunner(**docker_run_arguments(gpus, inputs, outputs, pipeline_root))
 
 
-def docker_run_arguments(gpus: bool) -> dict:
-    """Extra ``docker run`` arguments of every step: all the host's GPUs when asked for."""
-    if not gpus:
-        return {}
+# Sources read without a network: scikit-learn ships the digits; the other keywords download.
+BUNDLED_SOURCES = ("digits",)
+# Settings of the caller's environment that steps honour; everything else stays outside.
+PASSED_ENVIRONMENT = ("STORAGE_EMULATOR_HOST", "CNNPIPE_STORAGE_RETRY_SECONDS", "TF_ENABLE_ONEDNN_OPTS")
+
+
+def is_local(location: str) -> bool:
+    """A path on this machine: not gs://, not a dataset keyword such as ``digits`` or ``cifar10``."""
+    return bool(location) and "://" not in location and (os.sep in location or os.path.exists(location))
+
+
+def docker_run_arguments(gpus: bool, inputs: tuple = (), outputs: tuple = (), pipeline_root: str = "") -> dict:
+    """Extra ``docker run`` arguments of every step (kfp mounts the pipeline root itself).
+
+    - runs as the caller's uid:gid, so what steps write belongs to the caller (the image's
+      HOME works for any uid);
+    - binds every local location at its own path: inputs read-only, outputs (checkpoint root,
+      registry) read-write, so checkpoints outlive the container and a rerun resumes;
+    - no network unless a location or the dataset needs one (gs://, downloaded datasets), then
+      the host's: never a bridge;
+    - all the host's GPUs with ``gpus``; without them, TensorFlow's C++ log stops at fatal
+      errors, because on a machine without a GPU its CUDA probe logs an error every start.
+    """
     import docker
 
-    return {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
+    locations = [location for location in (*inputs, *outputs) if location]
+    mounts = [
+        docker.types.Mount(target=path, source=os.path.realpath(path), type="bind", read_only=not writable)
+        for path, writable in unique_local_paths(inputs, outputs, pipeline_root)
+    ]
+    environment = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
+    if not gpus:
+        environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    arguments = {
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "mounts": mounts,
+        "network_mode": "host" if "STORAGE_EMULATOR_HOST" in environment or not all(
+            is_local(location) or location in BUNDLED_SOURCES for location in locations
+        ) else "none",
+        "environment": environment,
+    }
+    if gpus:
+        arguments["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return arguments
+
+
+def unique_local_paths(inputs: tuple, outputs: tuple, pipeline_root: str = "") -> list[tuple[str, bool]]:
+    """(absolute path, writable) of each local location, outputs first.
+
+    A path inside one already mounted is left out (the engine refuses a mount point twice);
+    kfp mounts ``pipeline_root`` itself.
+    """
+    covered = [os.path.abspath(pipeline_root)] if pipeline_root else []
+    chosen: list[tuple[str, bool]] = []
+    for location, writable in [(path, True) for path in outputs] + [(path, False) for path in inputs]:
+        if not is_local(location):
+            continue
+        path = os.path.abspath(location)  # where the step looks for it
+        if not any(path == other or path.startswith(other + os.sep) for other in covered):
+            chosen.append((path, writable))
+            covered.append(path)
+    return chosen
 
 
 def pipeline_arguments(
