@@ -53,6 +53,7 @@ def train_path_images_per_second(
     seconds of epochs 2.. . Returns that and the settings used.
     """
     from components import train as training
+    from components.schedules import make_learning_rate
 
     keras.utils.set_random_seed(config.seed)
     device = training.resolve_device_settings(config)
@@ -63,11 +64,12 @@ def train_path_images_per_second(
         model = training.assemble_model(model_name, images.shape[1:], num_classes, pixel_mean)
         steps_per_epoch = training.steps_per_epoch_for(len(images), config.batch_size)
         steps_per_execution = training.resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
-        training.compile_model(model, config, device.jit_compile, steps_per_execution)
+        learning_rate = make_learning_rate(config, steps_per_epoch)
+        training.compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
         shift_pixels = training.shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
         dataset = training.make_train_dataset(images, labels, num_classes, config.batch_size, config.seed, shift_pixels, flip=augment)
         timer = EpochTimer()
-        model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[timer], verbose=0, shuffle=False)
+        model.fit(dataset.take(steps_per_epoch), epochs=epochs, callbacks=[timer], verbose=0, shuffle=False)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     images_per_second = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from components import registry, storage
-from components.train import load_checkpoint, train
+from components.checkpoints import load as load_checkpoint
+from components.train import train
 from datagen import make_image_folder
 from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 from pipeline.cli import main
