@@ -173,15 +173,23 @@ def test_manifest_hashes_match_the_files_and_statistics_match_train(cifar_archiv
     manifest = prepare(path, dataset_dir, validation_fraction=0.3)
 
     assert manifest == read_manifest(dataset_dir)
-    npy_files = sorted(name for name in os.listdir(dataset_dir) if name.endswith(".npy"))
-    assert sorted(manifest["sha256"]) == npy_files and len(npy_files) == 6
+    assert manifest["format_version"] == data_prep.FORMAT_VERSION
+    data_files = sorted(name for name in os.listdir(dataset_dir) if name != "manifest.json")
+    assert sorted(manifest["sha256"]) == data_files
+    assert data_files == ["pixel_mean.npy", "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+                          "validation-00000-of-00001.tfrecord"]
     for name, digest in manifest["sha256"].items():
         assert file_sha256(os.path.join(dataset_dir, name)) == digest
+    assert {split: [shard["images"] for shard in shards] for split, shards in manifest["shards"].items()} == {
+        "train": [manifest["splits"]["train"]], "test": [4], "validation": [manifest["splits"]["validation"]],
+    }
 
-    train_images, _ = load_split(dataset_dir, "train")
+    train_images, train_labels = load_split(dataset_dir, "train")
     scaled = train_images / 255.0
     np.testing.assert_allclose(manifest["mean"], scaled.mean(axis=(0, 1, 2)), rtol=1e-9)
     np.testing.assert_allclose(manifest["std"], scaled.std(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(np.load(os.path.join(dataset_dir, "pixel_mean.npy")), scaled.mean(axis=0), rtol=1e-12)
+    assert manifest["class_counts"]["train"] == np.bincount(train_labels, minlength=10).tolist()
 
 
 def test_existing_output_dir_is_replaced_as_a_whole(image_folder, tmp_path):
@@ -189,7 +197,7 @@ def test_existing_output_dir_is_replaced_as_a_whole(image_folder, tmp_path):
     dataset_dir = str(tmp_path / "dataset")
     prepare(root, dataset_dir, validation_fraction=0.5)
     prepare(root, dataset_dir)
-    assert not os.path.exists(os.path.join(dataset_dir, "validation_images.npy"))
+    assert not [name for name in os.listdir(dataset_dir) if name.startswith("validation")]
     assert read_manifest(dataset_dir)["splits"]["validation"] == 0
     assert leftovers(tmp_path) == ["dataset"]
 
@@ -263,7 +271,7 @@ def test_empty_class_folder_is_named(image_folder, tmp_path):
 
 def test_missing_path_is_named(tmp_path):
     missing = str(tmp_path / "no_such_folder")
-    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist"):
+    with pytest.raises(ValueError, match=f"{missing} does not exist"):
         prepare(missing, str(tmp_path / "dataset"))
     assert leftovers(tmp_path) == []
 
@@ -376,7 +384,7 @@ def test_output_path_that_is_a_file_is_named(image_folder, tmp_path):
 
 
 def test_read_manifest_of_a_missing_dataset_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no manifest.json.*run data prep"):
+    with pytest.raises(ValueError, match="no manifest.json.*run data prep"):
         read_manifest(str(tmp_path))
 
 
@@ -457,7 +465,7 @@ def test_gcs_errors_name_the_gcs_location(gcs_emulator, image_folder, tmp_path):
     storage.upload_tree(root, gcs_emulator.url("pets"))
     with pytest.raises(ValueError, match=f"cannot read image {gcs_emulator.url('pets')}/train/dog/image_000.png"):
         prepare(gcs_emulator.url("pets"), str(tmp_path / "dataset"))
-    with pytest.raises(FileNotFoundError, match=gcs_emulator.url("missing")):
+    with pytest.raises(ValueError, match=gcs_emulator.url("missing")):
         prepare(gcs_emulator.url("missing"), str(tmp_path / "dataset"))
     assert leftovers(tmp_path) == []
 

@@ -1,0 +1,173 @@
+"""A local image folder: ``<root>/train/<class>/*.png`` and ``<root>/test/<class>/...``.
+
+Files are decoded with Pillow one at a time in a fixed order (classes sorted by name, files sorted
+by name within a class). All images end up with one size and one channel count:
+    * size: ``image_size`` when given, else the most common size (found by a first pass that
+      reads only image headers); other images are resized (bilinear) and counted in
+      ``resized_images``, so a surprising number is visible;
+    * channels: one channel when every image is grayscale, otherwise RGB (grayscale images are
+      replicated into three channels, alpha is dropped).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from components.errors import UserError
+from components.sources.base import SOURCE_SPLITS, ImageSize, SourceStream, check_labels
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+# Pillow modes that carry no colour; any other mode makes the dataset RGB.
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# EXIF orientations that turn the stored image by 90 degrees, swapping width and height.
+EXIF_ORIENTATION_TAG = 0x0112
+SWAPPED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def recognizes(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def check(root: str) -> None:
+    """The folder layout (splits, class folders, image extensions), without decoding anything."""
+    list_image_folder(root)
+
+
+def read(root: str, *, image_size: ImageSize | None = None, name: str | None = None, seed: int = 0) -> SourceStream:
+    """Lists the folder and reads every image header; the pixels are decoded while streaming."""
+    files_by_split = list_image_folder(root)
+    class_names = sorted({class_name for classes in files_by_split.values() for class_name in classes})
+    paths = {split: [path for paths in classes.values() for path in paths] for split, classes in files_by_split.items()}
+    labels = {
+        split: np.asarray(
+            [class_names.index(class_name) for class_name, class_paths in classes.items() for _ in class_paths],
+            dtype=np.int32,
+        )
+        for split, classes in files_by_split.items()
+    }
+    check_labels(name or root, class_names, labels)
+
+    sizes, modes = collections.Counter(), set()
+    for split_paths in paths.values():
+        for path in split_paths:
+            with open_image(path) as image:
+                sizes[oriented_size(image)] += 1
+                modes.add(image.mode)
+    # Pillow speaks (width, height); the manifest and image_size speak (height, width).
+    target_size = (image_size[1], image_size[0]) if image_size else most_common_size(sizes)
+    target_mode = "L" if modes <= GRAYSCALE_MODES else "RGB"
+    resized = sum(count for size, count in sizes.items() if size != target_size)
+    if resized:
+        reason = "the requested image_size" if image_size else "the most common size"
+        logger.warning("resizing %d of %d images to %s %dx%d", resized, sum(sizes.values()), reason, *target_size)
+
+    def chunks() -> Iterator[tuple[str, np.ndarray]]:
+        for split in SOURCE_SPLITS:
+            for path in paths[split]:
+                yield split, decode_image(path, target_size, target_mode)[np.newaxis]
+
+    width, height = target_size
+    return SourceStream(
+        name=name or os.path.basename(os.path.normpath(root)),
+        class_names=tuple(class_names),
+        image_shape=(height, width, 1 if target_mode == "L" else 3),
+        labels=labels,
+        allow_horizontal_flip=True,
+        chunks=chunks,
+        resized_images=resized,
+    )
+
+
+def list_image_folder(root: str) -> dict[str, dict[str, list[str]]]:
+    """Image paths per split and class (both sorted by name), checking the layout without decoding."""
+    layout_hint = f"lay it out as {root}/train/<class>/*.png and {root}/test/<class>/*.png"
+    files_by_split = {}
+    for split in SOURCE_SPLITS:
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise UserError(f"image folder {root} has no {split}/ subfolder; {layout_hint}")
+        entries = _visible_entries(split_dir)
+        strays = [entry for entry in entries if not os.path.isdir(os.path.join(split_dir, entry))]
+        if strays:
+            raise UserError(
+                f"{os.path.join(split_dir, strays[0])} is not inside a class folder; move it into {split_dir}/<class>/"
+            )
+        if not entries:
+            raise UserError(f"no images found: {split_dir} has no class folders; {layout_hint}")
+        files_by_split[split] = {entry: _list_class_folder(os.path.join(split_dir, entry)) for entry in entries}
+
+    missing_in_train = sorted(set(files_by_split["test"]) - set(files_by_split["train"]))
+    if missing_in_train:
+        raise UserError(
+            f"class {missing_in_train[0]!r} has test images but no folder in {os.path.join(root, 'train')}; "
+            "add training images for it or remove its test folder"
+        )
+    return files_by_split
+
+
+def _list_class_folder(class_dir: str) -> list[str]:
+    """Sorted image paths of one class folder; an empty folder or a non-image file is an error."""
+    entries = _visible_entries(class_dir)
+    if not entries:
+        raise UserError(f"class folder {class_dir} is empty; add images to it or remove it")
+    for entry in entries:
+        path = os.path.join(class_dir, entry)
+        if os.path.isdir(path) or not entry.lower().endswith(IMAGE_EXTENSIONS):
+            raise UserError(
+                f"unsupported entry {path}; class folders may hold only {', '.join(IMAGE_EXTENSIONS)} images"
+            )
+    return [os.path.join(class_dir, entry) for entry in entries]
+
+
+def _visible_entries(directory: str) -> list[str]:
+    """Sorted names in a directory, skipping hidden ones (.DS_Store, editor files)."""
+    return sorted(entry for entry in os.listdir(directory) if not entry.startswith("."))
+
+
+def open_image(path: str):
+    """Open an image lazily (header only); a corrupt or non-image file is a one-line UserError."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from error
+
+
+def oriented_size(image) -> tuple[int, int]:
+    """(width, height) as displayed, honouring a camera's EXIF rotation."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+    except (OSError, SyntaxError, ValueError):
+        orientation = None  # broken EXIF: use the stored orientation
+    return (height, width) if orientation in SWAPPED_ORIENTATIONS else (width, height)
+
+
+def most_common_size(sizes: collections.Counter) -> tuple[int, int]:
+    """The (width, height) most images have; ties go to the larger area, then the wider size."""
+    return max(sizes, key=lambda size: (sizes[size], size[0] * size[1], size))
+
+
+def decode_image(path: str, target_size: tuple[int, int], target_mode: str) -> np.ndarray:
+    """Decode one image as uint8 [H, W, C] in ``target_mode`` and ``target_size`` (width, height)."""
+    from PIL import Image, ImageOps
+
+    with open_image(path) as image:
+        try:
+            upright = ImageOps.exif_transpose(image)
+            converted = upright.convert(target_mode)
+            if converted.size != target_size:
+                converted = converted.resize(target_size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(converted, dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise UserError(f"cannot decode image {path} ({error}); remove or replace the file") from error
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
