@@ -133,11 +133,8 @@ def place_gpu_task(task, placement: Placement):
     task.set_memory_limit(placement.gpu_task_memory_limit)
     for key, value in placement.gpu_node_selector().items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    # GKE taints GPU nodes so that CPU-only pods stay off them; GPU pods must tolerate it.
-    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    if placement.spot:
-        kubernetes.add_toleration(
-            task, key=GKE_SPOT_LABEL, operator="Equal", value="true", effect="NoSchedule")
+    for toleration in gpu_tolerations(placement):
+        kubernetes.add_toleration(task, **toleration)
     return task
 
 
@@ -172,3 +169,12 @@ def disable_cache_for_mutable_source(task):
     """Makes prep always run: its source may change under the same name (see module docstring)."""
     task.set_caching_options(enable_caching=False)
     return task
+
+
+def gpu_tolerations(placement: Placement) -> list[dict[str, str]]:
+    """Taints a GPU pod tolerates, as Kubernetes toleration objects (also used by pipeline/jobset.py)."""
+    # GKE taints GPU nodes so that CPU-only pods stay off them; GPU pods must tolerate it.
+    tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    if placement.spot:
+        tolerations.append({"key": GKE_SPOT_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+    return tolerations

@@ -1,0 +1,395 @@
+"""Multi-worker training of one model on the cluster, as a JobSet (kubernetes-sigs/jobset).
+
+A JobSet runs a group of pods as one unit: stable host names for every pod (a headless
+service), a success policy over the group, and restarts of the *whole* group on failure, which
+is what a collective needs, since MultiWorkerMirroredStrategy cannot continue when one peer is
+lost. cnnpipe's JobSet has one replicated job, `worker`: one Indexed Job whose N pods are the N
+workers. Every pod runs `python3 -m components.workers COMMAND...`, which builds TF_CONFIG from
+the pod's completion index and the JobSet's host names (components/workers.py), then runs the
+training command. Training resumes from its last epoch checkpoint after a group restart.
+
+`jobset_manifest` writes the JobSet; `run_jobset` creates it, follows the chief's log, waits for
+its Completed or Failed condition and deletes it whatever happens. The calls it makes are
+exactly those k8s/rbac.yaml grants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from components import workers
+from components.errors import USER_ERROR_EXIT_CODE, UserError
+from pipeline.cluster import RUNNER_SERVICE_ACCOUNT
+from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
+
+GROUP = "jobset.x-k8s.io"
+VERSION = "v1alpha2"
+PLURAL = "jobsets"
+REPLICATED_JOB = "worker"
+CONTAINER = "worker"
+# Port of TensorFlow's collective service in every worker pod (any free port works; pods do
+# not share a network namespace).
+DEFAULT_WORKER_PORT = 2222
+# A finished JobSet that nobody deleted (its launcher was killed) is removed after this long (seconds).
+FINISHED_TTL_SECONDS = 3600
+# Labels the JobSet controller puts on every pod it creates.
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
+RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
+# Set by the Job controller on the pods of an Indexed Job (annotation on every version, label from 1.28).
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# JobSet's pod host names are `<name>-worker-0-<index>`; DNS labels are at most 63 characters.
+MAX_NAME_LENGTH = 40
+SERVICE_ACCOUNT_DIRECTORY = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def jobset_name(*parts: str) -> str:
+    """A valid, stable JobSet name for these parts (e.g. a run id and a model name).
+
+    The same parts give the same name, so a retried task finds (and replaces) the JobSet of
+    its failed attempt instead of leaving it running beside a new one.
+    """
+    text = "-".join(parts)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    readable = re.sub(r"^[^a-z]+", "", readable)[:MAX_NAME_LENGTH - len(digest) - 1].rstrip("-")
+    return f"{readable}-{digest}" if readable else f"cnnpipe-{digest}"
+
+
+def jobset_manifest(name: str, namespace: str, image: str, command: list[str], worker_count: int, *,
+                    gpus_per_worker: int = 1, node_selector: dict[str, str] | None = None,
+                    tolerations: list[dict] | None = None, env: dict[str, str] | None = None,
+                    service_account: str = RUNNER_SERVICE_ACCOUNT, max_restarts: int = 3,
+                    port: int = DEFAULT_WORKER_PORT, cpu: str = "4", memory: str = "16G",
+                    cpu_limit: str | None = None, memory_limit: str | None = None) -> dict:
+    """The JobSet that runs `command` on `worker_count` pods as one MultiWorkerMirroredStrategy cluster.
+
+    Args:
+        name: JobSet name (see `jobset_name`); also the pods' DNS subdomain.
+        namespace: where it runs (the KFP pod's own namespace on the cluster).
+        image: the project image.
+        command: the training command each worker runs, e.g. ["cnnpipe", "component", "train", ...].
+        worker_count: number of worker pods (>= 1).
+        gpus_per_worker: `nvidia.com/gpu` each pod requests; 0 for CPU-only pods.
+        node_selector, tolerations: where the pods may run (see `placement_arguments`).
+        env: extra environment variables of every worker.
+        service_account: the pods' Kubernetes service account (Workload Identity for gs://).
+        max_restarts: how often the whole group is restarted after a worker fails.
+        port: the collective's port in every pod.
+        cpu, memory, cpu_limit, memory_limit: each pod's requests and limits (Kubernetes quantities).
+    """
+    workers.check_worker_count(worker_count)
+    if not command:
+        raise ValueError("command must name the training command the workers run")
+    worker_environment = dict(env or {})
+    # What a pod cannot find out by itself; JOB_COMPLETION_INDEX comes from the Job controller.
+    worker_environment.update({
+        workers.JOBSET_NAME_VARIABLE: name,
+        workers.REPLICATED_JOB_VARIABLE: REPLICATED_JOB,
+        workers.WORKER_COUNT_VARIABLE: str(worker_count),
+        workers.WORKER_PORT_VARIABLE: str(port),
+    })
+    labels = {"app.kubernetes.io/part-of": "cnnpipe", "app.kubernetes.io/component": "train"}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "JobSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            # Stable host names <name>-worker-0-<index>.<name> for TF_CONFIG.
+            "network": {"enableDNSHostnames": True, "subdomain": name},
+            "failurePolicy": {
+                "maxRestarts": max_restarts,
+                # A worker that reported a user mistake fails the same way after a restart.
+                "rules": [{"name": "user-mistake", "action": "FailJobSet",
+                           "onJobFailureReasons": ["PodFailurePolicy"]}],
+            },
+            "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
+            "ttlSecondsAfterFinished": FINISHED_TTL_SECONDS,
+            "replicatedJobs": [{
+                "name": REPLICATED_JOB,
+                "replicas": 1,
+                "template": {"spec": worker_job_spec(
+                    image, command, worker_count, worker_environment, labels, gpus_per_worker=gpus_per_worker,
+                    node_selector=node_selector or {}, tolerations=tolerations or [],
+                    service_account=service_account, port=port,
+                    resources=worker_resources(gpus_per_worker, cpu, memory, cpu_limit, memory_limit))},
+            }],
+        },
+    }
+
+
+def worker_job_spec(image: str, command: list[str], worker_count: int, environment: dict[str, str],
+                    labels: dict[str, str], *, gpus_per_worker: int, node_selector: dict[str, str],
+                    tolerations: list[dict], service_account: str, port: int, resources: dict) -> dict:
+    """The Indexed Job of the N workers: pod i is worker i (the chief is 0)."""
+    return {
+        "completionMode": "Indexed",
+        "completions": worker_count,
+        "parallelism": worker_count,
+        # One failed pod fails the Job, and the JobSet restarts the whole group: a collective
+        # cannot take back a single replaced peer.
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [{
+            "action": "FailJob",
+            "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT_CODE]},
+        }]},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": service_account,
+                "nodeSelector": node_selector,
+                "tolerations": tolerations,
+                "containers": [{
+                    "name": CONTAINER,
+                    "image": image,
+                    "command": ["python3", "-m", "components.workers", *command],
+                    "env": [{"name": key, "value": value} for key, value in environment.items()],
+                    "ports": [{"name": "collective", "containerPort": port, "protocol": "TCP"}],
+                    "resources": resources,
+                }],
+            },
+        },
+    }
+
+
+def worker_resources(gpus: int, cpu: str, memory: str, cpu_limit: str | None, memory_limit: str | None) -> dict:
+    """Requests and limits of one worker container; GPUs are requested through their limit."""
+    limits = {key: value for key, value in (("cpu", cpu_limit), ("memory", memory_limit)) if value}
+    if gpus:
+        limits[GPU_RESOURCE] = gpus
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
+def placement_arguments(placement: Placement) -> dict:
+    """`jobset_manifest` keyword arguments that place workers like a single-pod train task."""
+    if not placement.uses_gpu:
+        # Like place_gpu_task with gpus_per_task=0: ordinary CPU nodes and requests.
+        return {"image": placement.image, "gpus_per_worker": 0, "node_selector": {}, "tolerations": [],
+                "cpu": placement.cpu_task_cpu, "memory": placement.cpu_task_memory,
+                "cpu_limit": placement.cpu_task_cpu_limit, "memory_limit": placement.cpu_task_memory_limit}
+    return {"image": placement.image, "gpus_per_worker": placement.gpus_per_task,
+            "node_selector": placement.gpu_node_selector(), "tolerations": gpu_tolerations(placement),
+            "cpu": placement.gpu_task_cpu, "memory": placement.gpu_task_memory,
+            "cpu_limit": placement.gpu_task_cpu_limit, "memory_limit": placement.gpu_task_memory_limit}
+
+
+# ---- running a JobSet -----------------------------------------------------------------------
+def kubernetes_client(service_account_directory: Path = SERVICE_ACCOUNT_DIRECTORY):
+    """(ApiClient, namespace): in-cluster credentials inside a pod, else the kubeconfig's context."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and (service_account_directory / "token").exists():
+        config.load_incluster_config(client_configuration=configuration)
+        namespace = (service_account_directory / "namespace").read_text().strip()
+    else:
+        # The client reads KUBECONFIG once, at import; read it now so a changed value counts.
+        kubeconfig = os.environ.get("KUBECONFIG")
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+        namespace = context["context"].get("namespace") or "default"
+    return client.ApiClient(configuration), namespace
+
+
+def run_jobset(manifest: dict, *, api_client=None, poll_seconds: float = 10.0,
+               timeout_seconds: float | None = None, log: Callable[[str], None] = print) -> None:
+    """Creates the JobSet, relays its chief's log, waits until it completes, and deletes it.
+
+    Raises a one-line error naming the JobSet and its Failed condition's message (a UserError
+    when the chief reported a user mistake), or when `timeout_seconds` pass. The JobSet is
+    deleted in every case, also on Ctrl-C or SIGTERM.
+    """
+    from kubernetes import client
+
+    if api_client is None:
+        api_client, _ = kubernetes_client()
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    follower = ChiefLogFollower(core, namespace, name, log, poll_seconds)
+    with workers.sigterm_as_interrupt():
+        try:
+            create_jobset(custom, manifest, log)
+        except UserError:
+            raise  # refused by the API server: nothing was created
+        except BaseException:
+            delete_jobset(custom, namespace, name)  # interrupted mid-request: it may exist already
+            raise
+        try:
+            follower.start()
+            failed = wait_for_jobset(custom, namespace, name, poll_seconds, timeout_seconds, log)
+        finally:
+            follower.finish(timeout=max(30.0, 3 * poll_seconds))
+            delete_jobset(custom, namespace, name)
+    if failed is not None:
+        reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".rstrip(": ")
+        if follower.user_mistake:
+            raise UserError(follower.user_mistake)
+        raise RuntimeError(f"JobSet {namespace}/{name} failed: {reason}")
+
+
+def create_jobset(custom, manifest: dict, log: Callable[[str], None]) -> None:
+    """Creates the JobSet; one left behind by an earlier attempt of the same task is replaced."""
+    from kubernetes.client.exceptions import ApiException
+
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    except ApiException as error:
+        if error.status == 409:
+            log(f"replacing JobSet {namespace}/{name} left by an earlier attempt")
+            delete_jobset(custom, namespace, name)
+            wait_until_deleted(custom, namespace, name)
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+        elif error.status == 404:
+            raise UserError(f"the cluster has no {GROUP}/{VERSION} API: install JobSet "
+                            f"(README, 'Training on several workers') before using --workers") from None
+        elif error.status == 403:
+            raise UserError(f"not allowed to create JobSets in namespace {namespace}: apply k8s/ "
+                            f"(kubectl apply -k k8s/) so the pipeline's service account may") from None
+        else:
+            raise
+    worker_job = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]
+    log(f"created JobSet {namespace}/{name}: {worker_job['parallelism']} workers")
+
+
+def wait_for_jobset(custom, namespace: str, name: str, poll_seconds: float, timeout_seconds: float | None,
+                    log: Callable[[str], None]) -> dict | None:
+    """Polls the JobSet until its Completed (returns None) or Failed (returns that condition) is true."""
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    restarts = 0
+    while True:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+        if status.get("restarts", 0) > restarts:
+            restarts = status["restarts"]
+            log(f"JobSet {namespace}/{name}: a worker failed; restarted the group (restart {restarts})")
+        conditions = {condition["type"]: condition for condition in status.get("conditions", [])
+                      if condition.get("status") == "True"}
+        if "Completed" in conditions:
+            return None
+        if "Failed" in conditions:
+            return conditions["Failed"]
+        if deadline is not None and time.monotonic() > deadline:
+            raise RuntimeError(f"JobSet {namespace}/{name} did not finish within {timeout_seconds:g} s; deleted it")
+        time.sleep(poll_seconds)
+
+
+def delete_jobset(custom, namespace: str, name: str) -> None:
+    """Deletes the JobSet with its Jobs and pods (foreground: children go first); gone already is fine."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                               propagation_policy="Foreground")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def wait_until_deleted(custom, namespace: str, name: str, seconds: float = 300.0) -> None:
+    """Waits until a deleted JobSet is gone (foreground deletion first removes its pods)."""
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(1.0)
+    raise RuntimeError(f"JobSet {namespace}/{name} was still being deleted after {seconds:g} s")
+
+
+class ChiefLogFollower:
+    """Relays the chief pod's log, line by line, on a thread; after a group restart, the new chief's.
+
+    It also remembers the chief's last `error: ...` line: when the JobSet fails, that line is
+    the user mistake to report.
+    """
+
+    def __init__(self, core, namespace: str, name: str, log: Callable[[str], None], poll_seconds: float):
+        self.core, self.namespace, self.name, self.log = core, namespace, name, log
+        self.poll_seconds = poll_seconds
+        self.user_mistake: str | None = None
+        self._finishing = threading.Event()
+        self._followed: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name=f"log {name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self, timeout: float) -> None:
+        """Lets the follower read the rest of the current chief's log, waiting at most `timeout` seconds."""
+        self._finishing.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        while True:
+            try:
+                pod = self._unfollowed_chief()
+            except ApiException:
+                pod = None  # a passing API server hiccup: the log is relayed on a later poll
+            if pod is not None:
+                self._follow(pod)
+            elif self._finishing.is_set():
+                return
+            else:
+                self._finishing.wait(self.poll_seconds)
+
+    def _unfollowed_chief(self) -> str | None:
+        """The newest chief pod that has started and whose log was not relayed yet."""
+        selector = (f"{JOBSET_NAME_LABEL}={self.name},{REPLICATED_JOB_LABEL}={REPLICATED_JOB},"
+                    f"{JOB_INDEX_LABEL}=0")
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        chiefs = [pod for pod in pods
+                  if (pod.metadata.annotations or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"
+                  and pod.status is not None and pod.status.phase in ("Running", "Succeeded", "Failed")
+                  and pod.metadata.name not in self._followed]
+        if not chiefs:
+            return None
+        newest = max(chiefs, key=lambda pod: int((pod.metadata.labels or {}).get(RESTART_ATTEMPT_LABEL, "0")))
+        return newest.metadata.name
+
+    def _follow(self, pod: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self.core.read_namespaced_pod_log(pod, self.namespace, container=CONTAINER, follow=True,
+                                                         _preload_content=False)
+        except ApiException:
+            # Not readable yet (the container is still being created): try again on the next poll.
+            self._finishing.wait(self.poll_seconds)
+            return
+        # Relayed once only: a stream cut short is not replayed from its start.
+        self._followed.add(pod)
+        try:
+            for line in split_lines(response.stream(4096)):
+                if line.startswith("error: "):
+                    self.user_mistake = line[len("error: "):]
+                self.log(line)
+        finally:
+            response.release_conn()
+
+
+def split_lines(chunks) -> Iterator[str]:
+    """Lines of a byte stream that arrives in chunks cut anywhere (also mid-line or mid-character)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode(errors="replace").rstrip("\r")
+    if pending:
+        yield pending.decode(errors="replace")

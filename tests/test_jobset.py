@@ -1,0 +1,288 @@
+"""pipeline.jobset: the JobSet against the CRD's schema, run_jobset against a loopback Kubernetes API."""
+
+import _thread
+import copy
+import json
+import re
+import threading
+import time
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes import client
+
+from components import workers
+from components.errors import UserError
+from pipeline import jobset
+from pipeline.placement import Placement
+from tests.k8s_fake_server import FakeKubernetesServer, completed, failed, jobset_schema, running
+
+IMAGE = "us-docker.pkg.dev/example/cnnpipe/cnnpipe:test"
+COMMAND = ["cnnpipe", "component", "train", "--model", "resnet20_v1", "--output", "gs://bucket/run/model"]
+
+
+def strict(schema):
+    """The schema with unknown fields refused wherever it lists the known ones.
+
+    The API server drops unknown fields of a custom resource (or refuses them, with strict field
+    validation), so a misspelt field would silently vanish; the tests refuse it instead.
+    """
+    schema = copy.deepcopy(schema)
+
+    def close(node):
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
+                    and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for value in node.values():
+                close(value)
+        elif isinstance(node, list):
+            for value in node:
+                close(value)
+
+    close(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def validator():
+    return jsonschema.Draft7Validator(strict(jobset_schema()))
+
+
+def manifest(worker_count=2, placement=None, **arguments):
+    placement = placement or Placement(image=IMAGE)
+    return jobset.jobset_manifest("train-resnet", "kubeflow", command=COMMAND, worker_count=worker_count,
+                                  **jobset.placement_arguments(placement), **arguments)
+
+
+def worker_pod(document):
+    (replicated_job,) = document["spec"]["replicatedJobs"]
+    return replicated_job["template"]["spec"]["template"]["spec"]
+
+
+# ---- the manifest --------------------------------------------------------------------------
+@pytest.mark.parametrize("placement", [Placement(image=IMAGE), Placement(image=IMAGE, spot=True, gpus_per_task=2),
+                                       Placement(image=IMAGE, gpus_per_task=0)])
+def test_manifest_matches_the_jobset_crd_schema(validator, placement):
+    errors = [f"{list(error.path)}: {error.message}" for error in validator.iter_errors(manifest(4, placement))]
+    assert errors == []
+
+
+def test_strict_schema_refuses_a_misspelt_field(validator):
+    """Guards the check above: unknown and mistyped fields must fail."""
+    document = manifest()
+    document["spec"]["failurePolicy"]["maxRestart"] = 3
+    worker_pod(document)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = [1]
+    messages = " ".join(error.message for error in validator.iter_errors(document))
+    assert "'maxRestart' was unexpected" in messages
+    assert "is not valid under any of the given schemas" in messages
+
+
+def test_manifest_is_one_indexed_job_of_all_workers_with_stable_host_names():
+    document = manifest(worker_count=3, max_restarts=5)
+    assert (document["apiVersion"], document["kind"]) == ("jobset.x-k8s.io/v1alpha2", "JobSet")
+    assert document["metadata"]["namespace"] == "kubeflow"
+    spec = document["spec"]
+    assert spec["network"] == {"enableDNSHostnames": True, "subdomain": "train-resnet"}
+    assert spec["failurePolicy"]["maxRestarts"] == 5
+    assert spec["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["worker"]}
+    (replicated_job,) = spec["replicatedJobs"]
+    assert (replicated_job["name"], replicated_job["replicas"]) == ("worker", 1)
+    job = replicated_job["template"]["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"], job["backoffLimit"]) == ("Indexed", 3, 3, 0)
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "cnnpipe-runner"
+    (container,) = pod["containers"]
+    assert container["command"] == ["python3", "-m", "components.workers", *COMMAND]
+
+
+def test_a_user_mistake_fails_the_group_without_restarts():
+    document = manifest()
+    container_name = worker_pod(document)["containers"][0]["name"]
+    (pod_rule,) = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert pod_rule == {"action": "FailJob",
+                        "onExitCodes": {"containerName": container_name, "operator": "In", "values": [2]}}
+    (jobset_rule,) = document["spec"]["failurePolicy"]["rules"]
+    assert jobset_rule["action"] == "FailJobSet" and jobset_rule["onJobFailureReasons"] == ["PodFailurePolicy"]
+
+
+def test_every_pod_builds_the_same_tf_config_from_the_jobset_host_names():
+    document = manifest(worker_count=3, port=2345, env={"STORAGE_EMULATOR_HOST": "http://gcs:9023"})
+    environment = {variable["name"]: variable["value"] for variable in worker_pod(document)["containers"][0]["env"]}
+    assert environment["STORAGE_EMULATOR_HOST"] == "http://gcs:9023"
+    configs = [json.loads(workers.tf_config_from_jobset_environment(dict(environment, JOB_COMPLETION_INDEX=str(index))))
+               for index in range(3)]
+    subdomain = document["spec"]["network"]["subdomain"]
+    # JobSet's pod host name: <jobset>-<replicated job>-<job index>-<completion index>.<subdomain>
+    expected = [f"train-resnet-worker-0-{index}.{subdomain}:2345" for index in range(3)]
+    assert all(config["cluster"]["worker"] == expected for config in configs)
+    assert [config["task"]["index"] for config in configs] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("spot", [False, True])
+def test_workers_are_placed_like_the_single_pod_train_task(spot):
+    placement = Placement(image=IMAGE, gpu_type="nvidia-l4", gpus_per_task=2, spot=spot)
+    pod = worker_pod(manifest(placement=placement))
+    assert pod["nodeSelector"] == placement.gpu_node_selector()
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    spot_toleration = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    assert (spot_toleration in pod["tolerations"]) is spot
+    (container,) = pod["containers"]
+    assert container["image"] == IMAGE
+    assert container["resources"] == {"requests": {"cpu": placement.gpu_task_cpu, "memory": placement.gpu_task_memory},
+                                      "limits": {"cpu": placement.gpu_task_cpu_limit,
+                                                 "memory": placement.gpu_task_memory_limit, "nvidia.com/gpu": 2}}
+
+
+def test_cpu_only_workers_stay_off_the_gpu_pool():
+    placement = Placement(image=IMAGE, gpus_per_task=0)
+    pod = worker_pod(manifest(placement=placement))
+    assert pod["nodeSelector"] == {} and pod["tolerations"] == []
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+
+
+def test_manifest_refuses_a_bad_worker_count():
+    with pytest.raises(UserError, match="--workers must be a whole number >= 1"):
+        manifest(worker_count=0)
+
+
+def test_jobset_names_are_stable_short_dns_labels():
+    name = jobset.jobset_name("Run 7f3a/2026-01-01", "ResNet20_v1")
+    assert name == jobset.jobset_name("Run 7f3a/2026-01-01", "ResNet20_v1")
+    assert name != jobset.jobset_name("Run 7f3a/2026-01-01", "resnet32_v1")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and name.startswith("run-7f3a-2026")
+    long_name = jobset.jobset_name("x" * 200, "9model")
+    # The longest pod host name, <name>-worker-0-<index>, stays a valid 63-character DNS label.
+    assert len(long_name) <= jobset.MAX_NAME_LENGTH and len(f"{long_name}-worker-0-999") <= 63
+    assert re.fullmatch(r"cnnpipe-[0-9a-f]{8}", jobset.jobset_name("123", "_"))
+
+
+def test_log_lines_are_whole_even_when_chunks_cut_them():
+    chunks = [b"epoch 1\nep", b"och 2 \xc3", b"\xa9\r\n", b"last"]
+    assert list(jobset.split_lines(chunks)) == ["epoch 1", "epoch 2 \u00e9", "last"]
+
+
+# ---- run_jobset against the loopback API server -------------------------------------------
+def api_client(server):
+    configuration = client.Configuration()
+    configuration.host = server.host
+    return client.ApiClient(configuration)
+
+
+def run(server, document=None, **arguments):
+    lines = []
+    arguments.setdefault("poll_seconds", 0.02)
+    jobset.run_jobset(document or manifest(), api_client=api_client(server), log=lines.append, **arguments)
+    return lines
+
+
+def assert_deleted(server):
+    (delete,) = server.requests_to("DELETE", "/jobsets/train-resnet")
+    assert delete.query["propagationPolicy"] == "Foreground"
+    assert server.jobsets == {} and server.pods == {}
+
+
+def test_run_creates_follows_the_chief_and_deletes_on_success():
+    with FakeKubernetesServer(chief_logs=[["cnnpipe-progress {\"phase\": \"epoch\", \"epoch\": 1}", "é done"]]) as server:
+        document = manifest(worker_count=2)
+        lines = run(server, document)
+    (create,) = server.requests_to("POST", "/namespaces/kubeflow/jobsets")
+    assert create.body == document
+    assert lines == ["created JobSet kubeflow/train-resnet: 2 workers",
+                     "cnnpipe-progress {\"phase\": \"epoch\", \"epoch\": 1}", "é done"]
+    (log_request, *_) = server.requests_to("GET", "/log")
+    assert log_request.path == "/api/v1/namespaces/kubeflow/pods/train-resnet-worker-0-0-a0/log"
+    assert log_request.query["follow"].lower() == "true" and log_request.query["container"] == "worker"
+    assert_deleted(server)
+
+
+def test_a_failed_jobset_is_named_with_its_message_and_deleted():
+    script = [running(), failed("jobset failed due to reaching max number of restarts", restarts=3)]
+    with FakeKubernetesServer(status_script=script) as server:
+        with pytest.raises(RuntimeError) as raised:
+            run(server)
+    assert str(raised.value) == ("JobSet kubeflow/train-resnet failed: FailedJobs: "
+                                 "jobset failed due to reaching max number of restarts")
+    assert_deleted(server)
+
+
+def test_a_user_mistake_of_the_chief_is_a_user_error():
+    logs = [["error: dataset gs://bucket/x has no train split; run prepare first"]]
+    with FakeKubernetesServer(status_script=[running(), running(), failed("pod failure policy", "PodFailurePolicy")],
+                              chief_logs=logs) as server:
+        with pytest.raises(UserError, match="^dataset gs://bucket/x has no train split; run prepare first$"):
+            run(server)
+    assert_deleted(server)
+
+
+def test_after_a_group_restart_the_new_chief_is_followed():
+    script = [running(), running(), running(restarts=1), running(restarts=1), completed(restarts=1)]
+    with FakeKubernetesServer(status_script=script, chief_logs=[["attempt 0 epoch 1"], ["attempt 1 epoch 2"]]) as server:
+        lines = run(server)
+    assert "JobSet kubeflow/train-resnet: a worker failed; restarted the group (restart 1)" in lines
+    assert lines.index("attempt 0 epoch 1") < lines.index("attempt 1 epoch 2")
+    assert_deleted(server)
+
+
+def test_a_timeout_deletes_the_jobset():
+    with FakeKubernetesServer(status_script=[running()]) as server:
+        with pytest.raises(RuntimeError, match=r"^JobSet kubeflow/train-resnet did not finish within 0.2 s; deleted it$"):
+            run(server, timeout_seconds=0.2)
+    assert_deleted(server)
+
+
+def test_an_interrupt_deletes_the_jobset():
+    with FakeKubernetesServer(status_script=[running()]) as server:
+        def interrupt_once_created():
+            while not server.jobsets:
+                time.sleep(0.01)
+            _thread.interrupt_main()
+
+        threading.Thread(target=interrupt_once_created, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            run(server)
+    assert_deleted(server)
+
+
+def test_a_jobset_left_by_an_earlier_attempt_is_replaced():
+    with FakeKubernetesServer() as server:
+        document = manifest()
+        server.jobsets[("kubeflow", "train-resnet")] = {"metadata": {"name": "train-resnet"}, "stale": True}
+        lines = run(server, document)
+    assert lines[0] == "replacing JobSet kubeflow/train-resnet left by an earlier attempt"
+    assert [request.method for request in server.requests if "/jobsets" in request.path][:4] == \
+        ["POST", "DELETE", "GET", "POST"]
+    assert server.jobsets == {}
+
+
+def test_a_cluster_without_jobset_is_a_user_error():
+    with FakeKubernetesServer(jobset_api_installed=False) as server:
+        with pytest.raises(UserError, match=r"no jobset.x-k8s.io/v1alpha2 API: install JobSet"):
+            run(server)
+
+
+def test_the_fake_server_refuses_what_the_api_server_would():
+    """The loopback server checks JobSets against the same CRD schema as the API server."""
+    document = manifest()
+    document["spec"]["replicatedJobs"][0]["replicas"] = "one"
+    with FakeKubernetesServer() as server:
+        with pytest.raises(client.exceptions.ApiException) as raised:
+            run(server, document)
+    assert raised.value.status == 422 and "replicas" in raised.value.body
+
+
+def test_kubeconfig_gives_client_and_namespace(tmp_path, monkeypatch):
+    with FakeKubernetesServer() as server:
+        kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
+                      "clusters": [{"name": "fake", "cluster": {"server": server.host}}],
+                      "users": [{"name": "me", "user": {"token": "secret-token"}}],
+                      "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me", "namespace": "team-a"}}]}
+        (tmp_path / "config").write_text(yaml.safe_dump(kubeconfig))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        api, namespace = jobset.kubernetes_client()
+        assert namespace == "team-a"
+        jobset.run_jobset(jobset.jobset_manifest("train-resnet", namespace, IMAGE, COMMAND, 2),
+                          api_client=api, poll_seconds=0.02, log=lambda line: None)
+    assert server.requests[0].path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
