@@ -45,5 +45,7 @@ def _plain(value: Any) -> Any:
         number = float(value)
         if not math.isfinite(number):
             return None
-        return int(number) if isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", "") in "iu" else number
+        # A dtype kind of "i" or "u" is an integer; Python floats have no dtype (kind None).
+        is_integer = isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u")
+        return int(number) if is_integer else number
     return value
