@@ -56,6 +56,7 @@ tr.best td { background: #e6ffec; font-weight: 600; }
 .muted { color: #656d76; font-size: 0.9rem; }
 img { max-width: 100%; height: auto; } .plots { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 pre { background: #f6f8fa; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
+td:not(.text) { white-space: nowrap; } .wide { overflow-x: auto; }
 .gallery { display: flex; flex-wrap: wrap; gap: 0.8rem; }
 figure.mistake { margin: 0; width: 8rem; font-size: 0.8rem; }
 img.thumb { width: 96px; height: auto; image-rendering: pixelated; border: 1px solid #d0d7de; }
@@ -318,7 +319,7 @@ def render_html(results: list[ModelResult], summary: dict, manifest: dict, run_c
         html_settings_tables(run_config),
         "<h2>Comparison</h2>",
         f'<p class="muted">Sorted by test accuracy. {html.escape(reference_note(summary))}</p>',
-        html_comparison_table(summary["models"], summary["reference_compared"]),
+        f'<div class="wide">{html_comparison_table(summary["models"], summary["reference_compared"])}</div>',
         "<h2>Accuracy against training time</h2>",
         html_image(plot_accuracy_against_time(summary["models"]), "test accuracy against training time"),
         "<h2>Validation accuracy over epochs</h2>",

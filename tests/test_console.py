@@ -166,3 +166,14 @@ def test_comparison_table_shows_the_paper_figure_only_on_its_dataset():
     digits = comparison_table(summary_for("digits")).splitlines()
     assert digits[2].split()[:3] == ["resnet20_v1", "90.00%", "—"]
     assert digits[-1] == "paper ref.: — because the paper figures are CIFAR-10 test accuracies and this run is on digits"
+
+
+def test_progress_events_keep_fractions_and_integers(capsys):
+    import numpy as np
+
+    from components import progress
+
+    progress.emit("train", "epoch", loss=0.25, accuracy=np.float32(0.5), epoch=np.int64(2), eta_seconds=float("inf"))
+    event = progress.parse(capsys.readouterr().out)
+    assert event == {"task": "train", "phase": "epoch", "loss": 0.25, "accuracy": 0.5, "epoch": 2, "eta_seconds": None}
+    assert isinstance(event["epoch"], int)
