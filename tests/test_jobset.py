@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -18,6 +19,7 @@ from pipeline import jobset
 from pipeline.placement import Placement
 from tests.k8s_fake_server import FakeKubernetesServer, completed, failed, jobset_schema, running
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 IMAGE = "us-docker.pkg.dev/example/cnnpipe/cnnpipe:test"
 COMMAND = ["cnnpipe", "component", "train", "--model", "resnet20_v1", "--output", "gs://bucket/run/model"]
 
@@ -286,3 +288,36 @@ def test_kubeconfig_gives_client_and_namespace(tmp_path, monkeypatch):
         jobset.run_jobset(jobset.jobset_manifest("train-resnet", namespace, IMAGE, COMMAND, 2),
                           api_client=api, poll_seconds=0.02, log=lambda line: None)
     assert server.requests[0].path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
+
+
+# ---- k8s/rbac.yaml grants exactly these calls ------------------------------------------------
+def role_grants() -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) triples the Role in k8s/rbac.yaml allows."""
+    documents = yaml.safe_load_all((REPOSITORY / "k8s" / "rbac.yaml").read_text())
+    (role,) = [document for document in documents if document["kind"] == "Role"]
+    return {(group, resource, verb) for rule in role["rules"] if not rule.get("resourceNames")
+            for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def permission_needed(request) -> tuple[str, str, str]:
+    """What RBAC checks for one recorded request: (API group, resource, verb)."""
+    parts = request.path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    resource = rest[2] + ("/" + rest[4] if len(rest) > 4 else "")
+    named = len(rest) > 3
+    verb = {"POST": "create", "DELETE": "delete", "GET": "get" if named else "list"}[request.method]
+    return group, resource, verb
+
+
+def test_the_role_grants_every_call_run_jobset_makes_and_nothing_more_for_jobsets():
+    script = [running(), running(restarts=1), completed(restarts=1)]
+    with FakeKubernetesServer(status_script=script) as server:
+        server.jobsets[("kubeflow", "train-resnet")] = {"metadata": {"name": "train-resnet"}}  # the replace path too
+        run(server)
+    needed = {permission_needed(request) for request in server.requests}
+    assert needed == {("jobset.x-k8s.io", "jobsets", "create"), ("jobset.x-k8s.io", "jobsets", "get"),
+                      ("jobset.x-k8s.io", "jobsets", "delete"), ("", "pods", "list"), ("", "pods/log", "get")}
+    granted = role_grants()
+    assert needed <= granted
+    assert {grant for grant in granted if grant[0] == "jobset.x-k8s.io"} == \
+        {need for need in needed if need[0] == "jobset.x-k8s.io"}
