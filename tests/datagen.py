@@ -118,3 +118,28 @@ def make_cifar_binary_archive(path, n_train_per_batch=3, n_test=4, omit=(), seed
         "test": batches["test_batch.bin"],
         "class_names": list(CIFAR_CLASS_NAMES),
     }
+
+
+def make_numbered_folder(root, classes=("a", "b", "c"), per_class=(6, 2), size=(4, 4)) -> dict:
+    """An RGB PNG image folder whose image number n (over train then test, in reading order) has
+    every pixel equal to n, so a pipeline's output can be traced back to its source image.
+
+    Returns {"train": (images, labels), "test": (...)} like make_image_folder.
+    """
+    train_count, test_count = (per_class, per_class) if isinstance(per_class, int) else per_class
+    class_names = sorted(classes)
+    number = 0
+    written = {"class_names": class_names}
+    for split, count in (("train", train_count), ("test", test_count)):
+        images, labels = [], []
+        for label, class_name in enumerate(class_names):
+            class_dir = os.path.join(root, split, class_name)
+            os.makedirs(class_dir, exist_ok=True)
+            for index in range(count):
+                pixels = np.full((*size, 3), number, dtype=np.uint8)
+                save_image(pixels, os.path.join(class_dir, f"image_{index:03d}.png"))
+                images.append(pixels)
+                labels.append(label)
+                number += 1
+        written[split] = (np.stack(images), np.asarray(labels, dtype=np.int32))
+    return written

@@ -1,0 +1,99 @@
+"""Training and evaluation pipelines over prepared shards, streamed and cached in memory."""
+
+import collections
+
+import numpy as np
+import pytest
+from datagen import make_numbered_folder
+
+from components import data_prep, input_pipeline
+from components.data_prep import prepare
+from components.dataset import open_dataset
+from components.input_pipeline import make_eval_dataset, make_train_dataset, resolve_cache, steps_per_epoch_for
+
+
+@pytest.fixture
+def reader(tmp_path, monkeypatch):
+    """A numbered folder (3 classes x 6 train + 2 test, 4x4) prepared into 4 train shards."""
+    monkeypatch.setattr(data_prep, "MIN_SHARD_BYTES", 1)
+    monkeypatch.setattr(data_prep, "MIN_SHARDS_PER_SPLIT", 4)
+    make_numbered_folder(tmp_path / "numbers")
+    prepare(str(tmp_path / "numbers"), str(tmp_path / "dataset"))
+    return open_dataset(str(tmp_path / "dataset"))
+
+
+def image_numbers(images) -> list[int]:
+    """The number every pixel of each (unaugmented) numbered image holds."""
+    return [int(image[0, 0, 0]) for image in np.asarray(images)]
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_train_batches_are_full_labelled_and_cover_every_image(reader, cache):
+    batch_size = 4
+    steps = steps_per_epoch_for(reader.count("train"), batch_size)
+    dataset = make_train_dataset(reader, batch_size, seed=1, cache=cache)
+    seen = collections.Counter()
+    for images, labels in dataset.take(3 * steps).as_numpy_iterator():
+        assert images.shape == (batch_size, 4, 4, 3) and images.dtype == np.float32
+        assert labels.shape == (batch_size, 3)
+        numbers = image_numbers(images)
+        # Numbers 0..5 are class a, 6..11 class b, 12..17 class c: each image keeps its label.
+        assert [number // 6 for number in numbers] == labels.argmax(axis=1).tolist()
+        seen.update(numbers)
+    assert set(seen) == set(range(18))
+    assert sum(seen.values()) == 3 * steps * batch_size  # 60 images: a little over three passes
+    if cache == "memory":  # whole passes are permutations, so each image came 3 or 4 times
+        assert set(seen.values()) <= {3, 4}
+
+
+def test_memory_cache_shuffles_every_pass_and_follows_the_seed(reader):
+    def first_passes(seed):
+        dataset = make_train_dataset(reader, 6, seed=seed, cache="memory")
+        return [image_numbers(images) for images, _ in dataset.take(6).as_numpy_iterator()]
+
+    passes = first_passes(3)
+    assert sorted(sum(passes[:3], [])) == list(range(18))  # a pass is a permutation of the split
+    assert sum(passes[:3], []) != sum(passes[3:], [])  # the next pass is shuffled anew
+    assert first_passes(3) == passes
+    assert first_passes(4) != passes
+
+
+def test_augmentation_shifts_and_flips_within_the_batch(reader):
+    dataset = make_train_dataset(reader, 6, seed=0, shift_pixels=(1, 1), flip=True, cache="none")
+    images, labels = next(iter(dataset))
+    # Numbered images are uniform, so shifts and flips keep every pixel: augmentation runs
+    # without mixing images or labels.
+    assert images.shape == (6, 4, 4, 3)
+    assert np.all(np.asarray(images) == np.asarray(images)[:, :1, :1, :1])
+
+
+def test_worker_share_trains_on_its_own_images(reader):
+    dataset = make_train_dataset(reader, 2, seed=0, cache="none", shard_index=0, shard_count=2)
+    numbers = {number for images, _ in dataset.take(20).as_numpy_iterator() for number in image_numbers(images)}
+    other = {number for images, _ in make_train_dataset(reader, 2, seed=0, cache="memory", shard_index=1, shard_count=2)
+             .take(20).as_numpy_iterator() for number in image_numbers(images)}
+    assert numbers and other and not numbers & other and numbers | other == set(range(18))
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_eval_dataset_is_every_image_in_file_order(reader, cache):
+    dataset = make_eval_dataset(reader, "test", batch_size=4, cache=cache)
+    for _ in range(2):  # a second pass (the next epoch's validation) gives the same
+        batches = list(dataset.as_numpy_iterator())
+        assert [len(labels) for _, labels in batches] == [4, 2]
+        numbers = image_numbers(np.concatenate([images for images, _ in batches]))
+        assert numbers == list(range(18, 24))
+        assert np.concatenate([labels for _, labels in batches]).argmax(axis=1).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_auto_cache_follows_available_memory(monkeypatch):
+    monkeypatch.setattr(input_pipeline, "available_memory_bytes", lambda: 4_000)
+    assert resolve_cache("auto", 1_000) == "memory"
+    assert resolve_cache("auto", 1_001) == "none"
+    assert resolve_cache("none", 1) == "none" and resolve_cache("memory", 10**15) == "memory"
+    with pytest.raises(ValueError, match="cache must be one of auto, memory, none, got 'disk'"):
+        resolve_cache("disk", 1)
+
+
+def test_available_memory_is_plausible():
+    assert 0 < input_pipeline.available_memory_bytes() < 1 << 50
