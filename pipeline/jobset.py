@@ -182,6 +182,20 @@ def placement_arguments(placement: Placement) -> dict:
 
 
 # ---- running a JobSet -----------------------------------------------------------------------
+def run_workers_on_cluster(name: str, command: list[str], worker_count: int, placement: dict, *,
+                           env: dict[str, str] | None = None, max_restarts: int = 3,
+                           log: Callable[[str], None] = print) -> None:
+    """What a train task calls inside its pod: runs `command` on `worker_count` pods of a JobSet.
+
+    `placement` is `placement_arguments(Placement(...))`, made when the pipeline is compiled
+    and handed to the task (it is plain JSON). The JobSet goes into the task's own namespace.
+    """
+    api_client, namespace = kubernetes_client()
+    manifest = jobset_manifest(name, namespace, command=command, worker_count=worker_count, env=env,
+                               max_restarts=max_restarts, **placement)
+    run_jobset(manifest, api_client=api_client, log=log)
+
+
 def kubernetes_client(service_account_directory: Path = SERVICE_ACCOUNT_DIRECTORY):
     """(ApiClient, namespace): in-cluster credentials inside a pod, else the kubeconfig's context."""
     from kubernetes import client, config

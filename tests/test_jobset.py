@@ -274,8 +274,8 @@ def test_the_fake_server_refuses_what_the_api_server_would():
     assert raised.value.status == 422 and "replicas" in raised.value.body
 
 
-def test_kubeconfig_gives_client_and_namespace(tmp_path, monkeypatch):
-    with FakeKubernetesServer() as server:
+def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, monkeypatch):
+    with FakeKubernetesServer(status_script=[completed()]) as server:  # done at the first poll: no wait
         kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
                       "clusters": [{"name": "fake", "cluster": {"server": server.host}}],
                       "users": [{"name": "me", "user": {"token": "secret-token"}}],
@@ -283,11 +283,16 @@ def test_kubeconfig_gives_client_and_namespace(tmp_path, monkeypatch):
         (tmp_path / "config").write_text(yaml.safe_dump(kubeconfig))
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        api, namespace = jobset.kubernetes_client()
-        assert namespace == "team-a"
-        jobset.run_jobset(jobset.jobset_manifest("train-resnet", namespace, IMAGE, COMMAND, 2),
-                          api_client=api, poll_seconds=0.02, log=lambda line: None)
-    assert server.requests[0].path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
+        assert jobset.kubernetes_client()[1] == "team-a"
+        # What a train task calls; the placement travels through the compiled pipeline as JSON.
+        placement = json.loads(json.dumps(jobset.placement_arguments(Placement(image=IMAGE, spot=True))))
+        lines = []
+        jobset.run_workers_on_cluster("train-resnet", COMMAND, 2, placement, log=lines.append)
+    (create,) = server.requests_to("POST", "/jobsets")
+    assert create.path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
+    assert worker_pod(create.body)["tolerations"] == jobset.gpu_tolerations(Placement(image=IMAGE, spot=True))
+    assert lines[0] == "created JobSet team-a/train-resnet: 2 workers"
+    assert_deleted(server)
 
 
 # ---- k8s/rbac.yaml grants exactly these calls ------------------------------------------------
