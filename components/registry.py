@@ -154,7 +154,7 @@ def _registry_manifest(dataset: str, model_name: str, run_id: str, result: dict,
         "dataset_manifest": dataset_manifest,
         "config": result.get("config"),
         "versions": _package_versions(),
-        "image": os.environ.get("CNNPIPE_IMAGE") or None,
+        "image": os.environ.get("CNNPIPE_IMAGE") or "local",  # set by the compiled pipeline
     }
 
 

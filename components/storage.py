@@ -60,6 +60,11 @@ class StorageError(UserError):
     """A storage operation failed for good; the message is one line naming the URI."""
 
 
+class StorageUnavailableError(RuntimeError):
+    """The storage service kept failing for the whole retry budget: an outage, not a mistake in
+    the request, so a later retry (the cluster's, or the user's) may succeed."""
+
+
 class PreconditionFailedError(StorageError):
     """A conditional write found another generation than the one it was given."""
 
@@ -230,7 +235,7 @@ def _with_retries(action: str, uri: str, operation: Callable[[], Result]) -> Res
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return operation()
-        except (StorageError, FileNotFoundError):
+        except (StorageError, StorageUnavailableError, FileNotFoundError):
             raise
         except Exception as error:
             if not _is_transient(error):
@@ -240,7 +245,7 @@ def _with_retries(action: str, uri: str, operation: Callable[[], Result]) -> Res
             backoff *= random.uniform(0.5, 1.0)
             elapsed = time.monotonic() - started
             if attempt == MAX_ATTEMPTS or elapsed + backoff > budget_seconds:
-                raise StorageError(
+                raise StorageUnavailableError(
                     f"cannot {action} {uri}: still failing after {attempt} attempts in {elapsed:.1f} s "
                     f"({_summary(error)}); check the network or the storage service, or raise "
                     f"{RETRY_SECONDS_ENVIRONMENT_VARIABLE}"
@@ -473,7 +478,7 @@ def read_with_generation(uri: str) -> tuple[bytes, int]:
 
         blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         if blob is None:
-            raise UserError(f"no object at {uri}; check the path")
+            raise FileNotFoundError(f"no object at {uri}; check the path")
         read_generation = int(blob.generation)
         try:
             # The precondition pins the content to the generation just read.
@@ -604,7 +609,7 @@ def download(uri: str, local_path: str) -> str:
     def fetch() -> str:
         blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         if blob is None:
-            raise UserError(f"no object at {uri}; check the path")
+            raise FileNotFoundError(f"no object at {uri}; check the path")
         large = (blob.size or 0) > LARGE_OBJECT_BYTES
         progress = _Progress(f"download {uri}", blob.size or 0) if large else None
 
@@ -631,7 +636,7 @@ def _copy_local_into(source_path: str, file) -> None:
 def upload(local_path: str, uri: str) -> None:
     """Copy one local file to a file/object atomically, verified by size and checksum."""
     if not os.path.isfile(local_path):
-        raise UserError(f"no file to upload at {local_path}; check the path")
+        raise FileNotFoundError(f"no file to upload at {local_path}; check the path")
     if not is_gcs(uri):
         if os.path.abspath(uri) != os.path.abspath(local_path):
             _atomic_local_write(uri, lambda file: _copy_local_into(local_path, file))
@@ -673,7 +678,7 @@ def copy(source: str, destination: str) -> None:
         client = _client(source)
         source_blob = client.bucket(source_bucket).get_blob(source_key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         if source_blob is None:
-            raise UserError(f"no object at {source}; check the path")
+            raise FileNotFoundError(f"no object at {source}; check the path")
         # Large or cross-location copies take several rewrite calls; the token carries the progress.
         token, _, _ = destination_blob.rewrite(source_blob, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         while token is not None:
@@ -693,7 +698,7 @@ def download_tree(prefix: str, local_dir: str) -> list[str]:
     """Copy every file under a directory/prefix into ``local_dir``; returns the relative names."""
     names = list_files(prefix)
     if not names:
-        raise UserError(f"nothing to download under {prefix}; check the path")
+        raise FileNotFoundError(f"nothing to download under {prefix}; check the path")
     for name in names:
         download(join(prefix, name), os.path.join(local_dir, *name.split("/")))
     return names
@@ -703,7 +708,7 @@ def upload_tree(local_dir: str, prefix: str) -> list[str]:
     """Copy every file under ``local_dir`` to a directory/prefix; returns the relative names."""
     names = _local_files(local_dir) if os.path.isdir(local_dir) else []
     if not names:
-        raise UserError(f"no files to upload under {local_dir}; check the path")
+        raise FileNotFoundError(f"no files to upload under {local_dir}; check the path")
     for name in names:
         upload(os.path.join(local_dir, *name.split("/")), join(prefix, name))
     return names

@@ -32,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        # The cluster client's failures (a failed run, an API error) are one line already.
-        if type(error).__name__ != "ClusterError":
+        # A failed cluster run, an API error or a storage outage: not a bug, already one line.
+        if type(error).__name__ not in ("ClusterError", "StorageUnavailableError"):
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from pipeline.placement import (
 )
 
 PIPELINE_NAME = "cnnpipe"
+IMAGE_ENVIRONMENT_VARIABLE = "CNNPIPE_IMAGE"
 
 
 def build_pipeline(
@@ -87,6 +88,8 @@ def build_pipeline(
         if image:
             for task in (prep, train, evaluation, report):
                 task.set_container_image(image)
+        # The model store records which image made a model (components/registry.py).
+        evaluation.set_env_variable(IMAGE_ENVIRONMENT_VARIABLE, placement.image if placement else image or "local")
         if placement is not None:  # sets the placement's image too
             place_cpu_task(prep, placement)
             place_cpu_task(report, placement)

@@ -168,6 +168,15 @@ def test_real_pipeline_carries_the_placement(tmp_path):
     check_placement(tasks, placement)
 
 
+def test_real_pipeline_tells_the_evaluate_step_its_image_for_the_model_store(tmp_path):
+    from pipeline.pipeline import build_pipeline
+
+    tasks = compile_tasks(build_pipeline(Placement(image=IMAGE)), tmp_path / "pipeline.yaml")
+    assert {"name": "CNNPIPE_IMAGE", "value": IMAGE} in tasks["evaluate-model"]["container"]["env"]
+    local_tasks = compile_tasks(build_pipeline(), tmp_path / "local.yaml")
+    assert {"name": "CNNPIPE_IMAGE", "value": "local"} in local_tasks["evaluate-model"]["container"]["env"]
+
+
 def test_real_pipeline_never_serves_prep_from_the_cache(tmp_path):
     from pipeline.pipeline import build_pipeline
 

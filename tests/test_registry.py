@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from components.errors import UserError
 from components import registry, storage
 from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
@@ -103,7 +104,7 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         registry.publish_model(model_dir, root, DATASET, MODEL, "run-1", {"test_accuracy": 91.2}, {})
     with pytest.raises(ValueError, match="run id 'a/b'"):
         registry.publish_model(model_dir, root, DATASET, MODEL, "a/b", good, {})
-    with pytest.raises(FileNotFoundError, match="no model directory"):
+    with pytest.raises(UserError, match="no model directory"):
         registry.publish_model(str(tmp_path / "absent"), root, DATASET, MODEL, "run-1", good, {})
     assert not os.path.exists(root)
 
@@ -160,7 +161,7 @@ def test_emulator_stopped_mid_publish_leaves_the_champion_on_a_complete_model(gc
         real_copy(source, destination)
 
     monkeypatch.setattr(storage, "copy", copy_but_stop_the_emulator_before_the_third_file)
-    with pytest.raises(storage.StorageError, match="attempts"):
+    with pytest.raises(storage.StorageUnavailableError, match="attempts"):
         publish(root, tmp_path, "run-2", 0.95, extra_files=10)
     monkeypatch.setattr(storage, "copy", real_copy)
     gcs_emulator.start()

@@ -110,7 +110,9 @@ def test_corrupted_object_is_refused_and_no_file_is_left(gcs_emulator, tmp_path,
     storage.write_bytes(uri, b"good weights" * 100)
     with open(gcs_emulator.stored_object_path("weights.bin"), "r+b") as stored:
         stored.write(b"BAD!")  # same size, different bytes: only a checksum can tell
-    with pytest.raises(storage.StorageError, match="weights.bin") as caught:
+    # A checksum mismatch may be a transfer's fault, so it is retried; when every attempt fails
+    # the same way it ends as an outage (retryable), not as a user mistake.
+    with pytest.raises(storage.StorageUnavailableError, match="weights.bin") as caught:
         storage.download(uri, str(tmp_path / "weights.bin"))
     assert "\n" not in str(caught.value)
     assert not os.path.exists(tmp_path / "weights.bin")
@@ -152,7 +154,7 @@ def test_transient_outage_is_retried_until_the_emulator_is_back(gcs_emulator, mo
 def test_outage_that_lasts_gives_a_clear_error(gcs_emulator, fast_retries):
     uri = gcs_emulator.url("unreachable.json")
     gcs_emulator.stop()
-    with pytest.raises(storage.StorageError) as caught:
+    with pytest.raises(storage.StorageUnavailableError) as caught:  # not a user mistake: a retry may succeed
         storage.write_json(uri, {"epoch": 1})
     message = str(caught.value)
     assert uri in message and "attempts" in message and "\n" not in message
