@@ -47,6 +47,8 @@ RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # JobSet's pod host names are `<name>-worker-0-<index>`; DNS labels are at most 63 characters.
 MAX_NAME_LENGTH = 40
+# How long the API server may stay unreachable while a JobSet runs before the wait gives up (seconds).
+UNREACHABLE_SECONDS = 600
 SERVICE_ACCOUNT_DIRECTORY = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -239,13 +241,14 @@ def run_jobset(manifest: dict, *, api_client=None, poll_seconds: float = 10.0,
         try:
             follower.start()
             failed = wait_for_jobset(custom, namespace, name, poll_seconds, timeout_seconds, log)
+            follower.finish(timeout=max(30.0, 3 * poll_seconds))  # the chief has ended: so does its log
         finally:
-            follower.finish(timeout=max(30.0, 3 * poll_seconds))
             delete_jobset(custom, namespace, name)
+            follower.finish(timeout=poll_seconds)  # after an interrupt, the deletion ends the log stream
     if failed is not None:
-        reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".rstrip(": ")
         if follower.user_mistake:
             raise UserError(follower.user_mistake)
+        reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".rstrip(": ")
         raise RuntimeError(f"JobSet {namespace}/{name} failed: {reason}")
 
 
@@ -279,8 +282,21 @@ def wait_for_jobset(custom, namespace: str, name: str, poll_seconds: float, time
     """Polls the JobSet until its Completed (returns None) or Failed (returns that condition) is true."""
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     restarts = 0
+    unreachable_since = None
     while True:
-        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+        try:
+            jobset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            unreachable_since = None
+        except Exception as error:
+            # Training runs for hours; an API server restart or upgrade must not end it.
+            if not is_transient(error):
+                raise
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > UNREACHABLE_SECONDS:
+                raise
+            time.sleep(poll_seconds)
+            continue
+        status = jobset.get("status") or {}
         if status.get("restarts", 0) > restarts:
             restarts = status["restarts"]
             log(f"JobSet {namespace}/{name}: a worker failed; restarted the group (restart {restarts})")
@@ -293,6 +309,16 @@ def wait_for_jobset(custom, namespace: str, name: str, poll_seconds: float, time
         if deadline is not None and time.monotonic() > deadline:
             raise RuntimeError(f"JobSet {namespace}/{name} did not finish within {timeout_seconds:g} s; deleted it")
         time.sleep(poll_seconds)
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether an API call's error may pass by itself: a 5xx or 429 answer, or no answer at all."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(error, ApiException):
+        return error.status is not None and (error.status >= 500 or error.status == 429)
+    return isinstance(error, HTTPError)
 
 
 def delete_jobset(custom, namespace: str, name: str) -> None:

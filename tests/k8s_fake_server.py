@@ -15,7 +15,8 @@ Everything else answers 404 with a Kubernetes `Status` body. Every request is re
 JobSet is created, labelled and annotated as JobSet and the Job controller do; a status with
 `restarts: k` replaces them with the pods of restart attempt k. `status_script` is the list of
 statuses the JobSet reports, one per GET, the last one repeated; `chief_logs[k]` is what the
-chief of attempt k prints (the last entry repeated).
+chief of attempt k prints (the last entry repeated). A status `unavailable()` answers that GET
+with 503.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def completed(restarts: int = 0) -> dict:
 def failed(message: str = "jobset failed due to reaching max number of restarts", reason: str = "FailedJobs",
            restarts: int = 0) -> dict:
     return {"restarts": restarts, "terminalState": "Failed", "conditions": [condition("Failed", reason, message)]}
+
+
+def unavailable() -> dict:
+    """Not a status: the GET that draws it is answered 503, as during an API server restart."""
+    return {"unavailable": True}
 
 
 @dataclass
@@ -120,7 +126,10 @@ class FakeKubernetesServer:
         if key not in self.jobsets:
             return status(404, "NotFound", f'jobsets.jobset.x-k8s.io "{key and key[1]}" not found')
         if method == "GET":
-            return 200, self._next_status(key)
+            jobset = self._next_status(key)
+            if jobset["status"].get("unavailable"):
+                return status(503, "ServiceUnavailable", "the API server is restarting")
+            return 200, jobset
         if method == "DELETE":
             del self.jobsets[key]
             for pod_key in [pod_key for pod_key, pod in self.pods.items()
@@ -151,6 +160,8 @@ class FakeKubernetesServer:
         jobset = self.jobsets[key]
         jobset["status"] = self.status_script[min(poll, len(self.status_script) - 1)]
         attempt = jobset["status"].get("restarts", 0)
+        if jobset["status"].get("unavailable"):
+            return jobset
         if not any(pod["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] == str(attempt)
                    for pod in self.pods.values() if pod["metadata"]["namespace"] == key[0]):
             self._start_pods(jobset, attempt)

@@ -17,7 +17,7 @@ from components import workers
 from components.errors import UserError
 from pipeline import jobset
 from pipeline.placement import Placement
-from tests.k8s_fake_server import FakeKubernetesServer, completed, failed, jobset_schema, running
+from tests.k8s_fake_server import FakeKubernetesServer, completed, failed, jobset_schema, running, unavailable
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 IMAGE = "us-docker.pkg.dev/example/cnnpipe/cnnpipe:test"
@@ -224,6 +224,23 @@ def test_after_a_group_restart_the_new_chief_is_followed():
         lines = run(server)
     assert "JobSet kubeflow/train-resnet: a worker failed; restarted the group (restart 1)" in lines
     assert lines.index("attempt 0 epoch 1") < lines.index("attempt 1 epoch 2")
+    assert_deleted(server)
+
+
+def test_a_passing_api_server_outage_does_not_end_the_run():
+    with FakeKubernetesServer(status_script=[running(), unavailable(), unavailable(), completed()]) as server:
+        lines = run(server)
+    assert "done" in lines
+    assert len(server.requests_to("GET", "/jobsets/train-resnet")) == 4
+    assert_deleted(server)
+
+
+def test_an_api_server_outage_longer_than_allowed_ends_the_run(monkeypatch):
+    monkeypatch.setattr(jobset, "UNREACHABLE_SECONDS", 0.1)
+    with FakeKubernetesServer(status_script=[running(), unavailable()]) as server:
+        with pytest.raises(client.exceptions.ApiException) as raised:
+            run(server)
+    assert raised.value.status == 503
     assert_deleted(server)
 
 
