@@ -1,8 +1,7 @@
 """Inception family: seed 001's Inception10, GoogLeNet-style four-branch blocks on a small stem."""
 
-from components.keras_setup import keras
-
-layers = keras.layers
+from components.models.common import keras, layers, min_size_for_downsamplings, softmax_classifier
+from components.models.table import register_model
 
 
 def conv_bn_relu(x, filters, kernel_size=3, strides=1):
@@ -46,12 +45,12 @@ def Inception(input_shape, num_classes, num_blocks=2, initial_filters=16, name="
         x = inception_block(x, filters, strides=1)
         filters *= 2
     x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dense(num_classes, name="logits")(x)
-    # float32 softmax keeps probabilities and the loss stable under mixed precision.
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return softmax_classifier(inputs, x, num_classes, name)
 
 
-def inception10(input_shape, num_classes, name="inception10"):
+# Two block pairs, each halving the resolution once with 'same'-padded stride-2 branches.
+@register_model(min_input_size=min_size_for_downsamplings(2), params=121_418,
+                description="Inception10 (seed 001): stem + 4 four-branch blocks, 16 then 32 filters per branch")
+def inception10(input_shape, num_classes, name):
     """Seed 001's Inception10(num_blocks=2): stem plus four blocks, 16 then 32 filters per branch."""
     return Inception(input_shape, num_classes, num_blocks=2, initial_filters=16, name=name)

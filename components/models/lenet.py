@@ -1,8 +1,7 @@
 """LeNet family: seed 001's LeNet5 (sigmoid activations, unpadded 5x5 convolutions, 2x2 max pools)."""
 
-from components.keras_setup import keras
-
-layers = keras.layers
+from components.models.common import keras, layers, softmax_classifier
+from components.models.table import register_model
 
 
 def LeNet(
@@ -31,12 +30,12 @@ def LeNet(
     x = layers.Flatten()(x)
     for units in dense_units:
         x = layers.Dense(units, activation=activation)(x)
-    x = layers.Dense(num_classes, name="logits")(x)
-    # float32 softmax keeps probabilities and the loss stable under mixed precision.
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return softmax_classifier(inputs, x, num_classes, name)
 
 
-def lenet5(input_shape, num_classes, name="lenet5"):
+# Two (unpadded 5x5 conv, 2x2 pool) stages: 16 -> 12 -> 6 -> 2 -> 1 pixel; 15 leaves nothing.
+@register_model(min_input_size=16, params=62_006,
+                description="LeNet5 (seed 001): two sigmoid 5x5 convs with 2x2 pools, dense 120-84")
+def lenet5(input_shape, num_classes, name):
     """Seed 001's LeNet5: conv 6 and conv 16 (5x5), dense 120 and 84, all sigmoid."""
     return LeNet(input_shape, num_classes, name=name)

@@ -1,6 +1,6 @@
 """ResNet family: one general builder (`ResNet`) and the residual units of the seed documents.
 
-Variants (registry keys in parentheses):
+Builders (the registered model names in parentheses):
 - `resnet_v1`: the CIFAR-10 ResNets of seed 004 (He et al. 2015), depth 6n+2, three stages of
   basic blocks with 16/32/64 filters and a 1x1 projection where the shape changes
   (resnet20_v1 ... resnet1202_v1).
@@ -16,9 +16,8 @@ pooling gives the same result there and works for any input size.
 import functools
 
 from components.errors import UserError
-from components.keras_setup import keras
-
-layers = keras.layers
+from components.models.common import keras, layers, min_size_for_downsamplings, softmax_classifier
+from components.models.table import register_model
 
 # Weight decay of seed 004's convolutions (L2 factor on the kernel, per weight).
 SEED_004_WEIGHT_DECAY = 1e-4
@@ -177,15 +176,14 @@ def ResNet(
     if hidden_units:
         x = layers.Dense(hidden_units, activation="relu")(x)
         x = layers.Dropout(dropout_rate)(x)
-    x = layers.Dense(
+    return softmax_classifier(
+        inputs,
+        x,
         num_classes,
+        name,
         kernel_initializer=classifier_initializer,
         kernel_regularizer=classifier_regularizer,
-        name="logits",
-    )(x)
-    # float32 softmax keeps probabilities and the loss stable under mixed precision.
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=name)
+    )
 
 
 def resnet_v1(input_shape, num_classes, depth, name=None):
@@ -225,7 +223,10 @@ def resnet_v2(input_shape, num_classes, depth, name=None):
     )
 
 
-def resnet18(input_shape, num_classes, name="resnet18"):
+# Stages 2 to 4 each halve the resolution once, with 'same' padding.
+@register_model(min_input_size=min_size_for_downsamplings(3), params=11_183_562,
+                description="ResNet18 (seed 001): [2, 2, 2, 2] basic blocks of 64-512 filters")
+def resnet18(input_shape, num_classes, name):
     """Seed 001's ResNet18: bias-free convolutions, [2, 2, 2, 2] basic blocks of 64..512 filters."""
     return ResNet(
         input_shape,
@@ -244,7 +245,11 @@ def resnet18(input_shape, num_classes, name="resnet18"):
     )
 
 
-def resnet_blocks10(input_shape, num_classes, name="resnet_blocks10"):
+# Unpadded stem (two 3x3 convs, 3x3/3 pool) and a last unpadded 3x3 conv: 13 -> 9 -> 3 -> 1.
+@register_model(min_input_size=13, params=819_210, seed_document_accuracy=0.7845,
+                description="Seed 000's ResNet: conv32-conv64-pool, 10 residual blocks of 64, conv64, "
+                            "dense 256 + dropout 0.5")
+def resnet_blocks10(input_shape, num_classes, name):
     """Seed 000's network: valid-conv stem, ten 64-filter residual units, dense 256 with dropout."""
     return ResNet(
         input_shape,
@@ -255,3 +260,84 @@ def resnet_blocks10(input_shape, num_classes, name="resnet_blocks10"):
         dropout_rate=0.5,
         name=name,
     )
+
+
+# Seed 004's CIFAR-10 ResNets (v1 and v2) halve the resolution twice, with 'same' padding.
+CIFAR_RESNET_MIN_INPUT_SIZE = min_size_for_downsamplings(2)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=274_442,
+                reference_accuracy=0.9125, seed_document_accuracy=0.9216,
+                description="ResNet20 v1 (seed 004, n=3): basic blocks of 16-32-64 filters, he_normal, L2 1e-4")
+def resnet20_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=20, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=470_218,
+                reference_accuracy=0.9249, seed_document_accuracy=0.9246,
+                description="ResNet32 v1 (seed 004, n=5)")
+def resnet32_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=32, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=665_994,
+                reference_accuracy=0.9283, seed_document_accuracy=0.925,
+                description="ResNet44 v1 (seed 004, n=7)")
+def resnet44_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=44, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=861_770,
+                reference_accuracy=0.9303, seed_document_accuracy=0.9271,
+                description="ResNet56 v1 (seed 004, n=9)")
+def resnet56_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=56, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=1_742_762,
+                reference_accuracy=0.9339, seed_document_accuracy=0.9265,
+                description="ResNet110 v1 (seed 004, n=18)")
+def resnet110_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=110, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=2_623_754,
+                reference_accuracy=0.9407,
+                description="ResNet164 v1 (seed 004, n=27 basic blocks; the paper's ResNet-164 uses bottlenecks)")
+def resnet164_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=164, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=19_558_378,
+                reference_accuracy=0.9207,
+                description="ResNet1202 v1 (seed 004, n=200): the paper's 19.4M-parameter, 7.93%-error network")
+def resnet1202_v1(input_shape, num_classes, name):
+    return resnet_v1(input_shape, num_classes, depth=1202, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=1_673_738,
+                seed_document_accuracy=0.9301,
+                description="ResNet56 v2 (seed 004, n=6): pre-activation bottlenecks, 64-128-256 outputs")
+def resnet56_v2(input_shape, num_classes, name):
+    return resnet_v2(input_shape, num_classes, depth=56, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=3_323_210,
+                reference_accuracy=0.9363, seed_document_accuracy=0.9315,
+                description="ResNet110 v2 (seed 004, n=12): pre-activation bottlenecks")
+def resnet110_v2(input_shape, num_classes, name):
+    return resnet_v2(input_shape, num_classes, depth=110, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=4_972_682,
+                reference_accuracy=0.9454,
+                description="ResNet164 v2 (seed 004, n=18): pre-activation bottlenecks")
+def resnet164_v2(input_shape, num_classes, name):
+    return resnet_v2(input_shape, num_classes, depth=164, name=name)
+
+
+@register_model(min_input_size=CIFAR_RESNET_MIN_INPUT_SIZE, params=30_539_498,
+                reference_accuracy=0.9508,
+                description="ResNet1001 v2 (seed 004, n=111): pre-activation bottlenecks, paper error 4.92%")
+def resnet1001_v2(input_shape, num_classes, name):
+    return resnet_v2(input_shape, num_classes, depth=1001, name=name)
