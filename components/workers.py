@@ -90,6 +90,7 @@ def run_local_workers(worker_count: int, argv: list[str], *, env: dict | None = 
     terminated and an error names the worker, its exit code and its last lines: a UserError when
     it exited with USER_ERROR_EXIT_CODE (it reported a user mistake), else a RuntimeError.
     Interrupting (Ctrl-C, SIGTERM) terminates every worker before the interruption propagates.
+    `env` is the workers' environment (default: this process's); TF_CONFIG is added to it.
     """
     check_worker_count(worker_count)
     hosts = [f"127.0.0.1:{port}" for port in free_ports(worker_count)]
@@ -125,7 +126,7 @@ def start_worker(argv: list[str], environment: dict, log_path: Path | None) -> s
     """Starts one worker: the chief on a pipe (relayed to stdout), the others into a log file."""
     if log_path is None:
         return subprocess.Popen(argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, start_new_session=True)
+                                text=True, errors="replace", bufsize=1, start_new_session=True)
     with open(log_path, "w") as log:
         # The child keeps its own copy of the descriptor; ours can close at once.
         return subprocess.Popen(argv, env=environment, stdout=log, stderr=subprocess.STDOUT,
