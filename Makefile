@@ -7,7 +7,7 @@ IMAGE ?= cnnpipe:latest
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test image compile clean
+.PHONY: run test image image-local compile clean
 
 # The virtual environment, rebuilt when the dependencies change; constraints.txt pins every
 # transitive version the pipeline was tested with.
@@ -21,13 +21,19 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/cnnpipe run $(ARGS)
 
-## test: the test suite (no GPU, no Docker, no internet needed)
+## test: the test suite (no GPU or internet needed; the `docker` tests build cnnpipe:local when an engine runs)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## image: the one container image every step runs in (needs a Docker engine)
+## image: the one container image every step runs in, on TensorFlow's GPU base (needs a Docker
+## engine with BuildKit and Docker Hub); the image for the cluster
 image:
-	docker build -f docker/Dockerfile -t $(IMAGE) .
+	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile -t $(IMAGE) .
+
+## image-local: cnnpipe:local on a Debian base made here with debootstrap (needs root, debootstrap
+## and a Docker engine, no registry); what `cnnpipe run --runner docker --image cnnpipe:local` runs
+image-local:
+	docker/build-local.sh cnnpipe:local
 
 ## compile: pipeline.yaml for the cluster, steps on the GPU node pool
 compile: $(STAMP)

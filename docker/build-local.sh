@@ -28,6 +28,6 @@ secrets=$(mktemp -d)
 trap 'rm -rf "$secrets"' EXIT
 "$python" docker/pip_build_secrets.py "$secrets"
 DOCKER_BUILDKIT=1 "$docker" build --network host --progress plain \
-    --build-arg BASE_IMAGE="$base" \
+    --build-arg BASE_IMAGE="$base" --build-arg TF_LOG_LEVEL=3 \
     --secret id=pip.conf,src="$secrets/pip.conf" --secret id=pip-ca.crt,src="$secrets/pip-ca.crt" \
     -f docker/Dockerfile -t "$image" .

@@ -232,8 +232,11 @@ def test_hadolint_passes_on_the_dockerfile():
 
 def test_dockerfile_base_image_matches_the_pinned_tensorflow():
     pinned = re.search(r'"tensorflow==([\d.]+)"', (REPOSITORY / "pyproject.toml").read_text()).group(1)
-    (base,) = [arguments for instruction, arguments in dockerfile_instructions() if instruction == "FROM"]
-    assert base == f"tensorflow/tensorflow:{pinned}-gpu"
+    instructions = dockerfile_instructions()
+    (base,) = [arguments for instruction, arguments in instructions if instruction == "FROM"]
+    # FROM ${BASE_IMAGE}: the cluster's base is that build argument's default.
+    defaults = dict(arguments.split("=", 1) for instruction, arguments in instructions if instruction == "ARG" and "=" in arguments)
+    assert re.sub(r"\$\{(\w+)\}", lambda match: defaults[match.group(1)], base) == f"tensorflow/tensorflow:{pinned}-gpu"
 
 
 def test_dockerfile_runs_as_numeric_non_root_user_without_credentials():
