@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -244,6 +245,8 @@ class Console:
         """Replaces the live bar (the terminal's last line) with `text`; '' removes it."""
         if not self.live or (not text and not self._bar):
             return
+        # A bar wider than the terminal would wrap, and only its last row would be redrawn.
+        text = text[: shutil.get_terminal_size().columns - 1]
         self.out.write("\r\x1b[2K" + text)
         self.out.flush()
         self._bar = text

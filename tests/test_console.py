@@ -177,3 +177,29 @@ def test_progress_events_keep_fractions_and_integers(capsys):
     event = progress.parse(capsys.readouterr().out)
     assert event == {"task": "train", "phase": "epoch", "loss": 0.25, "accuracy": 0.5, "epoch": 2, "eta_seconds": None}
     assert isinstance(event["epoch"], int)
+
+
+def test_interleaved_chunks_of_two_tasks_land_in_their_own_logs(tmp_path):
+    """Two tasks running side by side, their output arriving in pieces (as Docker's log stream
+    delivers it): each line reaches the log of the task whose thread wrote it."""
+    out = io.StringIO()
+    console = Console(str(tmp_path / "logs"), out=out, live=False)
+    first, second = 1, 2  # thread ids
+    executor_input = '    Got executor_input:\n    {"inputs": {"parameterValues": {"model_name": "%s"}}}\n'
+    with console.capture():
+        console.write("INFO - Executing task \x1b[96m'train-model'\x1b[0m\n", first)
+        console.write("INFO - Executing task 'train-model'\n", second)
+        console.write(executor_input % "vgg16", first)
+        console.write(executor_input % "lenet5", second)
+        console.write("    from the first ta", first)
+        console.write("    from the second task\n    error: no images; add some\n", second)
+        console.write("sk\n", first)
+        console.write("ERROR - Task 'train-model' finished with status FAILURE\n", second)
+        console.write("INFO - Task 'train-model' finished with status SUCCESS\n", first)
+    first_log = (tmp_path / "logs" / "train-model-vgg16.log").read_text()
+    second_log = (tmp_path / "logs" / "train-model-lenet5.log").read_text()
+    assert "from the first task\n" in first_log and "second" not in first_log
+    assert "from the second task\n" in second_log and "first" not in second_log
+    failed = console.failed_task()
+    assert (failed.name, failed.cause) == ("train-model-lenet5", "no images; add some")
+    assert [task.status for task in console.tasks] == ["SUCCESS", "FAILURE"]
