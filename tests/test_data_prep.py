@@ -13,7 +13,7 @@ import pytest
 from datagen import make_cifar_binary_archive, make_image_folder, save_image
 from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
-from components import data_prep, storage
+from components import data_prep, progress, storage
 from components.data_prep import check_source, file_sha256, load_split, prepare, read_manifest
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -473,3 +473,61 @@ def test_gcs_errors_name_the_gcs_location(gcs_emulator, image_folder, tmp_path):
 def test_gcs_source_without_bucket_is_named():
     with pytest.raises(ValueError, match="names no bucket"):
         check_source("gs:///pets")
+
+
+# --------------------------------------------------------------------------- shards, sizes, progress
+
+
+def test_image_size_resizes_every_image(image_folder, cifar_archive, tmp_path):
+    root, _ = image_folder
+    manifest = prepare(root, str(tmp_path / "folder"), image_size=(6, 5))
+    assert manifest["image_shape"] == [6, 5, 3] and manifest["resized_images"] == 12
+    assert load_split(str(tmp_path / "folder"), "train")[0].shape == (8, 6, 5, 3)
+
+    manifest = prepare(cifar_archive[0], str(tmp_path / "archive"), image_size=16)
+    assert manifest["image_shape"] == [16, 16, 3] and manifest["resized_images"] == 19
+    with pytest.raises(ValueError, match="image_size must be a positive integer or \\(height, width\\), got 0"):
+        prepare(root, str(tmp_path / "bad"), image_size=0)
+
+
+def test_class_without_test_images_is_warned_about_and_recorded(image_folder, tmp_path, caplog):
+    root, _ = image_folder
+    make_image_folder(os.path.join(root, "extra"), classes=("fox",), per_class=1)
+    os.rename(os.path.join(root, "extra", "train", "fox"), os.path.join(root, "train", "fox"))
+    manifest = prepare(root, str(tmp_path / "dataset"))
+    assert manifest["classes_without_test_images"] == ["fox"]
+    assert manifest["class_counts"]["test"] == [2, 2, 0]
+    assert any("fox" in record.getMessage() and record.levelname == "WARNING" for record in caplog.records)
+
+
+def test_shards_split_large_data_and_stay_single_for_small(monkeypatch):
+    assert data_prep.shard_count_for(1797, 64) == 1  # digits: 115 KB
+    assert data_prep.shard_count_for(50_000, 3072) == 8  # CIFAR-10 train: 154 MB, 8 shards for parallel reads
+    assert data_prep.shard_count_for(1_281_167, 150_528) == 1437  # ImageNet at 224x224: 128 MiB shards
+    assert data_prep.shard_count_for(3, 10 * 1024 * 1024) == 3  # never more shards than images
+
+
+def test_progress_events_report_images_and_rate(image_folder, tmp_path, capsys, monkeypatch):
+    root, _ = image_folder
+    monkeypatch.setattr(data_prep, "PROGRESS_INTERVAL_SECONDS", 0.0)
+    prepare(root, str(tmp_path / "dataset"))
+    events = [event for event in map(progress.parse, capsys.readouterr().out.splitlines()) if event]
+    assert [event["images"] for event in events if event["phase"] == "images"] == list(range(1, 13))
+    done = events[-1]
+    assert done["task"] == "prepare" and done["phase"] == "done" and done["total"] == 12
+    assert done["images_per_second"] > 0 and done["eta_seconds"] == 0
+
+
+def test_failed_prepare_removes_the_shards_it_wrote(image_folder, tmp_path):
+    root, _ = image_folder
+    # A readable header with cut-off pixels fails only while streaming, after the train shards.
+    truncated = os.path.join(root, "test", "dog", "image_001.png")
+    save_image(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8), truncated)
+    with open(truncated, "rb") as complete:
+        data = complete.read()
+    with open(truncated, "wb") as cut:
+        cut.write(data[: len(data) // 2])
+    os.makedirs(tmp_path / "bulk")
+    with pytest.raises(ValueError, match=f"image {truncated}"):
+        prepare(root, str(tmp_path / "dataset"), shards_location=str(tmp_path / "bulk"))
+    assert os.listdir(tmp_path / "bulk") == [] and leftovers(tmp_path) == []
