@@ -19,19 +19,22 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from components import checkpoints, data_prep, models, storage
+from components import checkpoints, models, storage
 from components.callbacks import EpochCheckpointer, PlateauCallback, ProgressReporter, StopOnDivergence, TensorBoardWriter
+from components.dataset import DatasetReader, open_dataset
+from components.distributed import WorkerRole, distribution_strategy, fit_on_workers, worker_role
 from components.errors import UserError, one_line
+from components.input_pipeline import make_eval_dataset, make_train_dataset, shift_pixels_for, steps_per_epoch_for
 from components.keras_setup import keras, tf
 from components.recipe import PlateauState, TrainConfig
 from components.schedules import make_learning_rate
@@ -42,107 +45,6 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 RESULT_FILE = "train_result.json"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "steps", "images", "seconds")
-
-
-# ---------------------------------------------------------------------------------------------
-# Input pipeline
-
-
-def shift_and_flip(images: tf.Tensor, row_offsets: tf.Tensor, column_offsets: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
-    """Shifts each image by its own offsets (edge pixels fill the gap) and mirrors the flagged ones.
-
-    Equivalent to edge-padding each image, cropping the window that starts `offset` pixels from
-    the unshifted position, then flipping; done as two batched gathers of clipped indices.
-
-    Args:
-        images: [batch, height, width, channels].
-        row_offsets, column_offsets: int32 [batch]; output pixel (r, c) reads input pixel
-            (r + row_offset, c + column_offset), clipped to the image.
-        flips: bool [batch]; True mirrors the image left-right.
-    """
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    rows = tf.clip_by_value(tf.range(height)[tf.newaxis, :] + row_offsets[:, tf.newaxis], 0, height - 1)
-    columns = tf.clip_by_value(tf.range(width)[tf.newaxis, :] + column_offsets[:, tf.newaxis], 0, width - 1)
-    columns = tf.where(flips[:, tf.newaxis], width - 1 - columns, columns)
-    shifted_rows = tf.gather(images, rows, axis=1, batch_dims=1)
-    return tf.gather(shifted_rows, columns, axis=2, batch_dims=1)
-
-
-def augment_batch(images: tf.Tensor, shift_pixels: int | tuple[int, int], flip: bool, seed: tf.Tensor) -> tf.Tensor:
-    """Random per-image shifts of up to `shift_pixels` and, if `flip`, random horizontal flips.
-
-    Vectorized over the whole batch (no per-image Python); keeps shape and dtype. The seed's
-    ImageDataGenerator(width/height_shift_range=0.1, fill_mode='nearest') shifted by fractional
-    amounts with interpolation; whole-pixel shifts with the same edge fill cost two gathers instead.
-
-    Args:
-        images: [batch, height, width, channels] of any dtype.
-        shift_pixels: Largest shift in pixels, one int for both axes or (rows, columns).
-        flip: Whether to mirror a random half of the images.
-        seed: int32/int64 tensor of shape [2] for the stateless random ops, so a batch's
-            augmentation depends only on it.
-    """
-    row_shift, column_shift = (shift_pixels, shift_pixels) if isinstance(shift_pixels, (int, np.integer)) else shift_pixels
-    batch = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(seed, num=3)
-    row_offsets = tf.random.stateless_uniform([batch], seeds[0], -row_shift, row_shift + 1, dtype=tf.int32)
-    column_offsets = tf.random.stateless_uniform([batch], seeds[1], -column_shift, column_shift + 1, dtype=tf.int32)
-    if flip:
-        flips = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
-    else:
-        flips = tf.zeros([batch], dtype=tf.bool)
-    return shift_and_flip(images, row_offsets, column_offsets, flips)
-
-
-def shift_pixels_for(image_shape: Sequence[int], shift_fraction: float) -> tuple[int, int]:
-    """Largest shift in (rows, columns) pixels: round(shift_fraction * size) per axis."""
-    return round(shift_fraction * image_shape[0]), round(shift_fraction * image_shape[1])
-
-
-def steps_per_epoch_for(image_count: int, batch_size: int) -> int:
-    """Optimizer steps per epoch: enough full batches to cover the split once (the last one
-    reaches into the next epoch's shuffle, see make_train_dataset)."""
-    return math.ceil(image_count / batch_size)
-
-
-def make_train_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    batch_size: int,
-    seed: int,
-    shift_pixels: tuple[int, int] = (0, 0),
-    flip: bool = False,
-) -> tf.data.Dataset:
-    """An endless stream of shuffled, augmented, full (float32 images, one-hot labels) batches
-    from in-memory uint8 arrays; fit it with steps_per_epoch=steps_per_epoch_for(...).
-
-    Every pass over the split is shuffled anew and the passes run into each other, so each batch
-    is full and no image is left out: a smaller last batch would trace the train step a second
-    time, seconds of graph building on a CPU and a full recompile under XLA.
-    """
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    augmenting = flip or any(shift_pixels)
-    # One stateless seed pair per batch, different every epoch but fixed by `seed`.
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-    def prepare(batch, batch_seed):
-        batch_images, batch_labels = batch
-        if augmenting:
-            batch_images = augment_batch(batch_images, shift_pixels, flip, batch_seed)
-        return tf.cast(batch_images, tf.float32), tf.one_hot(batch_labels, num_classes)
-
-    dataset = tf.data.Dataset.zip(dataset, batch_seeds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def make_eval_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int) -> tf.data.Dataset:
-    """Batched (float32 images, one-hot labels) in file order, for validation."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,11 +154,6 @@ def resolve_steps_per_execution(setting: int | str, params: int, steps_per_epoch
     return max(1, min(int(setting), steps_per_epoch))
 
 
-def distribution_strategy(gpus: int) -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs when there are several, else the default strategy."""
-    return tf.distribute.MirroredStrategy() if gpus > 1 else tf.distribute.get_strategy()
-
-
 # ---------------------------------------------------------------------------------------------
 # The step
 
@@ -269,6 +166,7 @@ def train(
     checkpoint_dir: str | None = None,
     *,
     tensorboard_dir: str | None = None,
+    cache: str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Trains `model_name` on the dataset artifact and writes the best model and its records.
@@ -286,42 +184,79 @@ def train(
     A run that stops on a user mistake or a diverged loss records that in `checkpoint_dir`, so a
     retry of the same run stops at once (see checkpoints.record_failure).
 
+    Run as one of several workers (TF_CONFIG set, see components/distributed.py), every worker
+    trains its share of each global batch; only the chief (worker 0) writes checkpoints,
+    TensorBoard files and outputs, and all of them resume from the chief's checkpoint.
+
     Args:
         tensorboard_dir: Where TensorBoard event files go (local or gs://); None writes none.
+        cache: "memory", "none" or "auto": keep the decoded split in memory or stream it
+            (components/input_pipeline.py).
         callbacks: Extra Keras callbacks run after the step's own (tests, tools).
     """
-    manifest = data_prep.read_manifest(dataset_dir)
+    role = worker_role()
+    strategy = distribution_strategy(role)  # before any other TensorFlow work
+    reader = open_dataset(dataset_dir)
     spec = models.get_spec(model_name)
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    location = checkpoint_dir
-    # Keras saves to local files: a gs:// location is mirrored in a local scratch directory.
-    remote_dir = checkpoint_dir if checkpoint_dir and storage.is_gcs(checkpoint_dir) else None
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}-scratch-", dir=os.path.dirname(output_dir))
-    if checkpoint_dir is None or remote_dir:
-        checkpoint_dir = os.path.join(scratch, "checkpoint")
-        os.makedirs(checkpoint_dir)
-    dataset_sha = dataset_fingerprint(manifest)
-    fingerprint = config.fingerprint(model_name, dataset_sha)
+    run = TrainingRun(
+        model_name=model_name, config=config, reader=reader, role=role, strategy=strategy,
+        location=checkpoint_dir, scratch=scratch, tensorboard_dir=tensorboard_dir if role.is_chief else None, cache=cache,
+    )
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        if remote_dir:
-            checkpoints.pull(remote_dir, checkpoint_dir)
-        if location:
-            checkpoints.check_recorded_failure(checkpoint_dir, location, fingerprint)
+        run.pull_checkpoint()
+        if run.location:
+            checkpoints.check_recorded_failure(run.read_dir, run.location, run.fingerprint)
         try:
-            state = _train_with_checkpoints(
-                dataset_dir, manifest, model_name, config, checkpoint_dir, list(callbacks), remote_dir,
-                tensorboard_dir, os.path.join(scratch, "tensorboard"),
-            )
+            state = _train_with_checkpoints(run, list(callbacks))
         except UserError as error:
-            if location:
-                checkpoints.record_failure(location, fingerprint, one_line(error))
+            if run.location and role.is_chief:
+                checkpoints.record_failure(run.location, run.fingerprint, one_line(error))
             raise
-        return _write_outputs(output_dir, spec, manifest, config, state)
+        if not role.is_chief:  # the chief writes the outputs
+            output_dir = os.path.join(scratch, "output")
+            os.makedirs(output_dir)
+        return _write_outputs(output_dir, spec, reader, config, state, role)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class TrainingRun:
+    """What one train step works with, and where its checkpoints are read and written.
+
+    `location` is the checkpoint location the user named (local, gs://, or None). Keras saves to
+    local files, so a gs:// location is mirrored in `scratch`; so is a run without a location.
+    Workers other than the chief read the chief's checkpoint but write theirs to scratch.
+    """
+
+    model_name: str
+    config: TrainConfig
+    reader: DatasetReader
+    role: WorkerRole
+    strategy: tf.distribute.Strategy
+    location: str | None
+    scratch: str
+    tensorboard_dir: str | None
+    cache: str
+
+    def __post_init__(self):
+        self.fingerprint_inputs = self.config.fingerprint_inputs(self.model_name, dataset_fingerprint(self.reader.manifest))
+        self.fingerprint = self.config.fingerprint(self.model_name, dataset_fingerprint(self.reader.manifest))
+        local = self.location and not storage.is_gcs(self.location)
+        self.read_dir = self.location if local else os.path.join(self.scratch, "checkpoint")
+        self.write_dir = self.read_dir if self.role.is_chief else os.path.join(self.scratch, "worker-checkpoint")
+        self.remote_dir = self.location if self.location and not local and self.role.is_chief else None
+        os.makedirs(self.read_dir, exist_ok=True)
+        os.makedirs(self.write_dir, exist_ok=True)
+
+    def pull_checkpoint(self) -> None:
+        if self.location and storage.is_gcs(self.location):
+            checkpoints.pull(self.location, self.read_dir)
 
 
 def dataset_fingerprint(manifest: dict[str, Any]) -> str:
@@ -329,30 +264,15 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()
 
 
-def _train_with_checkpoints(
-    dataset_dir: str,
-    manifest: dict[str, Any],
-    model_name: str,
-    config: TrainConfig,
-    checkpoint_dir: str,
-    extra_callbacks: list[keras.callbacks.Callback],
-    remote_dir: str | None,
-    tensorboard_dir: str | None,
-    tensorboard_scratch: str,
-) -> dict[str, Any]:
-    """Resumes or starts the run in `checkpoint_dir`, trains the missing epochs, returns the final state.
-
-    With `remote_dir` (gs://), `checkpoint_dir` is its local mirror and every epoch is pushed there.
-    """
-    location = remote_dir or checkpoint_dir  # what the user named, for messages
-    dataset_sha = dataset_fingerprint(manifest)
-    fingerprint_inputs = config.fingerprint_inputs(model_name, dataset_sha)
-    fingerprint = config.fingerprint(model_name, dataset_sha)
-    state = checkpoints.load(checkpoint_dir)
-    if state is not None and state["fingerprint"] != fingerprint:
+def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callbacks.Callback]) -> dict[str, Any]:
+    """Resumes or starts the run, trains the missing epochs, returns the final checkpoint state."""
+    config, reader, strategy = run.config, run.reader, run.strategy
+    location = run.location or "a temporary directory"  # for messages
+    state = checkpoints.load(run.read_dir)
+    if state is not None and state["fingerprint"] != run.fingerprint:
         raise UserError(
             f"checkpoint at {location} was written by a different configuration "
-            f"({_describe_difference(state.get('fingerprint_inputs', {}), fingerprint_inputs)}); "
+            f"({_describe_difference(state.get('fingerprint_inputs', {}), run.fingerprint_inputs)}); "
             "use a new --checkpoint-root or delete it"
         )
     resumed_from_epoch = state["epoch"] if state else 0
@@ -361,25 +281,21 @@ def _train_with_checkpoints(
         return dict(state, resumed_from_epoch=resumed_from_epoch)
 
     keras.utils.set_random_seed(config.seed)
-    train_images, train_labels = data_prep.load_split(dataset_dir, "train")
-    validation_split = "validation" if manifest["splits"].get("validation", 0) > 0 else "test"
-    validation_images, validation_labels = data_prep.load_split(dataset_dir, validation_split)
-    num_classes = int(manifest["num_classes"])
-    steps_per_epoch = steps_per_epoch_for(len(train_images), config.batch_size)
+    validation_split = reader.validation_split
+    steps_per_epoch = steps_per_epoch_for(reader.count("train"), config.batch_size)
     plateau = PlateauState(**state["plateau"]) if state else PlateauState()
 
     device = resolve_device_settings(config)
     keras.mixed_precision.set_global_policy(device.mixed_precision)
-    strategy = distribution_strategy(device.gpus)
     with strategy.scope():
         learning_rate = make_learning_rate(config, steps_per_epoch, plateau.scale)
         if state is None:
-            pixel_mean = train_images.mean(axis=0, dtype=np.float64) / 255.0 if config.subtract_pixel_mean else None
-            model = assemble_model(model_name, manifest["image_shape"], num_classes, pixel_mean)
+            pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
+            model = assemble_model(run.model_name, reader.image_shape, reader.num_classes, pixel_mean)
             steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
             shorten_batch_norm_momentum(model, steps_per_epoch)
             compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
-            state = _new_state(model_name, fingerprint, fingerprint_inputs, model.count_params(), validation_split)
+            state = _new_state(run.model_name, run.fingerprint, run.fingerprint_inputs, model.count_params(), validation_split)
         else:
             models.allow_deep_graphs()
             model = keras.models.load_model(state["checkpoint_path"])
@@ -390,47 +306,66 @@ def _train_with_checkpoints(
             model.optimizer.learning_rate = learning_rate
             model.jit_compile = device.jit_compile
             model.steps_per_execution = steps_per_execution
-            logger.info("resuming %s from %s after epoch %d", model_name, location, resumed_from_epoch)
+            logger.info("resuming %s from %s after epoch %d", run.model_name, location, resumed_from_epoch)
 
-    flip = bool(manifest.get("allow_horizontal_flip", False) if config.horizontal_flip is None else config.horizontal_flip)
-    shift_pixels = shift_pixels_for(manifest["image_shape"], config.shift_fraction) if config.augment else (0, 0)
+    flip = bool(reader.manifest.get("allow_horizontal_flip", False) if config.horizontal_flip is None else config.horizontal_flip)
+    shift_pixels = shift_pixels_for(reader.image_shape, config.shift_fraction) if config.augment else (0, 0)
     flip = flip and config.augment
     logger.info(
         "training %s (%d params) for epochs %d..%d: %d train / %d %s images, batch %d, %d steps/epoch, "
         "peak learning rate %g (%s schedule), steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), "
-        "%s strategy, shift %s px, flip %s",
-        model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, len(train_images), len(validation_images),
-        validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate, config.schedule, steps_per_execution,
-        device.jit_compile, device.mixed_precision, device.gpus, type(strategy).__name__, shift_pixels, flip,
+        "%s on %d worker(s), shift %s px, flip %s",
+        run.model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, reader.count("train"),
+        reader.count(validation_split), validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate,
+        config.schedule, steps_per_execution, device.jit_compile, device.mixed_precision, device.gpus,
+        type(strategy).__name__, run.role.count, shift_pixels, flip,
     )
     # A resumed run reshuffles with a different seed so it does not replay the first epochs' order.
-    train_dataset = make_train_dataset(
-        train_images, train_labels, num_classes, config.batch_size, config.seed + resumed_from_epoch, shift_pixels, flip
-    )
-    # Exactly one epoch's steps per pass over this dataset: Keras ends the epoch when it runs
-    # out, even inside a compiled call of `steps_per_execution` steps, and starts it anew.
-    train_dataset = train_dataset.take(steps_per_epoch)
-    validation_dataset = make_eval_dataset(validation_images, validation_labels, num_classes, config.batch_size)
+    seed = config.seed + resumed_from_epoch
+
+    def train_dataset(batch_size: int, shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
+        # Exactly one epoch's steps per pass over this dataset: Keras ends the epoch when it runs
+        # out, even inside a compiled call of `steps_per_execution` steps, and starts it anew.
+        return make_train_dataset(
+            reader, batch_size, seed, shift_pixels=shift_pixels, flip=flip, cache=run.cache,
+            shard_index=shard_index, shard_count=shard_count,
+        ).take(steps_per_epoch).apply(tf.data.experimental.assert_cardinality(steps_per_epoch))  # known even when streamed
+
+    validation_dataset = make_eval_dataset(reader, validation_split, config.batch_size, cache=run.cache)
     plateau_callback = PlateauCallback(plateau)
     step_callbacks = [
         StopOnDivergence(config),
         plateau_callback,
-        EpochCheckpointer(checkpoint_dir, state, plateau_callback, config.batch_size, remote_dir),
-        ProgressReporter(model_name, config.epochs, steps_per_epoch, config.batch_size),
+        EpochCheckpointer(run.write_dir, state, plateau_callback, config.batch_size, run.remote_dir),
     ]
-    if tensorboard_dir:
-        local_tensorboard = tensorboard_scratch if storage.is_gcs(tensorboard_dir) else tensorboard_dir
-        step_callbacks.append(TensorBoardWriter(tensorboard_dir, local_tensorboard, config.batch_size))
-    model.fit(
-        train_dataset,
-        validation_data=validation_dataset,
-        epochs=config.epochs,
-        initial_epoch=resumed_from_epoch,
-        callbacks=[*step_callbacks, *extra_callbacks],
-        shuffle=False,  # the dataset shuffles itself
-        verbose=0,  # ProgressReporter reports
-    )
-    return dict(checkpoints.load(checkpoint_dir), resumed_from_epoch=resumed_from_epoch)
+    if run.role.is_chief:
+        step_callbacks.append(ProgressReporter(run.model_name, config.epochs, steps_per_epoch, config.batch_size))
+    if run.tensorboard_dir:
+        local_tensorboard = os.path.join(run.scratch, "tensorboard") if storage.is_gcs(run.tensorboard_dir) else run.tensorboard_dir
+        step_callbacks.append(TensorBoardWriter(run.tensorboard_dir, local_tensorboard, config.batch_size))
+    if run.role.count > 1:
+        fit_on_workers(
+            model, strategy,
+            lambda context: train_dataset(context.get_per_replica_batch_size(config.batch_size),
+                                          context.input_pipeline_id, context.num_input_pipelines),
+            validation_dataset,
+            global_batch_size=config.batch_size, label_smoothing=config.label_smoothing, epochs=config.epochs,
+            initial_epoch=resumed_from_epoch, steps_per_epoch=steps_per_epoch, callbacks=[*step_callbacks, *extra_callbacks],
+        )
+    else:
+        # The last compiled call of an epoch whose steps are not a multiple of steps_per_execution
+        # stops at the end of the epoch's batches on purpose; Keras warns about that every time.
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        model.fit(
+            train_dataset(config.batch_size),
+            validation_data=validation_dataset,
+            epochs=config.epochs,
+            initial_epoch=resumed_from_epoch,
+            callbacks=[*step_callbacks, *extra_callbacks],
+            shuffle=False,  # the dataset shuffles itself
+            verbose=0,  # ProgressReporter reports
+        )
+    return dict(checkpoints.load(run.write_dir), resumed_from_epoch=resumed_from_epoch)
 
 
 def _new_state(
@@ -464,7 +399,7 @@ def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
 
 
 def _write_outputs(
-    output_dir: str, spec: models.ModelSpec, manifest: dict[str, Any], config: TrainConfig, state: dict[str, Any]
+    output_dir: str, spec: models.ModelSpec, reader: DatasetReader, config: TrainConfig, state: dict[str, Any], role: WorkerRole
 ) -> dict[str, Any]:
     """Writes the best model (for inference: no optimizer state, loads with plain Keras),
     history.csv, and train_result.json last, as the commit point."""
@@ -489,10 +424,11 @@ def _write_outputs(
         "best_epoch": state["best_epoch"],
         "resumed_from_epoch": int(state["resumed_from_epoch"]),
         "optimizer_steps": optimizer_steps,
-        "steps_per_epoch": steps_per_epoch_for(int(manifest["splits"]["train"]), config.batch_size),
+        "steps_per_epoch": steps_per_epoch_for(reader.count("train"), config.batch_size),
         "images_seen": optimizer_steps * config.batch_size,  # every batch is full
         "validation_split": state["validation_split"],
-        "dataset": manifest.get("name"),
+        "dataset": reader.name,
+        "workers": role.count,
         "config": config.to_dict(),
     }
     storage.write_json(os.path.join(output_dir, RESULT_FILE), result)

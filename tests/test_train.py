@@ -32,15 +32,9 @@ from components.recipe import (
     update_plateau,
 )
 from components.schedules import make_learning_rate
-from components.train import (
-    augment_batch,
-    make_optimizer,
-    make_train_dataset,
-    shift_and_flip,
-    shift_pixels_for,
-    steps_per_epoch_for,
-    train,
-)
+from components.dataset import open_dataset
+from components.input_pipeline import augment_batch, make_train_dataset, shift_and_flip, shift_pixels_for, steps_per_epoch_for
+from components.train import make_optimizer, train
 
 TINY_SHAPE = (8, 8, 1)
 TINY_CLASSES = 3
@@ -276,28 +270,11 @@ def test_shift_pixels_round_the_fraction_of_each_side():
     assert shift_pixels_for((8, 28, 1), 0.1) == (1, 3)
 
 
-def test_train_dataset_streams_full_batches_of_each_image_once_per_pass_reshuffled_every_pass():
-    images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
-    labels = np.arange(10, dtype=np.int32) % 3
-    batches = list(make_train_dataset(images, labels, num_classes=3, batch_size=4, seed=0).take(10))
-    # One batch shape only, so the train step is traced once; the passes run into each other.
-    assert [batch[0].shape[0] for batch in batches] == [4] * 10
-    assert steps_per_epoch_for(len(images), 4) == 3
-    assert batches[0][0].dtype == tf.float32 and batches[0][1].shape == (4, 3)
-    stream = np.concatenate([batch[0].numpy()[:, 0, 0, 0] for batch in batches]).astype(int)
-    stream_labels = np.concatenate([np.argmax(batch[1].numpy(), axis=1) for batch in batches])
-    np.testing.assert_array_equal(stream_labels, labels[stream // 4])  # labels stay with their images
-    passes = [tuple(stream[start : start + 10]) for start in range(0, 40, 10)]
-    for one_pass in passes:
-        assert sorted(one_pass) == sorted(images[:, 0, 0, 0].astype(int))
-    assert len(set(passes)) == len(passes)
-
-
-def test_a_split_smaller_than_one_batch_fills_the_batch_from_further_passes():
-    images = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1)
-    batches = list(make_train_dataset(images, np.zeros(3, dtype=np.int32), num_classes=2, batch_size=8, seed=0).take(2))
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_split_smaller_than_one_batch_fills_the_batch_from_further_passes(cache, tmp_path):
+    reader = open_dataset(write_dataset(tmp_path / "dataset", train_count=3, test_count=3))
+    batches = list(make_train_dataset(reader, batch_size=8, seed=0, cache=cache).take(2))
     assert [batch[0].shape[0] for batch in batches] == [8, 8]
-    assert sorted(batches[0][0].numpy()[:6, 0, 0, 0].astype(int)) == [0, 0, 1, 1, 2, 2]
     assert steps_per_epoch_for(3, 8) == 1
 
 

@@ -1,0 +1,127 @@
+"""Training across several worker processes with tf.distribute.MultiWorkerMirroredStrategy.
+
+Each worker is one process (components/workers.py starts them locally, pipeline/jobset.py on
+the cluster) that finds its peers through TF_CONFIG. Gradients are all-reduced by TensorFlow's
+collectives; the global batch is split evenly over the workers, each reading its own shards.
+
+Keras 3's `fit` cannot consume a distributed dataset under this strategy with TensorFlow 2.21
+(it fails converting the per-worker values to tensors), so several workers train through
+`fit_on_workers`: a loop over `strategy.run` with the model's own optimizer, the same loss, and
+the same Keras callbacks `fit` would call. One worker (the usual case) trains with `fit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from components.keras_setup import keras, tf
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place among the workers: index 0 of N is the chief."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+
+def worker_role() -> WorkerRole:
+    """From TF_CONFIG (set by the launcher); a process without it is the only worker."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    workers = config.get("cluster", {}).get("worker", [])
+    if len(workers) < 2:
+        return WorkerRole()
+    return WorkerRole(index=int(config["task"]["index"]), count=len(workers))
+
+
+def distribution_strategy(role: WorkerRole) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy for several workers (created before any other TensorFlow
+    work, as its collectives require), MirroredStrategy over several local GPUs, else the default."""
+    if role.count > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def fit_on_workers(
+    model: keras.Model,
+    strategy: tf.distribute.Strategy,
+    train_dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    validation_dataset: tf.data.Dataset,
+    *,
+    global_batch_size: int,
+    label_smoothing: float,
+    epochs: int,
+    initial_epoch: int,
+    steps_per_epoch: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> None:
+    """`model.fit` for several workers: exactly `steps_per_epoch` synchronous steps an epoch.
+
+    Args:
+        train_dataset_fn: Builds one worker's dataset of per-worker batches from its
+            InputContext (one epoch's steps, as fit would be given).
+        validation_dataset: Every worker validates on the whole split (identical weights give
+            identical results, and no worker waits on another's uneven share).
+        callbacks: Keras callbacks, called as fit calls them.
+    """
+    distributed = strategy.distribute_datasets_from_function(train_dataset_fn)
+    per_example_loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+    optimizer = model.optimizer
+
+    def replica_step(images, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            loss = tf.nn.compute_average_loss(per_example_loss(labels, probabilities), global_batch_size=global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled_loss = optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else the loss
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss, _correct_count(labels, probabilities)
+
+    @tf.function
+    def train_step(iterator):
+        loss, correct = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    @tf.function
+    def validation_step(images, labels):
+        probabilities = model(images, training=False)
+        losses = per_example_loss(labels, probabilities)
+        return tf.reduce_sum(losses), _correct_count(labels, probabilities), tf.cast(tf.shape(labels)[0], tf.float32)
+
+    callback_list = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, steps=steps_per_epoch)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        iterator = iter(distributed)
+        loss_sum = correct_sum = 0.0
+        for step in range(steps_per_epoch):
+            loss, correct = train_step(iterator)
+            loss_sum += float(loss)
+            correct_sum += float(correct)
+            logs = {"loss": loss_sum / (step + 1), "accuracy": correct_sum / ((step + 1) * global_batch_size)}
+            callback_list.on_train_batch_end(step, logs)
+        validation = [0.0, 0.0, 0.0]
+        for images, labels in validation_dataset:
+            validation = [total + float(value) for total, value in zip(validation, validation_step(images, labels))]
+        logs.update(val_loss=validation[0] / validation[2], val_accuracy=validation[1] / validation[2])
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
+
+
+def _correct_count(one_hot_labels, probabilities):
+    matches = tf.equal(tf.argmax(one_hot_labels, axis=-1), tf.argmax(probabilities, axis=-1))
+    return tf.reduce_sum(tf.cast(matches, tf.float32))
