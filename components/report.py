@@ -487,7 +487,10 @@ def html_confused_pairs(pairs: list[dict]) -> str:
         f"<td>{format_count(pair['images'])}</td><td>{format_percent(pair['share'])}</td></tr>"
         for pair in pairs
     )
-    header = '<th class="text">True class</th><th class="text">Predicted as</th><th>Images</th><th>Share of true class</th>'
+    header = (
+        '<th class="text">True class</th><th class="text">Predicted as</th>'
+        "<th>Images</th><th>Share of true class</th>"
+    )
     return f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
 

@@ -122,7 +122,8 @@ def test_a_user_mistake_in_a_task_names_step_cause_and_log(tmp_path):
 def test_a_crashed_task_is_not_a_user_error_and_shows_its_exception(tmp_path):
     _, output, error = run_fake(tmp_path, ["lenet5"], fail="lenet5:crash", live=False)
     assert isinstance(error, PipelineFailed) and not isinstance(error, ValueError)
-    assert "the pipeline step 'train-model-lenet5' failed: ZeroDivisionError: the stand-in step divided by zero" in str(error)
+    cause = "ZeroDivisionError: the stand-in step divided by zero"
+    assert f"the pipeline step 'train-model-lenet5' failed: {cause}" in str(error)
     assert "    | ZeroDivisionError: the stand-in step divided by zero" in output
     assert "    |   File " in output
     assert "finished with status" not in output  # kfp's own line is not the task's output
@@ -160,12 +161,14 @@ def summary_for(dataset):
 
 def test_comparison_table_shows_the_paper_figure_only_on_its_dataset():
     cifar = comparison_table(summary_for("cifar10")).splitlines()
-    assert cifar[0].split() == ["model", "test", "acc.", "paper", "ref.", "parameters", "train", "time", "train", "img/s"]
+    assert cifar[0].split() == [
+        "model", "test", "acc.", "paper", "ref.", "parameters", "train", "time", "train", "img/s"]
     assert cifar[2].split() == ["resnet20_v1", "90.00%", "91.25%", "272,474", "1:15", "310"]
     assert cifar[3].split() == ["lenet5", "50.00%", "—", "61,706", "4.2", "s", "1,900"]
     digits = comparison_table(summary_for("digits")).splitlines()
     assert digits[2].split()[:3] == ["resnet20_v1", "90.00%", "—"]
-    assert digits[-1] == "paper ref.: — because the paper figures are CIFAR-10 test accuracies and this run is on digits"
+    assert digits[-1] == (
+        "paper ref.: — because the paper figures are CIFAR-10 test accuracies and this run is on digits")
 
 
 def test_progress_events_keep_fractions_and_integers(capsys):
