@@ -19,6 +19,7 @@ turns. ratio = streaming (none) / arrays.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def measure_prepare(source: str, output_dir: str) -> dict:
     result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     peak_kilobytes = int(result.stdout.split("PEAK_KB")[-1])
-    images = sum(len(files) for _, _, files in os.walk(source))
+    with open(os.path.join(output_dir, "manifest.json")) as manifest_file:
+        images = sum(json.load(manifest_file)["splits"].values())
     return {"images": images, "seconds": seconds, "peak_memory_mb": peak_kilobytes / 1024}
 
 
