@@ -465,7 +465,7 @@ def test_gcs_errors_name_the_gcs_location(gcs_emulator, image_folder, tmp_path):
     storage.upload_tree(root, gcs_emulator.url("pets"))
     with pytest.raises(ValueError, match=f"cannot read image {gcs_emulator.url('pets')}/train/dog/image_000.png"):
         prepare(gcs_emulator.url("pets"), str(tmp_path / "dataset"))
-    with pytest.raises(ValueError, match=gcs_emulator.url("missing")):
+    with pytest.raises(FileNotFoundError, match=gcs_emulator.url("missing")):
         prepare(gcs_emulator.url("missing"), str(tmp_path / "dataset"))
     assert leftovers(tmp_path) == []
 
