@@ -123,10 +123,13 @@ def test_min_input_size_is_the_smallest_that_works(name, cifar_model):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_builds_for_grayscale_images_of_min_input_size(name):
+    # Weights are left uninitialized (StatelessScope): creating them is most of a build's time, and
+    # this build is about shapes; test_builds_for_cifar_images runs every model's weights.
     size = MODELS[name].min_input_size
-    model = build_model(name, (size, size, 1), 7)
+    with keras.StatelessScope():
+        model = build_model(name, (size, size, 1), 7)
     assert tuple(model.output.shape) == (None, 7)
-    assert_probabilities(predict_untrained(model, (size, size, 1)), 2, 7)
+    assert model.output.dtype == "float32"
     for layer in filter(downsamples, model.layers):
         assert min(layer.input.shape[1:3]) >= 2, f"{layer.name} downsamples a {layer.input.shape} map"
 

@@ -20,12 +20,10 @@ from components.errors import UserError
 from components.models.table import MODELS, ModelSpec, register_model
 
 # Importing the family modules fills MODELS, in this order (the order `cnnpipe models` prints).
-from components.models import lenet, alexnet, vgg, inception, resnet  # noqa: E402,F401  isort: skip
+from components.models import lenet, alexnet, vgg, inception, resnet  # noqa: F401  isort: skip
 
 if TYPE_CHECKING:
     import keras
-
-__all__ = ["MODELS", "ModelSpec", "register_model", "get_spec", "build_model", "model_table", "allow_deep_graphs"]
 
 # Keras maps a Functional graph recursively, one Python frame per layer on the longest path;
 # resnet1202_v1 has about 4,200 layers in a row, beyond Python's default limit of 1,000.

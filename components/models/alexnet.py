@@ -31,7 +31,8 @@ def AlexNet(input_shape, num_classes, dense_units=2048, dropout_rate=0.5, name="
     return softmax_classifier(inputs, x, num_classes, name)
 
 
-# Two (unpadded 3x3 conv, 3x3/2 pool) stages and a last 3x3/2 pool: 21 -> 19 -> 9 -> 7 -> 3 -> 1.
+# Two (unpadded 3x3 conv, 3x3/2 pool) stages and a last 3x3/2 pool: 21 -> 19 -> 9 -> 7 -> 3 -> 1;
+# at 20 the last pool gets a 2x2 map, smaller than its window.
 @register_model(min_input_size=21, params=9_639_178, seed_document_accuracy=0.70,
                 description="AlexNet8 (seed 001): 5 convs with BN, dense 2048-2048 with dropout; "
                             "seed 000's AlexNet reached 70% in 10 epochs")

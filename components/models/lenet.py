@@ -33,7 +33,7 @@ def LeNet(
     return softmax_classifier(inputs, x, num_classes, name)
 
 
-# Two (unpadded 5x5 conv, 2x2 pool) stages: 16 -> 12 -> 6 -> 2 -> 1 pixel; 15 leaves nothing.
+# Two (unpadded 5x5 conv, 2x2/2 pool) stages: 16 -> 12 -> 6 -> 2 -> 1; at 15 the second pool gets 1 pixel.
 @register_model(min_input_size=16, params=62_006,
                 description="LeNet5 (seed 001): two sigmoid 5x5 convs with 2x2 pools, dense 120-84")
 def lenet5(input_shape, num_classes, name):

@@ -245,7 +245,8 @@ def resnet18(input_shape, num_classes, name):
     )
 
 
-# Unpadded stem (two 3x3 convs, 3x3/3 pool) and a last unpadded 3x3 conv: 13 -> 9 -> 3 -> 1.
+# Unpadded stem (two 3x3 convs, 3x3/3 pool) and a last unpadded 3x3 conv: 13 -> 9 -> 3 -> 1;
+# at 12 the last conv gets a 2x2 map, smaller than its kernel.
 @register_model(min_input_size=13, params=819_210, seed_document_accuracy=0.7845,
                 description="Seed 000's ResNet: conv32-conv64-pool, 10 residual blocks of 64, conv64, "
                             "dense 256 + dropout 0.5")
