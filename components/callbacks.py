@@ -22,9 +22,14 @@ from components.recipe import PlateauState, TrainConfig, update_plateau
 from components.schedules import StepDecayWithPlateau, learning_rate_of_step
 
 
+def optimizer_steps(model: keras.Model) -> int:
+    """Optimizer steps taken so far (read from the primary copy under a distribution strategy)."""
+    return int(tf.convert_to_tensor(model.optimizer.iterations.value))
+
+
 def epoch_learning_rate(model: keras.Model) -> float:
     """The rate of the last step the optimizer took (the epoch's last, at epoch end)."""
-    return learning_rate_of_step(model.optimizer, max(int(model.optimizer.iterations) - 1, 0))
+    return learning_rate_of_step(model.optimizer, max(optimizer_steps(model) - 1, 0))
 
 
 class StopOnDivergence(keras.callbacks.Callback):
@@ -82,12 +87,12 @@ class EpochCheckpointer(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
-        self.steps_before_epoch = int(self.model.optimizer.iterations)
+        self.steps_before_epoch = optimizer_steps(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.epoch_started
         logs = logs or {}
-        steps = int(self.model.optimizer.iterations) - self.steps_before_epoch
+        steps = optimizer_steps(self.model) - self.steps_before_epoch
         row = {
             "epoch": epoch + 1,
             "loss": float(logs.get("loss", float("nan"))),
@@ -107,7 +112,7 @@ class EpochCheckpointer(keras.callbacks.Callback):
             history=self.state["history"] + [row],
             train_seconds=self.state["train_seconds"] + seconds,
             plateau=dataclasses.asdict(self.plateau_callback.plateau),
-            optimizer_steps=int(self.model.optimizer.iterations),
+            optimizer_steps=optimizer_steps(self.model),
         )
         if is_best:
             state.update(best_validation_accuracy=row["val_accuracy"], best_epoch=epoch + 1)
@@ -182,12 +187,12 @@ class TensorBoardWriter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
-        self.steps_before_epoch = int(self.model.optimizer.iterations)
+        self.steps_before_epoch = optimizer_steps(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         seconds = time.perf_counter() - self.epoch_started
-        images = (int(self.model.optimizer.iterations) - self.steps_before_epoch) * self.batch_size
+        images = (optimizer_steps(self.model) - self.steps_before_epoch) * self.batch_size
         scalars = {
             "train": {"epoch_loss": logs.get("loss"), "epoch_accuracy": logs.get("accuracy"),
                       "epoch_learning_rate": epoch_learning_rate(self.model),

@@ -23,10 +23,10 @@ import numpy as np
 from components.dataset import DatasetReader
 from components.errors import UserError
 from components.keras_setup import tf
+from components.recipe import CACHE_CHOICES
 
 logger = logging.getLogger(__name__)
 
-CACHE_CHOICES = ("auto", "memory", "none")
 # Why a quarter: the memory path briefly holds the split twice while it moves from NumPy into
 # one tensor, so a quarter keeps the peak under half of what is available, leaving the rest to
 # the model, TensorFlow's buffers and whatever else runs on the node.

@@ -21,6 +21,7 @@ from components.errors import UserError
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "cosine", "constant")
 MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CACHE_CHOICES = ("auto", "memory", "none")  # see components/input_pipeline.py
 
 # The seed's step schedule drops the learning rate after epochs 80/120/160/180 of 200; the
 # milestones are kept as fractions of the run so that a shorter run still decays.
@@ -35,7 +36,7 @@ PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not imp
 
 # Fields that change how fast a run goes but not what it learns; a preempted run may resume on
 # a different machine (or be extended with more epochs), so they are left out of the fingerprint.
-FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile")
+FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile", "cache")
 
 INTEGER_FIELDS = ("epochs", "batch_size", "reference_batch_size", "seed", "steps_per_execution")
 
@@ -68,6 +69,8 @@ class TrainConfig:
         jit_compile: XLA compilation, or 'auto' (on for GPU, off for CPU where it measured slower).
         mixed_precision: 'auto' (bfloat16 on Ampere or newer GPUs, float16 on older GPUs,
             float32 on CPU), 'float32', 'mixed_float16' or 'mixed_bfloat16'.
+        cache: 'memory' keeps the decoded dataset in memory, 'none' streams it from its shards,
+            'auto' keeps it in memory when it fits (components/input_pipeline.py).
     """
 
     epochs: int = 200
@@ -88,6 +91,7 @@ class TrainConfig:
     steps_per_execution: int | str = "auto"
     jit_compile: bool | str = "auto"
     mixed_precision: str = "auto"
+    cache: str = "auto"
 
     def __post_init__(self) -> None:
         _require_int("epochs", self.epochs, minimum=1)
@@ -124,6 +128,7 @@ class TrainConfig:
         if self.jit_compile != "auto":
             _require_bool("jit_compile", self.jit_compile, "true, false or 'auto'")
         _require_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+        _require_choice("cache", self.cache, CACHE_CHOICES)
 
     @property
     def peak_learning_rate(self) -> float:

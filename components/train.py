@@ -166,7 +166,6 @@ def train(
     checkpoint_dir: str | None = None,
     *,
     tensorboard_dir: str | None = None,
-    cache: str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Trains `model_name` on the dataset artifact and writes the best model and its records.
@@ -190,8 +189,6 @@ def train(
 
     Args:
         tensorboard_dir: Where TensorBoard event files go (local or gs://); None writes none.
-        cache: "memory", "none" or "auto": keep the decoded split in memory or stream it
-            (components/input_pipeline.py).
         callbacks: Extra Keras callbacks run after the step's own (tests, tools).
     """
     role = worker_role()
@@ -203,7 +200,7 @@ def train(
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}-scratch-", dir=os.path.dirname(output_dir))
     run = TrainingRun(
         model_name=model_name, config=config, reader=reader, role=role, strategy=strategy,
-        location=checkpoint_dir, scratch=scratch, tensorboard_dir=tensorboard_dir if role.is_chief else None, cache=cache,
+        location=checkpoint_dir, scratch=scratch, tensorboard_dir=tensorboard_dir if role.is_chief else None,
     )
     previous_policy = keras.mixed_precision.global_policy()
     try:
@@ -217,8 +214,7 @@ def train(
                 checkpoints.record_failure(run.location, run.fingerprint, one_line(error))
             raise
         if not role.is_chief:  # the chief writes the outputs
-            output_dir = os.path.join(scratch, "output")
-            os.makedirs(output_dir)
+            return {"name": spec.name, "epochs": int(state["epoch"]), "workers": role.count, "worker_index": role.index}
         return _write_outputs(output_dir, spec, reader, config, state, role)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -242,7 +238,6 @@ class TrainingRun:
     location: str | None
     scratch: str
     tensorboard_dir: str | None
-    cache: str
 
     def __post_init__(self):
         self.fingerprint_inputs = self.config.fingerprint_inputs(self.model_name, dataset_fingerprint(self.reader.manifest))
@@ -327,11 +322,11 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
         # Exactly one epoch's steps per pass over this dataset: Keras ends the epoch when it runs
         # out, even inside a compiled call of `steps_per_execution` steps, and starts it anew.
         return make_train_dataset(
-            reader, batch_size, seed, shift_pixels=shift_pixels, flip=flip, cache=run.cache,
+            reader, batch_size, seed, shift_pixels=shift_pixels, flip=flip, cache=config.cache,
             shard_index=shard_index, shard_count=shard_count,
         ).take(steps_per_epoch).apply(tf.data.experimental.assert_cardinality(steps_per_epoch))  # known even when streamed
 
-    validation_dataset = make_eval_dataset(reader, validation_split, config.batch_size, cache=run.cache)
+    validation_dataset = make_eval_dataset(reader, validation_split, config.batch_size, cache=config.cache)
     plateau_callback = PlateauCallback(plateau)
     step_callbacks = [
         StopOnDivergence(config),

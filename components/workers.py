@@ -45,6 +45,9 @@ ERROR_TAIL_LINES = 20
 TERMINATE_GRACE_SECONDS = 10.0
 # How often the launcher checks its workers' exit status (seconds).
 POLL_SECONDS = 0.1
+# Where a JobSet worker pod puts the outputs of its train command; the train task's own pod
+# writes the real ones from the shared checkpoint.
+WORKER_SCRATCH_OUTPUT = "/tmp/cnnpipe-worker-output"
 
 
 def tf_config(worker_hosts: list[str], index: int) -> str:
@@ -126,11 +129,25 @@ def start_worker(argv: list[str], environment: dict, log_path: Path | None) -> s
     """Starts one worker: the chief on a pipe (relayed to stdout), the others into a log file."""
     if log_path is None:
         return subprocess.Popen(argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1, start_new_session=True)
+                                text=True, errors="replace", bufsize=1, start_new_session=True,
+                                preexec_fn=die_with_parent)
     with open(log_path, "w") as log:
         # The child keeps its own copy of the descriptor; ours can close at once.
         return subprocess.Popen(argv, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
+
+
+def die_with_parent() -> None:
+    """In a new worker: ask Linux to SIGKILL it when the launcher dies, even by SIGKILL.
+
+    Otherwise a killed launcher leaves its workers waiting forever on each other's collectives.
+    Elsewhere than Linux this does nothing (the launcher still stops them when it can).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def relay_lines(stream, tail: collections.deque) -> None:
@@ -254,3 +271,65 @@ def exec_as_jobset_worker(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     exec_as_jobset_worker(sys.argv[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The train step on several workers
+
+
+def train_command(dataset: str, model_name: str, output: str, config: dict, *, checkpoint_dir: str | None = None,
+                  tensorboard_dir: str | None = None) -> list[str]:
+    """The `cnnpipe` arguments that train one model as one worker (the same step a single process runs)."""
+    command = ["component", "train", "--dataset", dataset, "--model", model_name, "--output", output,
+               "--config", json.dumps(config)]
+    if checkpoint_dir:
+        command += ["--checkpoint-dir", checkpoint_dir]
+    if tensorboard_dir:
+        command += ["--tensorboard-dir", tensorboard_dir]
+    return command
+
+
+def train_on_local_workers(worker_count: int, command: list[str], log_dir: str | None = None) -> None:
+    """Runs `cnnpipe COMMAND` (see train_command) as `worker_count` processes on this machine."""
+    run_local_workers(worker_count, [sys.executable, "-m", "pipeline.cli", *command], log_dir=log_dir)
+
+
+def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, model_name: str, output_dir: str, config,
+                     *, checkpoint_dir: str | None, tensorboard_dir: str | None, run_id: str = "",
+                     cluster_placement: str = "") -> dict:
+    """The train task: trains in this process, on N local processes, or on a JobSet of N pods.
+
+    On the cluster (`cluster_placement` set by `cnnpipe compile`) the worker pods read the
+    dataset at `dataset_uri` and share their progress through the gs:// `checkpoint_dir`; once
+    they are done, this pod writes the chief's best model and records to `output_dir` from the
+    final checkpoint (a train run whose epochs are all done only writes its outputs).
+
+    Args:
+        config: The TrainConfig.
+        run_id: Names the JobSet with the model; the same on a retry of the task, which then replaces it.
+        cluster_placement: JSON of pipeline.jobset.placement_arguments, '' off the cluster.
+    """
+    from components import storage
+    from components.train import train
+
+    check_worker_count(worker_count)
+    if worker_count == 1:
+        return train(dataset_dir, model_name, output_dir, config, checkpoint_dir, tensorboard_dir=tensorboard_dir)
+    if not cluster_placement:
+        command = train_command(dataset_dir, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
+                                tensorboard_dir=tensorboard_dir)
+        train_on_local_workers(worker_count, command)
+        return storage.read_json(os.path.join(output_dir, "train_result.json"))
+    if not checkpoint_dir or not storage.is_gcs(checkpoint_dir):
+        raise UserError("training on several workers on the cluster needs a gs:// checkpoint_root: the worker pods "
+                        "share their progress through it; pass --param checkpoint_root=gs://BUCKET/checkpoints")
+    from pipeline.jobset import jobset_name, run_workers_on_cluster
+
+    placement = json.loads(cluster_placement)
+    if not tensorboard_dir or not storage.is_gcs(tensorboard_dir):
+        tensorboard_dir = storage.join(checkpoint_dir, "tensorboard")  # the pods cannot write into this pod
+    command = ["cnnpipe", *train_command(dataset_uri, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
+                                         checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
+    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement,
+                           max_restarts=placement.pop("max_restarts", 3))
+    return train(dataset_dir, model_name, output_dir, config, checkpoint_dir)

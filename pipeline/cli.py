@@ -17,6 +17,7 @@ from typing import Sequence
 
 from components import storage
 from components.errors import UserError, one_line
+from components.recipe import CACHE_CHOICES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,6 +137,17 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, help="label smoothing, 0 to 1")
     parser.add_argument("--validation-fraction", type=float, help="train share held out for validation (0: use test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling and augmentation")
+    parser.add_argument("--image-size", type=int, help="resize every image to this square side in prep (default: keep)")
+    add_training_execution_arguments(parser)
+
+
+def add_training_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """How training runs, not what it learns: worker processes and the dataset cache."""
+    parser.add_argument("--workers", type=int, default=1,
+                        help="train each model data-parallel on N worker processes (default: 1)")
+    parser.add_argument("--cache", choices=CACHE_CHOICES,
+                        help="keep the decoded dataset in memory (memory), stream it from its shards (none), "
+                        "or memory when it fits (auto, the default)")
 
 
 def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +176,9 @@ def resolve_run_config(args: argparse.Namespace):
         schedule=args.schedule,
         label_smoothing=args.label_smoothing,
         seed=args.seed,
+        cache=args.cache,
+        workers=args.workers,
+        image_size=args.image_size,
     )
 
 
@@ -183,8 +198,9 @@ def command_run(args: argparse.Namespace) -> int:
     from pipeline.console import Console, comparison_table
     from pipeline.local_run import PipelineFailed, collect_outputs, init_local_runner, run_pipeline
 
+    tensorboard_root = os.path.join(output_dir, "tensorboard")
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus,
-                      inputs=(config.dataset,), outputs=(checkpoint_root, args.registry))
+                      inputs=(config.dataset,), outputs=(checkpoint_root, args.registry, tensorboard_root))
     os.makedirs(output_dir, exist_ok=True)
     storage.write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
     print(f"cnnpipe run: {config.dataset}, models {', '.join(config.models)}; logs in {os.path.join(output_dir, 'logs')}")
@@ -198,6 +214,7 @@ def command_run(args: argparse.Namespace) -> int:
             image=args.image,
             registry=args.registry,
             promotion_margin=args.promotion_margin,
+            tensorboard_root=tensorboard_root,
         )
     except PipelineFailed as error:
         # Not a user mistake (exit 2), but the task's own traceback is in its log: one line here.
@@ -427,6 +444,8 @@ def add_component_commands(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--config", default="{}", help="TrainConfig fields as JSON, over the preset's")
     train.add_argument("--preset", default="smoke", help="preset whose recipe --config refines (default: smoke)")
     train.add_argument("--checkpoint-dir", help="resumable checkpoints (local dir or gs://)")
+    add_training_execution_arguments(train)
+    train.add_argument("--tensorboard-dir", help="TensorBoard event files (local dir or gs://)")
     train.set_defaults(handler=component_train)
 
     evaluate = steps.add_parser("evaluate", help="evaluate a trained model on the dataset's test split")
@@ -462,9 +481,20 @@ def component_train(args: argparse.Namespace) -> int:
         raise UserError(f"--config is not valid JSON ({error.msg}); pass e.g. '{{\"epochs\": 2}}'") from None
     if not isinstance(overrides, dict):
         raise UserError(f"--config must be a JSON object, got {args.config}")
+    if args.cache:
+        overrides["cache"] = args.cache
     config = TrainConfig.from_dict({**get_preset(args.preset).train, **overrides})
-    result = train(args.dataset, args.model, args.output, config, args.checkpoint_dir)
-    print(json.dumps({key: result[key] for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))
+    if args.workers > 1 and "TF_CONFIG" not in os.environ:
+        from components.workers import train_command, train_on_local_workers
+
+        command = train_command(args.dataset, args.model, args.output, config.to_dict(), checkpoint_dir=args.checkpoint_dir,
+                                tensorboard_dir=args.tensorboard_dir)
+        train_on_local_workers(args.workers, command + ["--workers", str(args.workers)])
+        result = storage.read_json(os.path.join(args.output, "train_result.json"))
+    else:
+        result = train(args.dataset, args.model, args.output, config, args.checkpoint_dir,
+                       tensorboard_dir=args.tensorboard_dir)
+    print(json.dumps({key: result.get(key) for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))
     return 0
 
 

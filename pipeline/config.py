@@ -78,6 +78,8 @@ class RunConfig:
     models: tuple[str, ...]
     validation_fraction: float
     train: Mapping[str, Any]
+    workers: int = 1  # processes training each model data-parallel
+    image_size: int = 0  # side every image is resized to by prep; 0 keeps the source's size
 
     @property
     def seed(self) -> int:
@@ -91,6 +93,8 @@ class RunConfig:
             "models": list(self.models),
             "validation_fraction": self.validation_fraction,
             "train": dict(self.train),
+            "workers": self.workers,
+            "image_size": self.image_size,
         }
 
 
@@ -105,6 +109,8 @@ def resolve(
     dataset: str | None = None,
     models: list[str] | tuple[str, ...] | None = None,
     validation_fraction: float | None = None,
+    workers: int | None = None,
+    image_size: int | None = None,
     **train_overrides: Any,
 ) -> RunConfig:
     """Merge a preset with overrides (``None`` means "keep the preset's value") and validate it.
@@ -139,4 +145,12 @@ def resolve(
         models=chosen_models,
         validation_fraction=fraction,
         train=types.MappingProxyType(resolved_train),
+        workers=_whole_number("--workers", 1 if workers is None else workers, minimum=1),
+        image_size=_whole_number("--image-size", 0 if image_size is None else image_size, minimum=0),
     )
+
+
+def _whole_number(flag: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{flag} must be a whole number >= {minimum}, got {value!r}")
+    return value

@@ -127,7 +127,8 @@ def unique_local_paths(inputs: tuple, outputs: tuple, pipeline_root: str = "") -
 
 
 def pipeline_arguments(
-    config: RunConfig, checkpoint_root: str, run_name: str, registry: str = "", promotion_margin: float = 0.0
+    config: RunConfig, checkpoint_root: str, run_name: str, registry: str = "", promotion_margin: float = 0.0,
+    tensorboard_root: str = "",
 ) -> dict:
     """The pipeline's parameters for one run: exactly the names `cnnpipe compile` exposes."""
     return {
@@ -141,6 +142,9 @@ def pipeline_arguments(
         "checkpoint_root": checkpoint_root,
         "run_name": run_name,
         "preset": config.preset,
+        "workers": config.workers,
+        "image_size": config.image_size,
+        "tensorboard_root": tensorboard_root,
     }
 
 
@@ -157,6 +161,7 @@ def run_pipeline(
     image: str | None = None,
     registry: str = "",
     promotion_margin: float = 0.0,
+    tensorboard_root: str = "",
 ) -> str:
     """Execute the pipeline with the runner set by ``init_local_runner``; returns the run's directory.
 
@@ -177,7 +182,8 @@ def run_pipeline(
         with warnings.catch_warnings(), console.capture():
             # The subprocess runner warns that the components name an image; here that is the point.
             warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
-            pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name, registry, promotion_margin))
+            pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name, registry, promotion_margin,
+                                                   tensorboard_root))
     except RuntimeError as error:
         raise failure(console, str(error)) from None
     created = sorted(set(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*"))) - before)

@@ -6,12 +6,13 @@ train and evaluate ask for GPUs on the GPU node pool, and prep and report stay o
 The pipeline function only wires steps: every setting lives in the components or the placement.
 """
 
+import json
 from typing import Callable
 
 from kfp import dsl
 
-from components.kfp_components import evaluate_model, prepare_data, train_model, write_report
 from pipeline.config import RunConfig, resolve
+from pipeline.jobset import placement_arguments
 from pipeline.placement import (
     Placement,
     disable_cache_for_mutable_source,
@@ -19,6 +20,7 @@ from pipeline.placement import (
     place_gpu_task,
     retry_preempted,
 )
+from pipeline.steps import evaluate_model, prepare_data, train_model, write_report
 
 PIPELINE_NAME = "cnnpipe"
 IMAGE_ENVIRONMENT_VARIABLE = "CNNPIPE_IMAGE"
@@ -59,8 +61,11 @@ def build_pipeline(
         preset: str = defaults.preset,
         registry: str = registry,
         promotion_margin: float = promotion_margin,
+        workers: int = defaults.workers,
+        image_size: int = defaults.image_size,
+        tensorboard_root: str = "",
     ):
-        prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed)
+        prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed, image_size=image_size)
         disable_cache_for_mutable_source(prep)
         with dsl.ParallelFor(models, parallelism=parallelism) as model_name:
             train = train_model(
@@ -70,6 +75,10 @@ def build_pipeline(
                 checkpoint_root=checkpoint_root,
                 run_name=run_name,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                workers=workers,
+                tensorboard_root=tensorboard_root,
+                cluster_placement=json.dumps({**placement_arguments(placement), "max_restarts": placement.train_retries})
+                if placement else "",
             )
             evaluation = evaluate_model(
                 dataset=prep.outputs["dataset"],

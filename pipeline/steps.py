@@ -15,20 +15,25 @@ DEFAULT_IMAGE = "cnnpipe:latest"
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def prepare_data(source: str, validation_fraction: float, seed: int, dataset: Output[Dataset]):
-    """Load a dataset source, validate it, split it and write uint8 arrays plus a manifest.
+def prepare_data(source: str, validation_fraction: float, seed: int, image_size: int, dataset: Output[Dataset]):
+    """Load a dataset source, validate it, split it and stream it into sharded TFRecords plus a manifest.
 
     Args:
         source: `digits`, `cifar10`, `fashion_mnist`, `mnist`, an image folder (train/<class>/*.png,
             test/<class>/...) or a CIFAR-10 binary archive; local path or gs:// URI.
         validation_fraction: Share of the training images held out for validation (0 = use the test split).
         seed: Seed of the validation split and of the bundled dataset's train/test split.
+        image_size: Side every image is resized to (0 = keep the source's size).
     """
     from components.data_prep import prepare
     from components.errors import pipeline_step
 
+    # On the cluster the artifact lives in gs://: the shards go straight to a prefix beside it and
+    # the artifact keeps only the manifest, so the steps after this one never download the data.
+    shards_location = dataset.uri + "-shards" if dataset.uri.startswith("gs://") else None
     with pipeline_step():
-        manifest = prepare(source, dataset.path, validation_fraction=validation_fraction, seed=seed)
+        manifest = prepare(source, dataset.path, validation_fraction=validation_fraction, seed=seed,
+                           image_size=image_size or None, shards_location=shards_location)
     dataset.metadata.update({key: manifest[key] for key in ("name", "num_classes", "image_shape", "splits")})
 
 
@@ -40,28 +45,42 @@ def train_model(
     checkpoint_root: str,
     run_name: str,
     pipeline_job_id: str,
+    workers: int,
+    tensorboard_root: str,
+    cluster_placement: str,
     model: Output[Model],
 ):
     """Train one zoo model with augmentation, an LR schedule and per-epoch checkpoints.
 
     Args:
-        model_name: Registry key of the architecture (see `cnnpipe models`).
+        model_name: Zoo name of the architecture (see `cnnpipe models`).
         train_config: Fields of TrainConfig (epochs, batch_size, optimizer, learning_rate, schedule ...).
         checkpoint_root: Durable directory or gs:// prefix for resumable checkpoints ('' = none).
         run_name: Names this run's checkpoints under checkpoint_root ('' = the pipeline job id), so a
             retried task, or the same local command run again, resumes instead of starting over.
         pipeline_job_id: The KFP job id, which stays the same when the cluster retries a task.
+        workers: Worker processes training the model data-parallel (1 = this process alone).
+        tensorboard_root: Directory or gs:// prefix for TensorBoard files, a folder per model
+            ('' = inside the model artifact).
+        cluster_placement: Where a JobSet's worker pods go, set by `cnnpipe compile` ('' = local processes).
     """
+    import os
+
+    from components import storage
     from components.errors import pipeline_step
     from components.recipe import TrainConfig
-    from components.train import train
+    from components.workers import train_on_workers
 
-    checkpoint_dir = None
-    if checkpoint_root:
-        checkpoint_dir = f"{checkpoint_root.rstrip('/')}/{run_name or pipeline_job_id}/{model_name}"
+    run_id = run_name or pipeline_job_id
+    checkpoint_dir = storage.join(checkpoint_root, run_id, model_name) if checkpoint_root else None
+    tensorboard_dir = storage.join(tensorboard_root, model_name) if tensorboard_root else os.path.join(model.path, "tensorboard")
     with pipeline_step():
-        result = train(dataset.path, model_name, model.path, TrainConfig.from_dict(train_config), checkpoint_dir)
-    model.metadata.update({key: result[key] for key in ("name", "params", "epochs", "train_seconds")})
+        result = train_on_workers(
+            workers, dataset.path, dataset.uri, model_name, model.path, TrainConfig.from_dict(train_config),
+            checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir, run_id=run_id,
+            cluster_placement=cluster_placement,
+        )
+    model.metadata.update({key: result[key] for key in ("name", "params", "epochs", "train_seconds", "workers")})
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)

@@ -102,7 +102,7 @@ def test_docker_runner_passes_gpus_through():
     arguments = docker_run_arguments(gpus=True)
     [request] = arguments["device_requests"]
     assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
-    assert docker_run_arguments(gpus=False) == {}
+    assert "device_requests" not in docker_run_arguments(gpus=False)
     local.DockerRunner(**arguments)  # the runner accepts them as `docker run` arguments
 
 
