@@ -146,9 +146,16 @@ def resolve_device_settings(config: TrainConfig) -> DeviceSettings:
     return DeviceSettings(gpus=len(gpus), mixed_precision=mixed_precision, jit_compile=jit_compile)
 
 
-def resolve_steps_per_execution(setting: int | str, params: int, steps_per_epoch: int) -> int:
+def resolve_steps_per_execution(setting: int | str, params: int, steps_per_epoch: int, replicas: int = 1) -> int:
     """Steps per compiled call: 'auto' is 32 for models under 1M parameters (where per-step
-    dispatch dominates), 8 otherwise; never more than one epoch's steps."""
+    dispatch dominates), 8 otherwise; never more than one epoch's steps.
+
+    With several replicas (MirroredStrategy over GPUs) it is 1: Keras 3.15's multi-step loop
+    fails on a distributed iterator that ends with the epoch (checked on two logical CPU devices
+    in tests/test_device_paths.py), and the per-step dispatch it saves matters least there.
+    """
+    if replicas > 1:
+        return 1
     if setting == "auto":
         setting = 32 if params < 1_000_000 else 8
     return max(1, min(int(setting), steps_per_epoch))
@@ -287,14 +294,18 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
         if state is None:
             pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
             model = assemble_model(run.model_name, reader.image_shape, reader.num_classes, pixel_mean)
-            steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
+            steps_per_execution = resolve_steps_per_execution(
+                config.steps_per_execution, model.count_params(), steps_per_epoch, strategy.num_replicas_in_sync
+            )
             shorten_batch_norm_momentum(model, steps_per_epoch)
             compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
             state = _new_state(run.model_name, run.fingerprint, run.fingerprint_inputs, model.count_params(), validation_split)
         else:
             models.allow_deep_graphs()
             model = keras.models.load_model(state["checkpoint_path"])
-            steps_per_execution = resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
+            steps_per_execution = resolve_steps_per_execution(
+                config.steps_per_execution, model.count_params(), steps_per_epoch, strategy.num_replicas_in_sync
+            )
             # Keep the restored optimizer (its step counter and moments) and the saved precision
             # policy of the layers; the schedule is rebuilt, since --epochs may have grown, and
             # the execution knobs follow this machine.
