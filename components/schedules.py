@@ -82,4 +82,4 @@ def learning_rate_of_step(optimizer, step: int) -> float:
     learning_rate = optimizer._learning_rate  # the schedule itself; `.learning_rate` evaluates it at the current step
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         return float(learning_rate(step))
-    return float(optimizer.learning_rate)
+    return float(tf.convert_to_tensor(optimizer.learning_rate.value))  # the primary copy under a strategy
