@@ -108,13 +108,14 @@ def main() -> None:
     if not reason and arguments.tiny and subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
         reason = f"{IMAGE} is not built (make image-local)"
     if reason:
-        result["skipped"] = reason
+        result |= {"skipped": reason, "ratio": float("nan")}
     else:
         if not arguments.tiny:
             result |= build_times()
         result |= {"image_megabytes": image_megabytes(IMAGE, BASE),
                    "gpu_base": "tensorflow/tensorflow:2.21.0-gpu cannot be pulled here (no registry reachable)"}
         result |= startup_costs(arguments.repeats)
+        result["ratio"] = result["step_imports_in_container_seconds"] / result["step_imports_on_host_seconds"]
         if not arguments.tiny:
             result |= pipeline_times(arguments.repeats)
     result["machine"] = common.machine_description(load_average_at_start)

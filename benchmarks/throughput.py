@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +28,23 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._started)
+
+
+def prepared_dataset(images, labels, directory: str) -> str:
+    """The arrays as a prepared dataset, made as a user's data is: an image folder, then data prep."""
+    from PIL import Image
+
+    from components.data_prep import prepare
+
+    folder = os.path.join(directory, "folder")
+    for split, indices in (("train", range(len(images))), ("test", range(min(len(images), 100)))):
+        for index in indices:
+            class_dir = os.path.join(folder, split, f"class{labels[index]:02d}")
+            os.makedirs(class_dir, exist_ok=True)
+            Image.fromarray(images[index].squeeze()).save(os.path.join(class_dir, f"{index:06d}.png"))
+    dataset = os.path.join(directory, "dataset")
+    prepare(folder, dataset)
+    return dataset
 
 
 def random_cifar_like(count: int, num_classes: int = 10, shape: Sequence[int] = (32, 32, 3), seed: int = 0):
@@ -53,25 +72,31 @@ def train_path_images_per_second(
     seconds of epochs 2.. . Returns that and the settings used.
     """
     from components import train as training
+    from components.dataset import open_dataset
+    from components.input_pipeline import make_train_dataset, shift_pixels_for, steps_per_epoch_for
     from components.schedules import make_learning_rate
 
+    scratch = tempfile.TemporaryDirectory(prefix="cnnpipe-throughput-")
+    reader = open_dataset(prepared_dataset(images, labels, scratch.name))
     keras.utils.set_random_seed(config.seed)
     device = training.resolve_device_settings(config)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(device.mixed_precision)
     try:
-        pixel_mean = images.mean(axis=0, dtype=np.float64) / 255.0 if config.subtract_pixel_mean else None
+        pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
         model = training.assemble_model(model_name, images.shape[1:], num_classes, pixel_mean)
-        steps_per_epoch = training.steps_per_epoch_for(len(images), config.batch_size)
+        steps_per_epoch = steps_per_epoch_for(len(images), config.batch_size)
         steps_per_execution = training.resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
         learning_rate = make_learning_rate(config, steps_per_epoch)
         training.compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
-        shift_pixels = training.shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
-        dataset = training.make_train_dataset(images, labels, num_classes, config.batch_size, config.seed, shift_pixels, flip=augment)
+        shift_pixels = shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
+        dataset = make_train_dataset(reader, config.batch_size, config.seed, shift_pixels=shift_pixels, flip=augment,
+                                     cache=config.cache)
         timer = EpochTimer()
         model.fit(dataset.take(steps_per_epoch), epochs=epochs, callbacks=[timer], verbose=0, shuffle=False)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        scratch.cleanup()
     images_per_second = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
     progress(f"{model_name} train.py path, batch {config.batch_size}: {images_per_second:.1f} images/s")
     return {

@@ -107,12 +107,14 @@ def main() -> None:
     common.progress(f"all-reduce of {RESNET20_PARAMS} floats: {reduce_seconds * 1000:.1f} ms")
     one, two = (common.median(measured[workers]) for workers in (1, 2))
     common.write_result(arguments.output, {
+        "benchmark": "workers",
+        "tiny": arguments.tiny,
+        "ratio": two / one,
         "machine": common.machine_description(load_at_start),
         "model": MODEL_NAME,
         "batch_size": batch_size,
         "train_images": images,
         "images_per_second": {"1_worker": one, "2_workers": two, "runs": measured},
-        "speedup_2_workers": two / one,
         "all_reduce_milliseconds": reduce_seconds * 1000,
         "all_reduce_floats": RESNET20_PARAMS,
     })

@@ -49,7 +49,7 @@ def test_gcs_dataset_checkpoints_and_registry_end_to_end(gcs_emulator, tmp_path,
     assert run("--epochs", "2", *locations) == 0
     history = (tmp_path / "run" / "models" / "lenet5" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 2
-    assert "resuming lenet5 from gs://" in capsys.readouterr().out
+    assert "resuming lenet5 from gs://" in (tmp_path / "run" / "logs" / "train-model-lenet5.log").read_text()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     decision = summary["promotion"][0]
     first_accuracy = champion["test_accuracy"]
@@ -60,9 +60,9 @@ def test_gcs_dataset_checkpoints_and_registry_end_to_end(gcs_emulator, tmp_path,
 
     # Another recipe under the same checkpoint location is refused, not silently resumed.
     assert run("--epochs", "2", "--learning-rate", "0.05", *locations) == 2
-    captured = capsys.readouterr()
-    assert "different configuration" in captured.out
-    assert captured.err.strip().splitlines()[-1].startswith("error: the pipeline step 'train-model' failed")
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("error: the pipeline step 'train-model-lenet5' failed")
+    assert "different configuration" in last_line and "train-model-lenet5.log" in last_line
 
 
 def test_interrupted_training_resumes_from_gcs_checkpoint(gcs_emulator, tmp_path):

@@ -9,6 +9,8 @@ from kfp import compiler
 
 from datagen import make_image_folder
 from pipeline.cli import main
+from pipeline.config import resolve
+from pipeline.local_run import pipeline_arguments
 from pipeline.pipeline import build_pipeline
 
 pytestmark = pytest.mark.slow
@@ -77,9 +79,8 @@ def test_compiled_pipeline_exposes_the_run_parameters(tmp_path):
     compiler.Compiler().compile(build_pipeline(), str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(parameters) == {
-        "dataset", "models", "train_config", "validation_fraction", "seed", "checkpoint_root", "run_name", "preset",
-        "registry", "promotion_margin",
-    }
+    # What `cnnpipe run` passes is exactly what a cluster run can set with `submit --param`.
+    assert set(parameters) == set(pipeline_arguments(resolve("smoke"), checkpoint_root="", run_name=""))
+    assert {"dataset", "models", "train_config", "workers", "image_size", "tensorboard_root"} <= set(parameters)
     tasks = spec["root"]["dag"]["tasks"]
     assert {"prepare-data", "for-loop-1", "write-report"} <= set(tasks)
