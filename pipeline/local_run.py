@@ -59,7 +59,31 @@ def docker_runner(gpus: bool, pipeline_root: str, inputs: tuple = (), outputs: t
     for directory in (pipeline_root, *outputs):
         if is_local(directory):
             os.makedirs(directory, exist_ok=True)
+    from kfp.local import docker_task_handler
+
+    docker_task_handler.run_docker_container = run_container_keeping_its_exit_code
     return local.DockerRunner(**docker_run_arguments(gpus, inputs, outputs, pipeline_root))
+
+
+def run_container_keeping_its_exit_code(client, image: str, command: list, volumes: dict, **container_run_args) -> int:
+    """Runs one step's container, prints its output and returns its exit code.
+
+    Stands in for kfp 2.17.0's ``docker_task_handler.run_docker_container``, which starts the
+    container with auto-remove and reports success when the container is already gone by the
+    time it asks for the exit code: a step that failed fast could pass as succeeded. Here the
+    container stays until its exit code is read, then is removed.
+    """
+    if not client.images.list(name=image):
+        client.images.pull(image)
+    container = client.containers.run(
+        image=image, command=command, volumes=volumes, detach=True, stdout=True, stderr=True, **container_run_args
+    )
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
 
 
 # Sources read without a network: scikit-learn ships the digits; the other keywords download.

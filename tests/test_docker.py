@@ -153,3 +153,23 @@ def test_pipeline_into_an_output_directory_of_another_user(local_image, tmp_path
     assert_run_contract(shared / "run")
     owners = {(path.stat().st_uid, path.stat().st_gid) for path in (shared / "run").rglob("*")}
     assert owners == {(os.getuid(), os.getgid())}
+
+
+@pytest.mark.slow
+def test_a_step_failing_in_its_container_fails_the_run(local_image, tmp_path):
+    """A broken image in the dataset stops prep inside its container at once; the run must
+    report that step as failed (with its one-line cause), not carry on as if it succeeded."""
+    from datagen import make_image_folder
+
+    make_image_folder(tmp_path / "data", per_class=(3, 2), size=(8, 8))
+    (tmp_path / "data" / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    result = subprocess.run(
+        [CNNPIPE, "run", "--runner", "docker", "--image", local_image, "--dataset", str(tmp_path / "data"),
+         "--models", "lenet5", "--epochs", "1", "--output", str(tmp_path / "run")],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 2, (result.stdout + result.stderr)[-4000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "broken.png" in last_line and "prepare-data" in last_line
+    assert not (tmp_path / "run" / "report.html").exists()
+    assert not docker("ps", "-aq", "--filter", f"ancestor={local_image}").strip()  # no container left behind
