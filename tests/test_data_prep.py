@@ -531,3 +531,35 @@ def test_failed_prepare_removes_the_shards_it_wrote(image_folder, tmp_path):
     with pytest.raises(ValueError, match=f"image {truncated}"):
         prepare(root, str(tmp_path / "dataset"), shards_location=str(tmp_path / "bulk"))
     assert os.listdir(tmp_path / "bulk") == [] and leftovers(tmp_path) == []
+
+
+def test_a_format_added_to_the_table_is_prepared(tmp_path, monkeypatch):
+    """docs/development.md's recipe: a module-like trio in FORMATS makes a new format preparable."""
+    import numpy as np
+
+    from components import sources
+    from components.dataset import open_dataset
+    from components.sources.keyword import array_stream
+
+    def read(path, *, name=None, seed=0):
+        arrays = np.load(path)
+        return array_stream(name or "npz", ("a", "b"), arrays["train_images"], arrays["train_labels"],
+                            arrays["test_images"], arrays["test_labels"], allow_horizontal_flip=True)
+
+    def check(path):
+        if not os.path.isfile(path):
+            raise UserError(f"no file {path}")
+
+    npz = sources.SourceFormat(lambda path: path.endswith(".npz"), check, read)
+    monkeypatch.setattr(sources, "FORMATS", {"npz": npz, **sources.FORMATS})  # before the catch-all archive format
+    generator = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, train_images=generator.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8),
+             train_labels=np.array([0, 1] * 3, dtype=np.int32),
+             test_images=generator.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8),
+             test_labels=np.array([0, 1], dtype=np.int32))
+    manifest = prepare(str(path), str(tmp_path / "dataset"))
+    assert manifest["splits"] == {"train": 6, "test": 2, "validation": 0} and manifest["class_names"] == ["a", "b"]
+    images, labels = open_dataset(str(tmp_path / "dataset")).arrays("test")
+    np.testing.assert_array_equal(images, np.load(path)["test_images"])
+    np.testing.assert_array_equal(labels, [0, 1])

@@ -1,6 +1,6 @@
 """The project image for real: built here once per test run (`docker/build-local.sh`, the same
-script as `make image-local`), then every step run in containers: the README's one-step-at-a-time
-walkthrough as written, and `cnnpipe run --runner docker` for the whole pipeline.
+script as `make image-local`), then every step run in containers: the one-step-at-a-time
+walkthrough of docs/containers.md as written, and `cnnpipe run --runner docker` for the whole pipeline.
 
 Without a Docker engine (or without root and debootstrap to make the base) these tests skip
 with one line; under CI=true that is a failure, since CI installs and starts the engine.
@@ -86,9 +86,9 @@ def test_any_uid_gets_a_writable_home_and_a_working_cli(local_image):
 
 
 def readme_walkthrough() -> str:
-    readme = (REPOSITORY / "README.md").read_text()
-    match = re.search(r"<!-- walkthrough[^\n]*-->\n```bash\n(.*?)```", readme, re.DOTALL)
-    assert match, "README.md lost its walkthrough block"
+    guide = (REPOSITORY / "docs" / "containers.md").read_text()
+    match = re.search(r"<!-- walkthrough[^\n]*-->\n```bash\n(.*?)```", guide, re.DOTALL)
+    assert match, "docs/containers.md lost its walkthrough block"
     return match.group(1)
 
 
