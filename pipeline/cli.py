@@ -324,6 +324,7 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--run-name", help="display name of the run (default: cnnpipe <UTC time>)")
     submit.add_argument("--wait", action="store_true", help="follow the run; exit non-zero naming the failed task")
     submit.add_argument("--poll-seconds", type=float, default=15.0, help="with --wait: seconds between status checks (default: 15)")
+    submit.add_argument("--workers", type=int, help="train each model on N worker pods (a JobSet); same as --param workers=N")
     submit.set_defaults(handler=command_submit)
 
     schedule = commands.add_parser(
@@ -385,10 +386,13 @@ def describe_placement(placement) -> str:
 def command_submit(args: argparse.Namespace) -> int:
     from pipeline import cluster
 
+    params = cluster.parse_params(args.param)
+    if args.workers is not None:
+        params["workers"] = str(args.workers)
     run = cluster.submit(
         args.host,
         args.package,
-        params=cluster.parse_params(args.param),
+        params=params,
         experiment=args.experiment,
         pipeline_root=args.pipeline_root,
         wait=args.wait,
