@@ -169,18 +169,24 @@ def write_thumbnails(images: np.ndarray, path: str) -> None:
 
 
 def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
-    """Precision, recall and support per class; a class never predicted (or absent) scores 0."""
+    """Precision, recall and support per class; a class never predicted scores precision 0.
+
+    A class with no test images has no recall: it is None and the row says "no test images"
+    (a warning names the class), so the gap is visible rather than a silent 0 %.
+    """
     true_positives = np.diag(confusion)
     predicted = confusion.sum(axis=0)
     support = confusion.sum(axis=1)
     rows = []
     for index, name in enumerate(class_names):
-        rows.append(
-            {
-                "class": name,
-                "precision": float(true_positives[index] / predicted[index]) if predicted[index] else 0.0,
-                "recall": float(true_positives[index] / support[index]) if support[index] else 0.0,
-                "support": int(support[index]),
-            }
-        )
+        row = {
+            "class": name,
+            "precision": float(true_positives[index] / predicted[index]) if predicted[index] else 0.0,
+            "recall": float(true_positives[index] / support[index]) if support[index] else None,
+            "support": int(support[index]),
+        }
+        if not support[index]:
+            row["note"] = "no test images"
+            logger.warning("class %s has no test images: its recall cannot be measured", name)
+        rows.append(row)
     return rows

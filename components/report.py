@@ -173,6 +173,9 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
         entry["seed_accuracy"] = finite_or_none(result.get("seed_accuracy"))
         entry["family"] = result.get("family")
         entry["best_validation_accuracy"] = finite_or_none(result.get("best_validation_accuracy"))
+        # The work done, as counted by the optimizer: epochs x ceil(train images / batch) steps.
+        entry["optimizer_steps"] = result.get("optimizer_steps")
+        entry["images_seen"] = result.get("images_seen")
         entry["reference_gap"] = reference_gap(result, "reference_accuracy", compared)
         entry["seed_gap"] = reference_gap(result, "seed_accuracy", compared)
         models.append(entry)
@@ -282,6 +285,8 @@ def comparison_columns(compared: bool) -> list[tuple[str, Callable[[dict], objec
         ("Training time", lambda entry: format_duration(entry["train_seconds"])),
         ("Parameters", lambda entry: format_count(entry["params"])),
         ("Epochs", lambda entry: format_count(entry["epochs"])),
+        ("Optimizer steps", lambda entry: format_count(entry.get("optimizer_steps"))),
+        ("Images seen", lambda entry: format_count(entry.get("images_seen"))),
         ("Train images/s", lambda entry: format_count(entry["train_images_per_second"])),
         ("Inference images/s", lambda entry: format_count(entry["inference_images_per_second"])),
     ]
@@ -549,7 +554,7 @@ def html_per_class_table(per_class: list[dict]) -> str:
     """Precision, recall and support of each class."""
     rows = "".join(
         f'<tr><td class="text">{html.escape(str(row.get("class", MISSING)))}</td>'
-        f"<td>{format_percent(row.get('precision'))}</td><td>{format_percent(row.get('recall'))}</td>"
+        f"<td>{format_percent(row.get('precision'))}</td><td>{row.get('note') or format_percent(row.get('recall'))}</td>"
         f"<td>{format_count(row.get('support'))}</td></tr>"
         for row in per_class
     )

@@ -196,7 +196,9 @@ def command_run(args: argparse.Namespace) -> int:
     if args.runner == "subprocess" and (args.image or args.gpus):
         raise UserError("--image and --gpus need --runner docker; drop them or add --runner docker")
     from pipeline.console import Console, comparison_table
-    from pipeline.local_run import PipelineFailed, collect_outputs, init_local_runner, run_pipeline
+    from pipeline.local_run import (
+        PipelineFailed, collect_outputs, init_local_runner, run_pipeline, stopping_tasks_on_exit,
+    )
 
     tensorboard_root = os.path.join(output_dir, "tensorboard")
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus,
@@ -206,16 +208,17 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"cnnpipe run: {config.dataset}, models {', '.join(config.models)}; logs in {os.path.join(output_dir, 'logs')}")
     console = Console(os.path.join(output_dir, "logs"), verbose=args.verbose)
     try:
-        run_dir = run_pipeline(
-            config,
-            checkpoint_root=checkpoint_root,
-            run_name=args.run_name,
-            console=console,
-            image=args.image,
-            registry=args.registry,
-            promotion_margin=args.promotion_margin,
-            tensorboard_root=tensorboard_root,
-        )
+        with stopping_tasks_on_exit():
+            run_dir = run_pipeline(
+                config,
+                checkpoint_root=checkpoint_root,
+                run_name=args.run_name,
+                console=console,
+                image=args.image,
+                registry=args.registry,
+                promotion_margin=args.promotion_margin,
+                tensorboard_root=tensorboard_root,
+            )
     except PipelineFailed as error:
         # Not a user mistake (exit 2), but the task's own traceback is in its log: one line here.
         print(f"error: {error}", file=sys.stderr)

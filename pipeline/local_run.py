@@ -8,11 +8,14 @@ then puts the report and each model's files where the user asked for them.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
 import shutil
+import signal
+import time
 import warnings
 
 from pipeline.config import RunConfig
@@ -262,3 +265,68 @@ def link_or_copy(source: str, destination: str) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copyfile(source, destination)
+
+
+@contextlib.contextmanager
+def stopping_tasks_on_exit():
+    """While the pipeline runs, a SIGTERM (a scheduler stopping the run, `kill`) or SIGINT stops
+    every task process first, then leaves as KeyboardInterrupt.
+
+    The local runner starts each task as a child process that a signal to this process alone
+    would not reach, and waits for it on the way out: without this, a stopped `cnnpipe run` hung
+    until its training had finished. Checkpoints are written atomically, so the same command
+    resumes after the last completed epoch.
+    """
+    def stop_tasks(signal_number, frame):
+        terminate_processes(descendant_processes(os.getpid()))
+        raise KeyboardInterrupt(f"signal {signal_number}")
+
+    previous = {number: signal.signal(number, stop_tasks) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def descendant_processes(pid: int) -> list[int]:
+    """Every process below `pid` (children first), read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat_file:
+                parent = int(stat_file.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(parent, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def terminate_processes(pids: list[int], grace_seconds: float = 10.0) -> None:
+    """SIGTERM to each, then SIGKILL to those still running after `grace_seconds`."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if _running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive and not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -151,8 +151,11 @@ def place_cpu_task(task, placement: Placement):
 def retry_preempted(task, placement: Placement):
     """Retries a failed task with exponential backoff (60 s, 120 s, 240 s ... by default).
 
-    KFP cannot tell a preempted pod from a crash, so every failure is retried; training
-    resumes from its per-epoch checkpoint, so a retry repeats at most one epoch.
+    KFP's retry policy cannot look at exit codes, so every failure starts a retry; training
+    resumes from its per-epoch checkpoint, so a retry after a preemption repeats at most one
+    epoch. A run that stopped on a user mistake or a diverged loss left a failure record beside
+    its checkpoint (components/checkpoints.py), so its retries stop at once with the same message
+    instead of training again.
     """
     if placement.train_retries == 0:
         return task

@@ -120,3 +120,15 @@ def test_evaluate_rejects_a_bad_batch_size(trained, tmp_path):
     dataset_dir, model_dir = trained
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         evaluate(dataset_dir, model_dir, str(tmp_path / "evaluation"), batch_size=0)
+
+
+def test_a_class_without_test_images_has_no_recall_and_says_so(caplog):
+    import numpy as np
+
+    from components.evaluate import per_class_metrics
+
+    confusion = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])  # nothing of class "c" in the test split
+    rows = per_class_metrics(confusion, ["a", "b", "c"])
+    assert rows[2] == {"class": "c", "precision": 0.0, "recall": None, "support": 0, "note": "no test images"}
+    assert rows[0]["recall"] == 0.75 and "note" not in rows[0]
+    assert "class c has no test images" in caplog.text

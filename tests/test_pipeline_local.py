@@ -84,3 +84,39 @@ def test_compiled_pipeline_exposes_the_run_parameters(tmp_path):
     assert {"dataset", "models", "train_config", "workers", "image_size", "tensorboard_root"} <= set(parameters)
     tasks = spec["root"]["dag"]["tasks"]
     assert {"prepare-data", "for-loop-1", "write-report"} <= set(tasks)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_stops_its_tasks_and_the_same_command_resumes(tmp_path):
+    """SIGTERM to `cnnpipe run` mid-training (a scheduler stopping it): no task process is left
+    running, and the same command then resumes from the last completed epoch."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.local_run import descendant_processes
+
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--models", "lenet5", "--output", str(output)]
+    run = subprocess.Popen([*command, "--epochs", "400"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = output / "checkpoints" / "local" / "lenet5" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        assert run.poll() is None, run.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.2)
+    tasks = descendant_processes(run.pid)
+    assert tasks, "the train task runs as a child process"
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 130
+    time.sleep(0.5)
+    assert not [pid for pid in tasks if os.path.exists(f"/proc/{pid}") and
+                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    stopped_at = json.loads(state.read_text())["epoch"]
+    assert 1 <= stopped_at < 400
+
+    again = subprocess.run([*command, "--epochs", str(stopped_at + 1)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    result = json.loads(next((output / "pipeline").rglob("train_result.json")).read_text())
+    assert result["resumed_from_epoch"] == stopped_at and result["epochs"] == stopped_at + 1
