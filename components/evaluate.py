@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from components import data_prep, storage
-from components import models
+from components import models, storage
+from components.dataset import open_dataset
 from components.errors import UserError
-from components.report import MISTAKES_FILE
 from components.keras_setup import keras, tf
+from components.report import MISTAKES_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,17 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     for required in (model_path, train_result_path):
         if not os.path.isfile(required):
             raise UserError(f"no {os.path.basename(required)} in {model_dir}; pass the training step's output directory")
-    manifest = data_prep.read_manifest(dataset_dir)
-    images, labels = data_prep.load_split(dataset_dir, "test")
+    reader = open_dataset(dataset_dir)
+    manifest = reader.manifest
     with open(train_result_path) as train_result_file:
         train_result = json.load(train_result_file)
 
+    # The test split is streamed from its shards, never held whole: the pixels pass through the
+    # model once, the labels are read on their own, and only the mistakes shown keep an image.
+    test_batches = reader.examples("test", ordered=True).batch(batch_size)
+    labels = np.concatenate([batch_labels for _, batch_labels in test_batches.as_numpy_iterator()])
     model = load_model_for_inference(model_path)
-    probabilities, seconds = timed_predict(model, images, batch_size)
+    probabilities, seconds = timed_predict(model, test_batches.map(lambda images, _: images), len(labels), batch_size)
     num_classes = int(manifest["num_classes"])
     predictions = probabilities.argmax(axis=1)
     confusion = confusion_matrix(labels, predictions, num_classes)
@@ -91,7 +95,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     history_path = os.path.join(model_dir, "history.csv")
     if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
         shutil.copyfile(history_path, os.path.join(output_dir, "history.csv"))
-    mistaken_images = images[[mistake["index"] for mistake in result["mistakes"]]]
+    mistaken_images = images_at(reader, "test", [mistake["index"] for mistake in result["mistakes"]])
     write_thumbnails(mistaken_images, os.path.join(output_dir, MISTAKES_FILE))
     storage.write_json(os.path.join(output_dir, "result.json"), result)
     return result
@@ -105,20 +109,36 @@ def load_model_for_inference(model_path: str) -> keras.Model:
     return model
 
 
-def timed_predict(model: keras.Model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
-    """Class probabilities for uint8 `images` and the seconds the prediction pass took.
+def timed_predict(model: keras.Model, batches: tf.data.Dataset, image_count: int, batch_size: int) -> tuple[np.ndarray, float]:
+    """Class probabilities for the uint8 image `batches` (`image_count` images, `batch_size` a
+    batch) and the seconds the prediction pass took.
 
     The first and the last batch are predicted first so tracing and compilation are not counted:
     a last batch of another size would otherwise be traced again inside the timed pass.
     """
-    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(lambda batch: tf.cast(batch, tf.float32))
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = batches.map(lambda batch: tf.cast(batch, tf.float32)).prefetch(tf.data.AUTOTUNE)
     model.predict(dataset.take(1), verbose=0)
-    if len(images) > batch_size and len(images) % batch_size:
-        model.predict(dataset.skip(len(images) // batch_size), verbose=0)
+    if image_count > batch_size and image_count % batch_size:
+        model.predict(dataset.skip(image_count // batch_size), verbose=0)
     started = time.perf_counter()
     probabilities = model.predict(dataset, verbose=0)
     return np.asarray(probabilities, dtype=np.float64), time.perf_counter() - started
+
+
+def images_at(reader, split: str, indices: list[int]) -> np.ndarray:
+    """The uint8 images at `indices` (file order) of `split`, in that order, from one streamed pass."""
+    found = np.zeros((len(indices), *reader.image_shape), dtype=np.uint8)
+    if not indices:
+        return found
+    start = 0
+    for batch_images, _ in reader.examples(split, ordered=True).batch(1024).as_numpy_iterator():
+        for position, index in enumerate(indices):
+            if start <= index < start + len(batch_images):
+                found[position] = batch_images[index - start]
+        start += len(batch_images)
+        if start > max(indices):
+            break
+    return found
 
 
 def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:

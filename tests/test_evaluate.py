@@ -132,3 +132,16 @@ def test_a_class_without_test_images_has_no_recall_and_says_so(caplog):
     assert rows[2] == {"class": "c", "precision": 0.0, "recall": None, "support": 0, "note": "no test images"}
     assert rows[0]["recall"] == 0.75 and "note" not in rows[0]
     assert "class c has no test images" in caplog.text
+
+
+def test_images_at_picks_streamed_images_in_the_order_asked(tmp_path):
+    import numpy as np
+
+    from components.dataset import open_dataset
+    from components.evaluate import images_at
+
+    dataset = write_dataset(tmp_path / "dataset", test_count=12)
+    images, _ = load_split(dataset, "test")
+    picked = images_at(open_dataset(dataset), "test", [11, 0, 5])
+    np.testing.assert_array_equal(picked, images[[11, 0, 5]])
+    assert images_at(open_dataset(dataset), "test", []).shape == (0, *images.shape[1:])
