@@ -9,7 +9,7 @@ Keras treats as "not installed", and importing them directly afterwards works as
 
 TensorFlow's oneDNN CPU kernels are switched on (`TF_ENABLE_ONEDNN_OPTS=1`, unless the
 environment says otherwise): TensorFlow leaves them off by default on some CPUs, and on a 2-core
-AVX2 EPYC, where it did, switching them on made ResNet20 training 1.6x faster (BENCHMARKS.md).
+AVX2 EPYC, where it did, switching them on made ResNet20 training markedly faster (BENCHMARKS.md, 2).
 
 TensorFlow's C++ start-up notices (CUDA probing on machines without a GPU, absl's banner) are
 written straight to file descriptor 2; they are muted for the import alone, so a user sees

@@ -132,7 +132,7 @@ def resolve_device_settings(config: TrainConfig) -> DeviceSettings:
     """Resolves 'auto' precision and XLA for the visible devices.
 
     On GPU: XLA on, bfloat16 on compute capability >= 8 (no loss scaling needed), float16 before.
-    On CPU: float32 and no XLA (XLA measured about half as fast for ResNet20 on this CPU).
+    On CPU: float32 and no XLA (slower there for ResNet20, BENCHMARKS.md).
     """
     gpus = tf.config.list_physical_devices("GPU")
     if config.mixed_precision != "auto":
