@@ -285,8 +285,6 @@ def comparison_columns(compared: bool) -> list[tuple[str, Callable[[dict], objec
         ("Training time", lambda entry: format_duration(entry["train_seconds"])),
         ("Parameters", lambda entry: format_count(entry["params"])),
         ("Epochs", lambda entry: format_count(entry["epochs"])),
-        ("Optimizer steps", lambda entry: format_count(entry.get("optimizer_steps"))),
-        ("Images seen", lambda entry: format_count(entry.get("images_seen"))),
         ("Train images/s", lambda entry: format_count(entry["train_images_per_second"])),
         ("Inference images/s", lambda entry: format_count(entry["inference_images_per_second"])),
     ]
@@ -438,7 +436,9 @@ def html_model_section(index: int, model: ModelResult, manifest: dict) -> str:
         f'<p class="muted">Family: {escape(str(result.get("family", MISSING)))} · '
         f"test accuracy {format_percent(result['test_accuracy'])} · "
         f"best validation accuracy {format_percent(result.get('best_validation_accuracy'))} · "
-        f"{format_count(result['epochs'])} epochs in {format_duration(result['train_seconds'])}</p>",
+        f"{format_count(result['epochs'])} epochs in {format_duration(result['train_seconds'])} "
+        f"({format_count(result.get('optimizer_steps'))} optimizer steps, "
+        f"{format_count(result.get('images_seen'))} training images seen)</p>",
         '<div class="plots">',
         html_image(plot_training_curves(model), f"training curves of {model.name}"),
     ]
