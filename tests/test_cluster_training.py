@@ -1,0 +1,76 @@
+"""The train task on the cluster with several workers, end to end against loopback servers:
+the loopback Kubernetes API server stands in for the JobSet controller (its JobSet completes),
+the GCS emulator holds the checkpoint the worker pods would have written."""
+
+import json
+
+import pytest
+import yaml
+from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
+
+from components import storage
+from components.errors import UserError
+from components.train import train
+from components.workers import train_on_workers
+from pipeline.jobset import placement_arguments
+from pipeline.placement import Placement
+from tests.k8s_fake_server import FakeKubernetesServer, completed
+from tests.test_train import quick_config, write_dataset
+
+IMAGE = "registry.example.com/cnnpipe:1.0"
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    """A kubeconfig naming a loopback API server whose JobSets complete at once; yields the server."""
+    with FakeKubernetesServer(status_script=[completed()]) as server:
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
+                  "clusters": [{"name": "fake", "cluster": {"server": server.host}}],
+                  "users": [{"name": "me", "user": {"token": "token"}}],
+                  "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me", "namespace": "kubeflow"}}]}
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield server
+
+
+def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared_checkpoint(
+    gcs_emulator, kubeconfig, tmp_path
+):
+    dataset = write_dataset(tmp_path / "dataset")
+    checkpoint_dir = gcs_emulator.url("checkpoints/run-1/lenet5")
+    config = quick_config(epochs=2)
+    # What the worker pods leave behind: every epoch checkpointed in the bucket.
+    train(dataset, "lenet5", str(tmp_path / "pods"), config, checkpoint_dir)
+
+    placement = json.dumps({**placement_arguments(Placement(image=IMAGE)), "max_restarts": 2})
+    result = train_on_workers(2, dataset, "gs://pipeline-root/run/prepare-data/dataset", "lenet5",
+                              str(tmp_path / "model"), config, checkpoint_dir=checkpoint_dir,
+                              tensorboard_dir=None, run_id="run-1", cluster_placement=placement)
+
+    assert result["epochs"] == 2 and (tmp_path / "model" / "model.keras").is_file()
+    (create,) = kubeconfig.requests_to("POST", "/jobsets")
+    assert create.body["spec"]["failurePolicy"]["maxRestarts"] == 2
+    (replicated_job,) = create.body["spec"]["replicatedJobs"]
+    assert replicated_job["template"]["spec"]["parallelism"] == 2
+    (container,) = replicated_job["template"]["spec"]["template"]["spec"]["containers"]
+    command = container["command"] + container.get("args", [])
+    assert container["image"] == IMAGE
+    train_command = command[command.index("cnnpipe"):]
+    assert train_command[:3] == ["cnnpipe", "component", "train"]
+    flags = dict(zip(train_command[3::2], train_command[4::2]))
+    # The pods read the dataset from the bucket and share progress through the gs:// checkpoint.
+    assert flags["--dataset"] == "gs://pipeline-root/run/prepare-data/dataset"
+    assert flags["--checkpoint-dir"] == checkpoint_dir
+    assert flags["--tensorboard-dir"] == storage.join(checkpoint_dir, "tensorboard")
+    assert json.loads(flags["--config"]) == config.to_dict()
+    assert kubeconfig.requests_to("DELETE", "/jobsets")
+
+
+def test_several_workers_on_the_cluster_need_a_gcs_checkpoint(kubeconfig, tmp_path):
+    placement = json.dumps(placement_arguments(Placement(image=IMAGE)))
+    with pytest.raises(UserError, match="needs a gs:// checkpoint_root"):
+        train_on_workers(2, str(tmp_path), "gs://root/dataset", "lenet5", str(tmp_path / "model"), quick_config(),
+                         checkpoint_dir=str(tmp_path / "local-checkpoints"), tensorboard_dir=None, run_id="run-1",
+                         cluster_placement=placement)
+    assert not kubeconfig.requests_to("POST", "/jobsets")
