@@ -32,6 +32,25 @@ def epoch_learning_rate(model: keras.Model) -> float:
     return learning_rate_of_step(model.optimizer, max(optimizer_steps(model) - 1, 0))
 
 
+class EpochMeter(keras.callbacks.Callback):
+    """Measures each epoch as it ends: `epoch_steps()` optimizer steps in `epoch_seconds()`."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch_started = 0.0
+        self.steps_before_epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+        self.steps_before_epoch = optimizer_steps(self.model)
+
+    def epoch_steps(self) -> int:
+        return optimizer_steps(self.model) - self.steps_before_epoch
+
+    def epoch_seconds(self) -> float:
+        return time.perf_counter() - self.epoch_started
+
+
 class StopOnDivergence(keras.callbacks.Callback):
     """Stops the run with a UserError when the epoch's loss is not finite (nothing is saved)."""
 
@@ -63,7 +82,7 @@ class PlateauCallback(keras.callbacks.Callback):
         schedule.plateau_scale.assign(self.plateau.scale)
 
 
-class EpochCheckpointer(keras.callbacks.Callback):
+class EpochCheckpointer(EpochMeter):
     """Appends the epoch's history row, checkpoints (locally, then to `remote_dir` if given).
 
     Args:
@@ -82,17 +101,10 @@ class EpochCheckpointer(keras.callbacks.Callback):
         self.state = state
         self.plateau_callback = plateau_callback
         self.batch_size = batch_size
-        self.epoch_started = 0.0
-        self.steps_before_epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_started = time.perf_counter()
-        self.steps_before_epoch = optimizer_steps(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.epoch_started
+        seconds, steps = self.epoch_seconds(), self.epoch_steps()
         logs = logs or {}
-        steps = optimizer_steps(self.model) - self.steps_before_epoch
         row = {
             "epoch": epoch + 1,
             "loss": float(logs.get("loss", float("nan"))),
@@ -166,7 +178,7 @@ class ProgressReporter(keras.callbacks.Callback):
         progress.emit("train", phase, **fields)
 
 
-class TensorBoardWriter(keras.callbacks.Callback):
+class TensorBoardWriter(EpochMeter):
     """Writes per-epoch scalars TensorBoard shows: loss and accuracy under `train/` and
     `validation/` (the tags Keras' own TensorBoard callback uses, so the two overlay), learning
     rate and images/s under `train/`. The x axis is the epoch, so a resumed run continues the
@@ -179,20 +191,13 @@ class TensorBoardWriter(keras.callbacks.Callback):
         self.local_dir = local_dir
         self.batch_size = batch_size
         self.writers = {}
-        self.epoch_started = 0.0
-        self.steps_before_epoch = 0
 
     def on_train_begin(self, logs=None):
         self.writers = {name: tf.summary.create_file_writer(os.path.join(self.local_dir, name)) for name in ("train", "validation")}
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_started = time.perf_counter()
-        self.steps_before_epoch = optimizer_steps(self.model)
-
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        seconds = time.perf_counter() - self.epoch_started
-        images = (optimizer_steps(self.model) - self.steps_before_epoch) * self.batch_size
+        seconds, images = self.epoch_seconds(), self.epoch_steps() * self.batch_size
         scalars = {
             "train": {"epoch_loss": logs.get("loss"), "epoch_accuracy": logs.get("accuracy"),
                       "epoch_learning_rate": epoch_learning_rate(self.model),

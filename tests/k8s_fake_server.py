@@ -257,3 +257,14 @@ def _handler_for(server: FakeKubernetesServer):
             pass
 
     return Handler
+
+
+def write_kubeconfig(path, server: "FakeKubernetesServer", namespace: str) -> None:
+    """A kubeconfig whose current context is `server` with a bearer token and `namespace`."""
+    import yaml
+
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
+              "clusters": [{"name": "fake", "cluster": {"server": server.host}}],
+              "users": [{"name": "me", "user": {"token": "secret-token"}}],
+              "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me", "namespace": namespace}}]}
+    path.write_text(yaml.safe_dump(config))

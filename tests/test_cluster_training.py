@@ -5,7 +5,6 @@ the GCS emulator holds the checkpoint the worker pods would have written."""
 import json
 
 import pytest
-import yaml
 from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 from components import storage
@@ -14,7 +13,7 @@ from components.train import train
 from components.workers import train_on_workers
 from pipeline.jobset import placement_arguments
 from pipeline.placement import Placement
-from tests.k8s_fake_server import FakeKubernetesServer, completed
+from tests.k8s_fake_server import FakeKubernetesServer, completed, write_kubeconfig
 from tests.test_train import quick_config, write_dataset
 
 IMAGE = "registry.example.com/cnnpipe:1.0"
@@ -24,11 +23,7 @@ IMAGE = "registry.example.com/cnnpipe:1.0"
 def kubeconfig(tmp_path, monkeypatch):
     """A kubeconfig naming a loopback API server whose JobSets complete at once; yields the server."""
     with FakeKubernetesServer(status_script=[completed()]) as server:
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
-                  "clusters": [{"name": "fake", "cluster": {"server": server.host}}],
-                  "users": [{"name": "me", "user": {"token": "token"}}],
-                  "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me", "namespace": "kubeflow"}}]}
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        write_kubeconfig(tmp_path / "kubeconfig", server, "kubeflow")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield server

@@ -17,7 +17,9 @@ from components import workers
 from components.errors import UserError
 from pipeline import jobset
 from pipeline.placement import Placement
-from tests.k8s_fake_server import FakeKubernetesServer, completed, failed, jobset_schema, running, unavailable
+from tests.k8s_fake_server import (
+    FakeKubernetesServer, completed, failed, jobset_schema, running, unavailable, write_kubeconfig,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 IMAGE = "us-docker.pkg.dev/example/cnnpipe/cnnpipe:test"
@@ -293,11 +295,7 @@ def test_the_fake_server_refuses_what_the_api_server_would():
 
 def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, monkeypatch):
     with FakeKubernetesServer(status_script=[completed()]) as server:  # done at the first poll: no wait
-        kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
-                      "clusters": [{"name": "fake", "cluster": {"server": server.host}}],
-                      "users": [{"name": "me", "user": {"token": "secret-token"}}],
-                      "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me", "namespace": "team-a"}}]}
-        (tmp_path / "config").write_text(yaml.safe_dump(kubeconfig))
+        write_kubeconfig(tmp_path / "config", server, "team-a")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         assert jobset.kubernetes_client()[1] == "team-a"
