@@ -26,12 +26,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import yaml
+
+from tests.loopback_http import LoopbackServer
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/"
 CORE = "/api/v1/namespaces/"
@@ -81,7 +83,7 @@ class RecordedRequest:
 
 
 @dataclass
-class FakeKubernetesServer:
+class FakeKubernetesServer(LoopbackServer):
     """In-memory Kubernetes API subset on 127.0.0.1 with an ephemeral port; use as a context manager."""
 
     status_script: list = field(default_factory=lambda: [running(), running(), completed()])
@@ -95,21 +97,7 @@ class FakeKubernetesServer:
         self._lock = threading.Lock()
         self._polls: dict[tuple[str, str], int] = {}
         self._validator = jsonschema.Draft7Validator(jobset_schema())
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._http.daemon_threads = True
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    @property
-    def host(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}"
-
-    def __enter__(self) -> "FakeKubernetesServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exception_info):
-        self._http.shutdown()
-        self._http.server_close()
+        self.serve(_handler_for(self))
 
     def requests_to(self, method: str, path_part: str) -> list[RecordedRequest]:
         return [request for request in self.requests if request.method == method and path_part in request.path]

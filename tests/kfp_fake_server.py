@@ -31,8 +31,10 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from tests.loopback_http import LoopbackServer
 
 API = "/apis/v2beta1"
 CREATED_AT = "2025-01-01T00:00:00Z"
@@ -73,7 +75,7 @@ def failing_script(failed_task="train", message="OOMKilled: container exceeded i
 
 
 @dataclass
-class FakeKfpServer:
+class FakeKfpServer(LoopbackServer):
     """In-memory KFP backend on 127.0.0.1 with an ephemeral port; use as a context manager."""
 
     run_script: list = field(default_factory=successful_script)
@@ -88,21 +90,7 @@ class FakeKfpServer:
         self._ids = itertools.count(1)
         self._run_polls: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    @property
-    def host(self) -> str:
-        """Base URL to give kfp.Client."""
-        return f"http://127.0.0.1:{self._http.server_address[1]}"
-
-    def __enter__(self) -> "FakeKfpServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exception_info):
-        self._http.shutdown()
-        self._http.server_close()
+        self.serve(_handler_for(self))
 
     def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
         """Recorded requests with this method and path (path without /apis/v2beta1)."""

@@ -1,0 +1,28 @@
+"""The part every loopback API server of the tests shares: serving on 127.0.0.1 in a thread."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class LoopbackServer:
+    """Serves a request handler on 127.0.0.1 at an ephemeral port; use as a context manager."""
+
+    def serve(self, handler_class: type[BaseHTTPRequestHandler]) -> None:
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+        self._http.daemon_threads = True
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exception_info):
+        self._http.shutdown()
+        self._http.server_close()
