@@ -5,6 +5,7 @@ name, files sorted by name), so a test can compare a round trip exactly.
 """
 
 import io
+import itertools
 import os
 import tarfile
 
@@ -45,17 +46,24 @@ def make_image_folder(
         {"train": (images uint8 [N, H, W, C], labels int32 [N]), "test": (...), "class_names": [...]}
         with labels indexing the sorted class names.
     """
-    train_count, test_count = (per_class, per_class) if isinstance(per_class, int) else per_class
     channels = 1 if mode == "L" else 3
-    class_names = sorted(classes)
     generator = np.random.default_rng(seed)
+    return write_folder(root, classes, per_class, lambda count: random_images(generator, count, size, channels),
+                        image_format, mode)
+
+
+def write_folder(root, classes, per_class, make_images, image_format="png", mode="RGB") -> dict:
+    """Writes ``root/{train,test}/<class>/image_NNN.<format>`` from ``make_images(count)`` (uint8
+    [count, H, W, C], called per split and class in reading order); returns what was written."""
+    train_count, test_count = (per_class, per_class) if isinstance(per_class, int) else per_class
+    class_names = sorted(classes)
     written = {"class_names": class_names}
     for split, count in (("train", train_count), ("test", test_count)):
         images, labels = [], []
         for label, class_name in enumerate(class_names):
             class_dir = os.path.join(root, split, class_name)
             os.makedirs(class_dir, exist_ok=True)
-            class_images = random_images(generator, count, size, channels)
+            class_images = make_images(count)
             for index, pixels in enumerate(class_images):
                 save_image(pixels, os.path.join(class_dir, f"image_{index:03d}.{image_format}"), mode)
             images.append(class_images)
@@ -126,20 +134,12 @@ def make_numbered_folder(root, classes=("a", "b", "c"), per_class=(6, 2), size=(
 
     Returns {"train": (images, labels), "test": (...)} like make_image_folder.
     """
-    train_count, test_count = (per_class, per_class) if isinstance(per_class, int) else per_class
-    class_names = sorted(classes)
-    number = 0
-    written = {"class_names": class_names}
-    for split, count in (("train", train_count), ("test", test_count)):
-        images, labels = [], []
-        for label, class_name in enumerate(class_names):
-            class_dir = os.path.join(root, split, class_name)
-            os.makedirs(class_dir, exist_ok=True)
-            for index in range(count):
-                pixels = np.full((*size, 3), number, dtype=np.uint8)
-                save_image(pixels, os.path.join(class_dir, f"image_{index:03d}.png"))
-                images.append(pixels)
-                labels.append(label)
-                number += 1
-        written[split] = (np.stack(images), np.asarray(labels, dtype=np.int32))
-    return written
+    numbers = itertools.count()
+
+    def numbered_images(count: int) -> np.ndarray:
+        images = np.empty((count, *size, 3), dtype=np.uint8)
+        for image in images:
+            image[...] = next(numbers)
+        return images
+
+    return write_folder(root, classes, per_class, numbered_images)

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 import yaml
 
-from tests.loopback_http import LoopbackServer
+from tests.loopback_http import LoopbackServer, RecordedRequest
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/"
 CORE = "/api/v1/namespaces/"
@@ -72,14 +72,6 @@ def failed(message: str = "jobset failed due to reaching max number of restarts"
 def unavailable() -> dict:
     """Not a status: the GET that draws it is answered 503, as during an API server restart."""
     return {"unavailable": True}
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: object = None
 
 
 @dataclass

@@ -34,21 +34,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.loopback_http import LoopbackServer
+from tests.loopback_http import LoopbackServer, RecordedRequest
 
 API = "/apis/v2beta1"
 CREATED_AT = "2025-01-01T00:00:00Z"
 
 
-@dataclass
-class RecordedRequest:
-    """One request as the server received it; `body` is JSON, or the multipart file's text."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: object = None
-    authorization: str | None = None
 
 
 def successful_script(task_names=("prep", "train", "evaluate", "report")):

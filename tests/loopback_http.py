@@ -1,9 +1,22 @@
-"""The part every loopback API server of the tests shares: serving on 127.0.0.1 in a thread."""
+"""What every loopback API server of the tests shares: serving on 127.0.0.1 in a thread, and the
+record of a request."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class RecordedRequest:
+    """One request as a server received it; `body` is parsed JSON (or a multipart file's text)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: object = None
+    authorization: str | None = None
 
 
 class LoopbackServer:
