@@ -247,8 +247,9 @@ class TrainingRun:
     tensorboard_dir: str | None
 
     def __post_init__(self):
-        self.fingerprint_inputs = self.config.fingerprint_inputs(self.model_name, dataset_fingerprint(self.reader.manifest))
-        self.fingerprint = self.config.fingerprint(self.model_name, dataset_fingerprint(self.reader.manifest))
+        dataset_sha = dataset_fingerprint(self.reader.manifest)
+        self.fingerprint_inputs = self.config.fingerprint_inputs(self.model_name, dataset_sha)
+        self.fingerprint = self.config.fingerprint(self.model_name, dataset_sha)
         local = self.location and not storage.is_gcs(self.location)
         self.read_dir = self.location if local else os.path.join(self.scratch, "checkpoint")
         self.write_dir = self.read_dir if self.role.is_chief else os.path.join(self.scratch, "worker-checkpoint")

@@ -289,11 +289,6 @@ def train_command(dataset: str, model_name: str, output: str, config: dict, *, c
     return command
 
 
-def train_on_local_workers(worker_count: int, command: list[str], log_dir: str | None = None) -> None:
-    """Runs `cnnpipe COMMAND` (see train_command) as `worker_count` processes on this machine."""
-    run_local_workers(worker_count, [sys.executable, "-m", "pipeline.cli", *command], log_dir=log_dir)
-
-
 def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, model_name: str, output_dir: str, config,
                      *, checkpoint_dir: str | None, tensorboard_dir: str | None, run_id: str = "",
                      cluster_placement: str = "") -> dict:
@@ -318,7 +313,7 @@ def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, mode
     if not cluster_placement:
         command = train_command(dataset_dir, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
                                 tensorboard_dir=tensorboard_dir)
-        train_on_local_workers(worker_count, command)
+        run_local_workers(worker_count, [sys.executable, "-m", "pipeline.cli", *command])
         return storage.read_json(os.path.join(output_dir, "train_result.json"))
     if not checkpoint_dir or not storage.is_gcs(checkpoint_dir):
         raise UserError("training on several workers on the cluster needs a gs:// checkpoint_root: the worker pods "
@@ -326,10 +321,10 @@ def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, mode
     from pipeline.jobset import jobset_name, run_workers_on_cluster
 
     placement = json.loads(cluster_placement)
+    max_restarts = placement.pop("max_restarts", 3)
     if not tensorboard_dir or not storage.is_gcs(tensorboard_dir):
         tensorboard_dir = storage.join(checkpoint_dir, "tensorboard")  # the pods cannot write into this pod
     command = ["cnnpipe", *train_command(dataset_uri, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
                                          checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
-    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement,
-                           max_restarts=placement.pop("max_restarts", 3))
+    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement, max_restarts=max_restarts)
     return train(dataset_dir, model_name, output_dir, config, checkpoint_dir)

@@ -479,7 +479,7 @@ def component_prepare(args: argparse.Namespace) -> int:
 
 def component_train(args: argparse.Namespace) -> int:
     from components.recipe import TrainConfig
-    from components.train import train
+    from components.workers import train_on_workers
     from pipeline.config import get_preset
 
     try:
@@ -491,16 +491,10 @@ def component_train(args: argparse.Namespace) -> int:
     if args.cache:
         overrides["cache"] = args.cache
     config = TrainConfig.from_dict({**get_preset(args.preset).train, **overrides})
-    if args.workers > 1 and "TF_CONFIG" not in os.environ:
-        from components.workers import train_command, train_on_local_workers
-
-        command = train_command(args.dataset, args.model, args.output, config.to_dict(), checkpoint_dir=args.checkpoint_dir,
-                                tensorboard_dir=args.tensorboard_dir)
-        train_on_local_workers(args.workers, command + ["--workers", str(args.workers)])
-        result = storage.read_json(os.path.join(args.output, "train_result.json"))
-    else:
-        result = train(args.dataset, args.model, args.output, config, args.checkpoint_dir,
-                       tensorboard_dir=args.tensorboard_dir)
+    # A process started as one of several workers (TF_CONFIG set) trains as that worker.
+    workers = 1 if "TF_CONFIG" in os.environ else args.workers
+    result = train_on_workers(workers, args.dataset, args.dataset, args.model, args.output, config,
+                              checkpoint_dir=args.checkpoint_dir, tensorboard_dir=args.tensorboard_dir)
     print(json.dumps({key: result.get(key) for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))
     return 0
 
