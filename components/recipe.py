@@ -19,7 +19,7 @@ import numpy as np
 from components.errors import UserError
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CACHE_CHOICES = ("auto", "memory", "none")  # see components/input_pipeline.py
 
@@ -37,6 +37,9 @@ PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not imp
 # Fields that change how fast a run goes but not what it learns; a preempted run may resume on
 # a different machine (or be extended with more epochs), so they are left out of the fingerprint.
 FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile", "cache")
+# Fields that joined the recipe after checkpoints were first written: left out of the fingerprint
+# while they hold their default, so those checkpoints still resume.
+FINGERPRINT_OMITTED_AT_DEFAULT = ("weight_decay_on_norm_and_bias", "test_time_flip")
 
 INTEGER_FIELDS = ("epochs", "batch_size", "reference_batch_size", "seed", "steps_per_execution")
 
@@ -55,15 +58,21 @@ class TrainConfig:
         learning_rate: Peak learning rate (at reference_batch_size, when that is set).
         momentum: SGD momentum; unused by Adam.
         weight_decay: Decoupled weight decay; 0 disables it.
+        weight_decay_on_norm_and_bias: Whether weight decay also shrinks batch-norm parameters and
+            biases (every variable of rank 0 or 1); False decays only kernels.
         schedule: 'step' (seed's milestones plus reduce-on-plateau), 'cosine' (per-step cosine
-            decay after a linear warmup) or 'constant'.
-        warmup_epochs: Linear warmup length of the cosine schedule, in epochs (may be fractional).
+            decay after a linear warmup), 'linear' (linear warmup, then linear decay to 0 at the
+            last step: the one-cycle triangle) or 'constant'.
+        warmup_epochs: Linear warmup length of the cosine and linear schedules, in epochs (may be
+            fractional).
         label_smoothing: Label smoothing of the categorical cross-entropy, in [0, 1).
         augment: Whether to apply random shifts and flips to training batches.
         horizontal_flip: Random horizontal flips; None follows the manifest's
             allow_horizontal_flip (off for digits, where a flip changes the class).
         shift_fraction: Largest random shift as a fraction of height and width.
         subtract_pixel_mean: Subtract the train split's mean image inside the model.
+        test_time_flip: The saved model averages its predictions for each image and its mirror
+            image (ignored where the dataset forbids flips); twice the inference compute.
         seed: Seed for weight initialization, shuffling and augmentation.
         steps_per_execution: Optimizer steps per compiled call, or 'auto'.
         jit_compile: XLA compilation, or 'auto' (on for GPU, off for CPU where it measured slower).
@@ -80,6 +89,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    weight_decay_on_norm_and_bias: bool = True
     schedule: str = "step"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
@@ -87,6 +97,7 @@ class TrainConfig:
     horizontal_flip: bool | None = None
     shift_fraction: float = 0.1
     subtract_pixel_mean: bool = True
+    test_time_flip: bool = False
     seed: int = 0
     steps_per_execution: int | str = "auto"
     jit_compile: bool | str = "auto"
@@ -108,6 +119,7 @@ class TrainConfig:
         _require_number("weight_decay", self.weight_decay)
         if self.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require_bool("weight_decay_on_norm_and_bias", self.weight_decay_on_norm_and_bias)
         _require_choice("schedule", self.schedule, SCHEDULES)
         _require_number("warmup_epochs", self.warmup_epochs)
         if self.warmup_epochs < 0:
@@ -122,6 +134,7 @@ class TrainConfig:
         if not 0 <= self.shift_fraction < 0.5:
             raise UserError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
         _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
+        _require_bool("test_time_flip", self.test_time_flip)
         _require_int("seed", self.seed, minimum=0)
         if self.steps_per_execution != "auto":
             _require_int("steps_per_execution", self.steps_per_execution, minimum=1, alternative="'auto'")
@@ -159,7 +172,12 @@ class TrainConfig:
     def fingerprint_inputs(self, model_name: str, dataset_sha: str) -> dict[str, Any]:
         """Returns what a checkpoint's identity depends on: the config except FINGERPRINT_EXCLUDED_FIELDS,
         the model name and the dataset's content hash."""
-        inputs = {key: value for key, value in self.to_dict().items() if key not in FINGERPRINT_EXCLUDED_FIELDS}
+        defaults = TrainConfig.__dataclass_fields__
+        inputs = {
+            key: value for key, value in self.to_dict().items()
+            if key not in FINGERPRINT_EXCLUDED_FIELDS
+            and not (key in FINGERPRINT_OMITTED_AT_DEFAULT and value == defaults[key].default)
+        }
         inputs["model_name"] = model_name
         inputs["dataset_sha256"] = dataset_sha
         return inputs
@@ -242,6 +260,16 @@ def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, 
     return 0.5 * learning_rate * (1.0 + math.cos(math.pi * progress))
 
 
+def linear_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
+    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then a straight line to 0 at `epochs`."""
+    if epoch_float < warmup_epochs:
+        return learning_rate * epoch_float / warmup_epochs
+    decay_epochs = epochs - warmup_epochs
+    if decay_epochs <= 0:
+        return learning_rate
+    return learning_rate * (1.0 - min(max((epoch_float - warmup_epochs) / decay_epochs, 0.0), 1.0))
+
+
 def warmup_steps_for(config: TrainConfig, steps_per_epoch: int) -> int:
     """Optimizer steps of the cosine schedule's linear warmup."""
     return round(config.warmup_epochs * steps_per_epoch)
@@ -263,6 +291,7 @@ def learning_rate_at_step(step: int, steps_per_epoch: int, config: TrainConfig, 
     Cosine warms up linearly from 0 over `warmup_steps_for` steps (step 0 trains at rate 0, as
     Keras' CosineDecay does), then decays to 0 at the run's last step; the step schedule changes
     at epoch boundaries and follows the reduce-on-plateau scale.
+    The linear schedule warms up the same way, then falls in a straight line to 0 at the last step.
     """
     if config.schedule == "constant":
         return config.peak_learning_rate
@@ -273,6 +302,8 @@ def learning_rate_at_step(step: int, steps_per_epoch: int, config: TrainConfig, 
         return config.peak_learning_rate * step / warmup_steps
     decay_steps = max(config.epochs * steps_per_epoch - warmup_steps, 1)
     progress = min(step - warmup_steps, decay_steps) / decay_steps
+    if config.schedule == "linear":
+        return config.peak_learning_rate * (1.0 - progress)
     return 0.5 * config.peak_learning_rate * (1.0 + math.cos(math.pi * progress))
 
 
@@ -288,6 +319,8 @@ def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: flo
         return config.peak_learning_rate
     if config.schedule == "cosine":
         return cosine_learning_rate(epoch_float, config.peak_learning_rate, config.epochs, config.warmup_epochs)
+    if config.schedule == "linear":
+        return linear_learning_rate(epoch_float, config.peak_learning_rate, config.epochs, config.warmup_epochs)
     scheduled = step_learning_rate(math.floor(epoch_float), config.peak_learning_rate, config.epochs)
     return max(scheduled * plateau_scale, min(scheduled, PLATEAU_MIN_LEARNING_RATE))
 

@@ -3,6 +3,7 @@
 `make_learning_rate` turns a TrainConfig into what the optimizer takes as `learning_rate`:
     constant  the peak rate (a float);
     cosine    Keras' CosineDecay: linear warmup from 0 joined to a cosine decay to 0 at the last step;
+    linear    WarmupLinearDecay: the same warmup joined to a straight line down to 0 at the last step;
     step      the seed's milestones (x0.1, x0.01, ... at 40/60/80/90 % of the epochs) times the
               reduce-on-plateau scale, which the PlateauCallback updates after each epoch.
 Each is the step-wise form of `components.recipe.learning_rate_at_step`, which tests compare
@@ -59,6 +60,26 @@ class StepDecayWithPlateau(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="cnnpipe")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to the peak over `warmup_steps`, then linear decay to 0 over `decay_steps`."""
+
+    def __init__(self, peak_learning_rate, warmup_steps, decay_steps):
+        super().__init__()
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = int(decay_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warming = step / max(self.warmup_steps, 1)
+        decaying = 1.0 - tf.minimum((step - self.warmup_steps) / self.decay_steps, 1.0)
+        return self.peak_learning_rate * tf.where(step < self.warmup_steps, warming, decaying)
+
+    def get_config(self):
+        return {"peak_learning_rate": self.peak_learning_rate, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps}
+
+
 def make_learning_rate(config: TrainConfig, steps_per_epoch: int, plateau_scale: float = 1.0):
     """The optimizer's `learning_rate` for `config`: a float or a per-step schedule (see module doc)."""
     if config.schedule == "constant":
@@ -70,6 +91,8 @@ def make_learning_rate(config: TrainConfig, steps_per_epoch: int, plateau_scale:
     warmup_steps = warmup_steps_for(config, steps_per_epoch)
     # Keras refuses decay_steps 0; when the warmup fills the whole run the decay is never reached.
     decay_steps = max(config.epochs * steps_per_epoch - warmup_steps, 1)
+    if config.schedule == "linear":
+        return WarmupLinearDecay(config.peak_learning_rate, warmup_steps, decay_steps)
     if warmup_steps == 0:
         return keras.optimizers.schedules.CosineDecay(config.peak_learning_rate, decay_steps)
     return keras.optimizers.schedules.CosineDecay(

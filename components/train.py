@@ -74,6 +74,30 @@ def assemble_model(
     return keras.Model(inputs, body(features), name=model_name)
 
 
+def mirror_images(width: int, name: str = "mirror_images") -> keras.Sequential:
+    """A fixed layer stack that mirrors [batch, height, width, channels] images left-right.
+
+    Built from stock Keras layers (a non-trainable Dense holding the anti-diagonal permutation,
+    applied along the width axis) rather than a custom layer, so a model holding it still loads
+    with plain `keras.models.load_model`.
+    """
+    reverse = keras.layers.Dense(width, use_bias=False, trainable=False, name=f"{name}_reverse_columns")
+    stack = keras.Sequential(
+        [keras.layers.Permute((1, 3, 2)), reverse, keras.layers.Permute((1, 3, 2))], name=name
+    )
+    reverse.build((None, None, None, width))
+    reverse.kernel.assign(np.eye(width, dtype=np.float32)[::-1])
+    return stack
+
+
+def with_test_time_flip(model: keras.Model) -> keras.Model:
+    """`model` averaging its class probabilities for each image and the image's mirror."""
+    inputs = keras.Input(shape=model.input_shape[1:], dtype="float32", name="images")
+    mirrored = mirror_images(int(model.input_shape[2]))(inputs)
+    probabilities = keras.layers.Average(name="flip_averaged_probabilities")([model(inputs), model(mirrored)])
+    return keras.Model(inputs, probabilities, name=model.name)
+
+
 def make_optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
     """Adam (AdamW with weight decay) or Nesterov SGD at `learning_rate` (a float or a schedule)."""
     if config.optimizer == "sgd":
@@ -116,7 +140,23 @@ def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, st
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
+    if config.weight_decay > 0 and not config.weight_decay_on_norm_and_bias:
+        exclude_norm_and_bias_from_weight_decay(model)
     model.optimizer.build(model.trainable_variables)
+
+
+def exclude_norm_and_bias_from_weight_decay(model: keras.Model) -> None:
+    """Leaves batch-norm parameters and biases (every trainable variable of rank 0 or 1) out of
+    the optimizer's weight decay, which then shrinks only kernels.
+
+    Keras neither saves this choice with the optimizer nor accepts it once the optimizer is built
+    (as a restored one is), so the exclusion set is written where `exclude_from_weight_decay`
+    keeps it, and again on every resume.
+    """
+    optimizer = model.optimizer
+    optimizer._exclude_from_weight_decay = {optimizer._var_key(variable) for variable in model.trainable_variables if len(variable.shape) <= 1}
+    optimizer._exclude_from_weight_decay_pattern = None
+    optimizer._exclude_from_weight_decay_cache = {}
 
 
 @dataclass(frozen=True)
@@ -311,13 +351,14 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
             # policy of the layers; the schedule is rebuilt, since --epochs may have grown, and
             # the execution knobs follow this machine.
             model.optimizer.learning_rate = learning_rate
+            if config.weight_decay > 0 and not config.weight_decay_on_norm_and_bias:
+                exclude_norm_and_bias_from_weight_decay(model)
             model.jit_compile = device.jit_compile
             model.steps_per_execution = steps_per_execution
             logger.info("resuming %s from %s after epoch %d", run.model_name, location, resumed_from_epoch)
 
-    flip = bool(reader.manifest.get("allow_horizontal_flip", False) if config.horizontal_flip is None else config.horizontal_flip)
     shift_pixels = shift_pixels_for(reader.image_shape, config.shift_fraction) if config.augment else (0, 0)
-    flip = flip and config.augment
+    flip = flips_allowed(config, reader) and config.augment
     logger.info(
         "training %s (%d params) for epochs %d..%d: %d train / %d %s images, batch %d, %d steps/epoch, "
         "peak learning rate %g (%s schedule), steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), "
@@ -375,6 +416,13 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
     return dict(checkpoints.load(run.write_dir), resumed_from_epoch=resumed_from_epoch)
 
 
+def flips_allowed(config: TrainConfig, reader: DatasetReader) -> bool:
+    """Whether a mirrored image keeps its class: horizontal_flip, or the dataset's say when it is None."""
+    if config.horizontal_flip is None:
+        return bool(reader.manifest.get("allow_horizontal_flip", False))
+    return bool(config.horizontal_flip)
+
+
 def _new_state(
     model_name: str, fingerprint: str, fingerprint_inputs: dict[str, Any], params: int, validation_split: str
 ) -> dict[str, Any]:
@@ -412,6 +460,8 @@ def _write_outputs(
     history.csv, and train_result.json last, as the commit point."""
     models.allow_deep_graphs()
     best_model = keras.models.load_model(state["best_checkpoint_path"], compile=False)
+    if config.test_time_flip and flips_allowed(config, reader):
+        best_model = with_test_time_flip(best_model)
     checkpoints.save_model_atomically(best_model, os.path.join(output_dir, MODEL_FILE))
     history = io.StringIO()
     writer = csv.DictWriter(history, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")

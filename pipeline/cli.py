@@ -17,7 +17,7 @@ from typing import Sequence
 
 from components import storage
 from components.errors import UserError, one_line
-from components.recipe import CACHE_CHOICES
+from components.recipe import CACHE_CHOICES, SCHEDULES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-batch time (mean and std after warm-up) and images/s of one model on random "
         "images, printed as a table and saved as bench.txt, bench.png and bench.json.",
     )
-    bench.add_argument("--model", required=True, help="registry name (see `cnnpipe models`)")
+    bench.add_argument("--model", required=True, help="zoo name (see `cnnpipe models`)")
     bench.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128", help="comma-separated (default: 1,2,4,...,128)")
     bench.add_argument("--steps", type=int, default=20, help="timed steps per batch size (default: 20)")
     bench.add_argument("--warmup-steps", type=int, default=5, help="untimed steps before them (default: 5)")
@@ -122,21 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that refine a preset; shared by `run` and `compile`."""
-    parser.add_argument("--preset", default="smoke", help="smoke (default), seed or fast: see `cnnpipe presets`")
+    parser.add_argument("--preset", default="smoke", help="smoke (default), seed (the seed documents' recipe) or fast: see `cnnpipe presets`")
     parser.add_argument(
         "--dataset",
         help="digits, cifar10, fashion_mnist, mnist, an image folder (train/<class>/*, test/<class>/*) "
         "or a cifar-10-binary.tar.gz; default: the preset's",
     )
-    parser.add_argument("--models", type=comma_list, help="comma-separated registry names (see `cnnpipe models`)")
+    parser.add_argument("--models", type=comma_list, help="comma-separated zoo names (see `cnnpipe models`)")
     parser.add_argument("--epochs", type=int, help="training epochs per model")
     parser.add_argument("--batch-size", type=int, help="images per training step")
     parser.add_argument("--learning-rate", type=float, help="peak learning rate")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), help="adam, or sgd with nesterov momentum")
-    parser.add_argument("--schedule", choices=("step", "cosine", "constant"), help="learning-rate schedule")
+    parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     parser.add_argument("--label-smoothing", type=float, help="label smoothing, 0 to 1")
     parser.add_argument("--validation-fraction", type=float, help="train share held out for validation (0: use test)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling and augmentation")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of splits, shuffling and augmentation")
     parser.add_argument("--image-size", type=int, help="resize every image to this square side in prep (default: keep)")
     add_training_execution_arguments(parser)
 
@@ -242,20 +242,20 @@ def command_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(format_table(
-        ["name", "family", "parameters", "reference acc.", "seed acc.", "min size"],
+        ["name", "family", "parameters", "reference acc.", "seed doc. acc.", "min size"],
         [
             [
                 row["name"],
                 row["family"],
                 f"{row['params']:,}",
                 percent(row["reference_accuracy"]),
-                percent(row["seed_accuracy"]),
+                percent(row["seed_document_accuracy"]),
                 str(row["min_input_size"]),
             ]
             for row in rows
         ],
     ))
-    print("\nAccuracies are CIFAR-10 test accuracy: reference = the paper, seed = the seed notebooks.")
+    print("\nAccuracies are CIFAR-10 test accuracy: reference = the paper, seed doc. = the seed documents' own run.")
     return 0
 
 
@@ -440,13 +440,14 @@ def add_component_commands(parser: argparse.ArgumentParser) -> None:
     prepare = steps.add_parser("prepare", help="load a source, validate, split, write the dataset directory")
     prepare.add_argument("--source", required=True, help="digits, cifar10, ..., an image folder or a CIFAR binary archive")
     prepare.add_argument("--output", required=True, metavar="DIR", help="dataset directory to write")
-    prepare.add_argument("--validation-fraction", type=float, default=0.0)
-    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--validation-fraction", type=float, default=0.0,
+                         help="train share held out for validation (default: 0, none)")
+    prepare.add_argument("--seed", type=int, default=0, help="random seed of the splits (default: 0)")
     prepare.set_defaults(handler=component_prepare)
 
     train = steps.add_parser("train", help="train one model on a prepared dataset directory")
     train.add_argument("--dataset", required=True, metavar="DIR", help="output of `component prepare`")
-    train.add_argument("--model", required=True, help="registry name (see `cnnpipe models`)")
+    train.add_argument("--model", required=True, help="zoo name (see `cnnpipe models`)")
     train.add_argument("--output", required=True, metavar="DIR", help="where model.keras and history.csv go")
     train.add_argument("--config", default="{}", help="TrainConfig fields as JSON, over the preset's")
     train.add_argument("--preset", default="smoke", help="preset whose recipe --config refines (default: smoke)")

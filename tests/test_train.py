@@ -111,7 +111,7 @@ def test_config_round_trips_through_dict():
         ("learning_rate", float("nan"), "learning_rate must be a finite number, got nan"),
         ("momentum", 1.0, "momentum must be in [0, 1), got 1.0"),
         ("weight_decay", -1e-4, "weight_decay must be >= 0, got -0.0001"),
-        ("schedule", "linear", "schedule must be one of step, cosine, constant, got 'linear'"),
+        ("schedule", "exponential", "schedule must be one of step, cosine, linear, constant, got 'exponential'"),
         ("warmup_epochs", -1, "warmup_epochs must be >= 0, got -1"),
         ("label_smoothing", 1.0, "label_smoothing must be in [0, 1), got 1.0"),
         ("augment", "yes", "augment must be true or false, got 'yes'"),
@@ -483,6 +483,9 @@ SCHEDULE_CONFIGS = [
     dict(schedule="cosine", warmup_epochs=2, epochs=6),
     dict(schedule="cosine", warmup_epochs=0, epochs=3),
     dict(schedule="cosine", warmup_epochs=5, epochs=2),  # the warmup never ends
+    dict(schedule="linear", warmup_epochs=1.5, epochs=4),
+    dict(schedule="linear", warmup_epochs=0, epochs=3),
+    dict(schedule="linear", warmup_epochs=5, epochs=2),
     dict(schedule="step", epochs=10),
     dict(schedule="constant", epochs=2),
 ]

@@ -20,7 +20,7 @@ from components.errors import UserError
 from components.models.table import MODELS, ModelSpec, register_model
 
 # Importing the family modules fills MODELS, in this order (the order `cnnpipe models` prints).
-from components.models import lenet, alexnet, vgg, inception, resnet  # noqa: F401  isort: skip
+from components.models import lenet, alexnet, vgg, inception, resnet, fastnet  # noqa: F401  isort: skip
 
 if TYPE_CHECKING:
     import keras

@@ -1,0 +1,78 @@
+"""Recipe options of the fast preset: the linear schedule, weight decay on kernels only, and the
+flip-averaging saved model."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from components.keras_setup import keras
+from components.recipe import TrainConfig, learning_rate_at, learning_rate_at_step
+from components.train import assemble_model, compile_model, train, with_test_time_flip
+from test_train import quick_config, write_dataset
+
+
+def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_zero():
+    config = TrainConfig(schedule="linear", learning_rate=0.4, epochs=10, warmup_epochs=2)
+    assert learning_rate_at(1.0, config) == pytest.approx(0.2)
+    assert learning_rate_at(2.0, config) == pytest.approx(0.4)
+    assert learning_rate_at(6.0, config) == pytest.approx(0.2)
+    assert learning_rate_at(10.0, config) == pytest.approx(0.0)
+    steps_per_epoch = 5
+    rates = [learning_rate_at_step(step, steps_per_epoch, config) for step in range(10 * steps_per_epoch + 1)]
+    decay = np.diff(rates[2 * steps_per_epoch:])
+    assert np.allclose(decay, decay[0]) and decay[0] < 0  # one constant slope after the warmup
+    assert rates[-1] == pytest.approx(0.0)
+
+
+def test_new_fields_at_their_defaults_keep_older_fingerprints():
+    config = TrainConfig()
+    inputs = config.fingerprint_inputs("resnet20_v1", "abc")
+    assert "test_time_flip" not in inputs and "weight_decay_on_norm_and_bias" not in inputs
+    changed = TrainConfig(test_time_flip=True, weight_decay_on_norm_and_bias=False)
+    assert changed.fingerprint("resnet20_v1", "abc") != config.fingerprint("resnet20_v1", "abc")
+
+
+@pytest.mark.parametrize("on_norm_and_bias", [True, False])
+def test_weight_decay_on_kernels_only_leaves_norm_and_bias_variables_alone(on_norm_and_bias):
+    config = TrainConfig(optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.5,
+                         weight_decay_on_norm_and_bias=on_norm_and_bias, schedule="constant")
+    model = assemble_model("fastnet8_small", (12, 12, 3), 3)
+    compile_model(model, config, jit_compile=False, steps_per_execution=1, learning_rate=config.learning_rate)
+    variables = model.trainable_variables
+    for variable in variables:  # nonzero everywhere, so decay shows on every variable
+        variable.assign(np.ones(variable.shape, dtype=np.float32))
+    model.optimizer.apply_gradients([(np.zeros(variable.shape, dtype=np.float32), variable) for variable in variables])
+    for variable in variables:
+        decayed = not np.allclose(variable.numpy(), 1.0)
+        kernel = len(variable.shape) > 1
+        assert decayed == (kernel or on_norm_and_bias), variable.path
+    assert any(len(variable.shape) <= 1 for variable in variables)  # the model has norm or bias variables
+
+
+def test_flip_averaged_model_equals_the_mean_of_both_views_and_loads_with_plain_keras(tmp_path):
+    model = assemble_model("fastnet8_small", (16, 16, 3), 4)
+    averaged = with_test_time_flip(model)
+    images = np.random.default_rng(0).uniform(0, 255, size=(5, 16, 16, 3)).astype(np.float32)
+    expected = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(averaged.predict(images, verbose=0), expected, atol=1e-6)
+    path = os.path.join(tmp_path, "model.keras")
+    averaged.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    assert loaded.name == model.name
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
+
+
+def test_test_time_flip_is_saved_only_where_flips_keep_the_class(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset", image_shape=(12, 12, 3))
+    images = np.random.default_rng(1).uniform(0, 255, size=(3, 12, 12, 3)).astype(np.float32)
+    for horizontal_flip in (True, False):
+        output = tmp_path / f"flip-{horizontal_flip}"
+        config = quick_config(epochs=1, test_time_flip=True, horizontal_flip=horizontal_flip)
+        train(dataset, "fastnet8_small", str(output), config)
+        model = keras.models.load_model(output / "model.keras", compile=False)
+        symmetric = np.allclose(model.predict(images, verbose=0), model.predict(images[:, :, ::-1], verbose=0), atol=1e-6)
+        assert symmetric == horizontal_flip
+        with open(output / "train_result.json") as result_file:
+            assert json.load(result_file)["config"]["test_time_flip"] is True
