@@ -39,7 +39,7 @@ PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not imp
 FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile", "cache")
 # Fields that joined the recipe after checkpoints were first written: left out of the fingerprint
 # while they hold their default, so those checkpoints still resume.
-FINGERPRINT_OMITTED_AT_DEFAULT = ("weight_decay_on_norm_and_bias", "test_time_flip")
+FINGERPRINT_OMITTED_AT_DEFAULT = ("weight_decay_on_norm_and_bias", "test_time_flip", "fit_stem_to_data")
 
 INTEGER_FIELDS = ("epochs", "batch_size", "reference_batch_size", "seed", "steps_per_execution")
 
@@ -71,6 +71,8 @@ class TrainConfig:
             allow_horizontal_flip (off for digits, where a flip changes the class).
         shift_fraction: Largest random shift as a fraction of height and width.
         subtract_pixel_mean: Subtract the train split's mean image inside the model.
+        fit_stem_to_data: Let a model that can (the zoo entry's fit_to_images: FastNet's whitening
+            stem) set its first layer from a sample of the training images before training.
         test_time_flip: The saved model averages its predictions for each image and its mirror
             image (ignored where the dataset forbids flips); twice the inference compute.
         seed: Seed for weight initialization, shuffling and augmentation.
@@ -97,6 +99,7 @@ class TrainConfig:
     horizontal_flip: bool | None = None
     shift_fraction: float = 0.1
     subtract_pixel_mean: bool = True
+    fit_stem_to_data: bool = True
     test_time_flip: bool = False
     seed: int = 0
     steps_per_execution: int | str = "auto"
@@ -134,6 +137,7 @@ class TrainConfig:
         if not 0 <= self.shift_fraction < 0.5:
             raise UserError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
         _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
+        _require_bool("fit_stem_to_data", self.fit_stem_to_data)
         _require_bool("test_time_flip", self.test_time_flip)
         _require_int("seed", self.seed, minimum=0)
         if self.steps_per_execution != "auto":

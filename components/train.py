@@ -1,7 +1,7 @@
-"""Training step: assemble a registry model, feed it augmented batches, checkpoint every epoch.
+"""Training step: assemble a zoo model, feed it augmented batches, checkpoint every epoch.
 
 `train()` reads a dataset artifact written by `data_prep.prepare`, trains one model from the
-registry and writes the best model (by validation accuracy), its history and a result record.
+zoo and writes the best model (by validation accuracy), its history and a result record.
 The default `TrainConfig` is the recipe of the ResNet seed notebook: Adam at 1e-3 with a step
 schedule plus reduce-on-plateau, batch 128, random shifts of 10 % and horizontal flips,
 per-pixel mean subtraction, 200 epochs.
@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 RESULT_FILE = "train_result.json"
+# Train images a data-fitted first layer is computed from (see ModelSpec.fit_to_images): enough
+# for a stable 12x12 patch covariance, a second or so to read.
+FIT_SAMPLE_IMAGES = 5000
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "steps", "images", "seconds")
 
 
@@ -52,13 +55,18 @@ HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lea
 
 
 def assemble_model(
-    model_name: str, image_shape: Sequence[int], num_classes: int, pixel_mean: np.ndarray | None = None
+    model_name: str,
+    image_shape: Sequence[int],
+    num_classes: int,
+    pixel_mean: np.ndarray | None = None,
+    sample_images: np.ndarray | None = None,
 ) -> keras.Model:
-    """Wraps the registry body in the preprocessing layers so the model takes raw uint8-valued images.
+    """Wraps the zoo body in the preprocessing layers so the model takes raw uint8-valued images.
 
     raw float32 input -> /255 -> minus `pixel_mean` (an [H, W, C] image in [0, 1] units, if given)
     -> bilinear resize up to the architecture's min_input_size (only when the images are smaller)
-    -> registry body (ends in a float32 softmax).
+    -> zoo body (ends in a float32 softmax). With `sample_images` (raw, [N, H, W, C]) a zoo
+    entry that has fit_to_images sets its data-dependent weights from them, preprocessed as above.
     """
     spec = models.get_spec(model_name)
     height, width, channels = (int(size) for size in image_shape)
@@ -71,6 +79,9 @@ def assemble_model(
         height, width = max(height, spec.min_input_size), max(width, spec.min_input_size)
         features = keras.layers.Resizing(height, width, interpolation="bilinear", name="resize_to_min_input")(features)
     body = models.build_model(model_name, (height, width, channels), num_classes)
+    if spec.fit_to_images is not None and sample_images is not None:
+        preprocess = keras.Model(inputs, features)
+        spec.fit_to_images(body, preprocess.predict(np.asarray(sample_images, dtype=np.float32), batch_size=256, verbose=0))
     return keras.Model(inputs, body(features), name=model_name)
 
 
@@ -334,7 +345,8 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
         learning_rate = make_learning_rate(config, steps_per_epoch, plateau.scale)
         if state is None:
             pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
-            model = assemble_model(run.model_name, reader.image_shape, reader.num_classes, pixel_mean)
+            sample = sample_train_images(reader) if config.fit_stem_to_data and models.get_spec(run.model_name).fit_to_images else None
+            model = assemble_model(run.model_name, reader.image_shape, reader.num_classes, pixel_mean, sample)
             steps_per_execution = resolve_steps_per_execution(
                 config.steps_per_execution, model.count_params(), steps_per_epoch, strategy.num_replicas_in_sync
             )
@@ -414,6 +426,15 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
             verbose=0,  # ProgressReporter reports
         )
     return dict(checkpoints.load(run.write_dir), resumed_from_epoch=resumed_from_epoch)
+
+
+def sample_train_images(reader: DatasetReader, count: int = FIT_SAMPLE_IMAGES) -> np.ndarray:
+    """About `count` train images spread evenly over the split (every k-th record, so a split
+    stored class by class still gives every class), uint8 [N, H, W, C]."""
+    stride = max(1, reader.count("train") // count)
+    examples = reader.examples("train", ordered=True).shard(stride, 0).take(count).batch(count)
+    images, _ = next(examples.as_numpy_iterator())
+    return images
 
 
 def flips_allowed(config: TrainConfig, reader: DatasetReader) -> bool:

@@ -76,3 +76,34 @@ def test_test_time_flip_is_saved_only_where_flips_keep_the_class(tmp_path):
         assert symmetric == horizontal_flip
         with open(output / "train_result.json") as result_file:
             assert json.load(result_file)["config"]["test_time_flip"] is True
+
+
+def test_whitened_stem_decorrelates_patches_and_stays_fixed():
+    from components.models import build_model
+    from components.models.fastnet import whiten_stem
+
+    generator = np.random.default_rng(2)
+    # Strongly correlated neighbouring pixels and channels, like photos.
+    base = generator.normal(size=(200, 1, 1, 1)) + 0.3 * generator.normal(size=(200, 12, 12, 3))
+    images = (base + 0.05 * generator.normal(size=base.shape)).astype(np.float32)
+    model = build_model("fastnet8_small", (12, 12, 3), 4)
+    whiten_stem(model, images)
+    stem = model.get_layer("stem")
+    assert not stem.trainable
+    responses = keras.Model(model.input, stem.output).predict(images, verbose=0)
+    positive_half = responses[..., : responses.shape[-1] // 2].reshape(-1, responses.shape[-1] // 2)
+    moments = positive_half.T @ positive_half / len(positive_half)
+    off_diagonal = moments - np.diag(np.diag(moments))
+    assert np.abs(off_diagonal).max() < 0.05
+    assert np.allclose(np.diag(moments), 1.0, atol=0.05)  # unit variance along every direction
+
+
+def test_training_fits_the_stem_only_when_the_recipe_asks(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset", image_shape=(12, 12, 3))
+    stems = {}
+    for fit in (True, False):
+        output = tmp_path / f"fit-{fit}"
+        train(dataset, "fastnet8_small", str(output), quick_config(epochs=1, fit_stem_to_data=fit))
+        model = keras.models.load_model(output / "model.keras", compile=False)
+        stems[fit] = model.get_layer("fastnet8_small").get_layer("stem")
+    assert not stems[True].trainable and stems[False].trainable

@@ -16,6 +16,7 @@ from components.errors import UserError
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,9 @@ class ModelSpec:
         seed_document_accuracy: the CIFAR-10 figure the seed documents report for their own run of
             this network, as a fraction, or None.
         description: one line for `cnnpipe models`.
+        fit_to_images: optional (model, images) -> None that sets weights from a sample of the
+            training images, already scaled as the model receives them (e.g. a whitening stem);
+            training calls it on a new model when the recipe's fit_stem_to_data is on.
     """
 
     name: str
@@ -44,6 +48,7 @@ class ModelSpec:
     reference_accuracy: float | None
     seed_document_accuracy: float | None
     description: str
+    fit_to_images: Callable[[keras.Model, np.ndarray], None] | None = None
 
     @property
     def seed_accuracy(self) -> float | None:
@@ -65,6 +70,7 @@ def register_model(
     description: str,
     reference_accuracy: float | None = None,
     seed_document_accuracy: float | None = None,
+    fit_to_images: Callable[..., None] | None = None,
 ):
     """Decorator that adds the builder below it to `MODELS` under the builder's function name.
 
@@ -82,6 +88,7 @@ def register_model(
             reference_accuracy=reference_accuracy,
             seed_document_accuracy=seed_document_accuracy,
             description=description,
+            fit_to_images=fit_to_images,
         )
         check_spec(spec)
         MODELS[spec.name] = spec
