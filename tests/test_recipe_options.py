@@ -107,3 +107,18 @@ def test_training_fits_the_stem_only_when_the_recipe_asks(tmp_path):
         model = keras.models.load_model(output / "model.keras", compile=False)
         stems[fit] = model.get_layer("fastnet8_small").get_layer("stem")
     assert not stems[True].trainable and stems[False].trainable
+
+
+def test_the_report_states_the_recipe_in_one_line():
+    from components.report import recipe_line
+
+    line = recipe_line(TrainConfig(
+        optimizer="sgd", learning_rate=0.4, reference_batch_size=512, batch_size=512, schedule="linear",
+        warmup_epochs=1, epochs=10, label_smoothing=0.2, weight_decay=5e-4, weight_decay_on_norm_and_bias=False,
+        shift_fraction=0.0625, test_time_flip=True,
+    ).to_dict())
+    assert line == (
+        "sgd, peak learning rate 0.4 per 512 images (linear schedule, 1 warmup epoch), batch 512, 10 epochs, "
+        "label smoothing 0.2, weight decay 0.0005 on kernels only, shifts up to 6.25 % of a side, flip-averaged predictions"
+    )
+    assert "flip" not in recipe_line(TrainConfig().to_dict())
