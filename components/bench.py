@@ -1,6 +1,6 @@
 """Speed of one zoo model: forward and forward+backward time per batch over batch sizes.
 
-This is seed 003's benchmark for any registry model. Each batch size gets a compiled forward
+This is seed document 003's benchmark for any zoo model. Each batch size gets a compiled forward
 step and a compiled training step (GradientTape, cross-entropy, optimizer update) on a random
 batch that stays in device memory, so only the model's own compute is timed. The first
 `warmup_steps` calls (tracing, kernel selection, memory pools) are not counted; the rest give
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from components import storage
+from components import checks, storage
 from components.errors import UserError
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -65,14 +65,14 @@ def benchmark_model(
     training does after its resize layer); the row's `input_shape` says which size was timed.
 
     Args:
-        model_name: Registry key (see `cnnpipe models`).
+        model_name: Zoo name (see `cnnpipe models`).
         batch_sizes: Images per batch to measure, each >= 1.
         steps: Timed calls per batch size and pass, >= 2 so a standard deviation exists.
         warmup_steps: Untimed calls before those, >= 1 (the first call traces and compiles).
         input_shape: (height, width, channels) of the random images.
         num_classes: Width of the classifier output.
         jit_compile: Compile the steps with XLA.
-        seed: Seed of the weights and of the random batch.
+        seed: Random seed of the weights and of the random batch.
         progress_to: Where a line per measured batch size goes (stderr, so the table on stdout
             stays clean); None for silence.
 
@@ -137,16 +137,15 @@ def describe_progress(rows: Sequence[dict[str, Any]], batch_sizes: Sequence[int]
 
 
 def _check_arguments(batch_sizes, steps, warmup_steps, input_shape, num_classes) -> None:
-    if not batch_sizes or any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in batch_sizes):
-        raise UserError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}; pass e.g. --batch-sizes 1,2,4")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise UserError(f"steps must be an integer >= 2 (a standard deviation needs two), got {steps!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise UserError(f"warmup_steps must be an integer >= 1 (the first call compiles), got {warmup_steps!r}")
-    if len(input_shape) != 3 or any(int(size) < 1 for size in input_shape):
+    if not batch_sizes:
+        raise UserError("batch sizes must list at least one integer >= 1, got none; pass e.g. --batch-sizes 1,2,4")
+    for size in batch_sizes:
+        checks.integer("batch size", size, minimum=1, hint="pass e.g. --batch-sizes 1,2,4")
+    checks.integer("steps", steps, minimum=2, why="a standard deviation needs two")
+    checks.integer("warmup_steps", warmup_steps, minimum=1, why="the first call compiles")
+    if len(input_shape) != 3 or not all(checks.is_integer(size) and size >= 1 for size in input_shape):
         raise UserError(f"input_shape must be (height, width, channels) of positive sizes, got {tuple(input_shape)}")
-    if num_classes < 2:
-        raise UserError(f"num_classes must be >= 2, got {num_classes}")
+    checks.integer("num_classes", num_classes, minimum=2)
 
 
 def measured_input_shape(input_shape: Sequence[int], min_input_size: int) -> tuple[int, int, int]:
@@ -159,7 +158,7 @@ def make_steps(model, jit_compile: bool) -> tuple[Callable, Callable]:
     """A compiled forward step and a compiled training step for `model`.
 
     Both return a scalar; reading it back to the host is what waits for the device, so the
-    timer measures finished work. The training step is seed 003's forward-backward pass plus
+    timer measures finished work. The training step is seed document 003's forward-backward pass plus
     the optimizer update a real step pays for (SGD: the cheapest update, to time the model).
     """
     from components.keras_setup import keras, tf

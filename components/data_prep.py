@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from components import progress, tfrecord
+from components import checks, progress, tfrecord
 from components.errors import UserError
 from components.sources import check_source, open_source  # noqa: F401  (check_source is part of this step's API)
 from components.sources.base import SourceStream, checked_image_size
@@ -98,8 +98,7 @@ def prepare(
         UserError: a user mistake, with a one-line message naming it and the fix.
     """
     validation_fraction = _checked_fraction(validation_fraction)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise UserError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0")
+    seed = checks.integer("seed", seed, minimum=0, hint="pass e.g. seed=0")
     size = checked_image_size(image_size)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError(f"output path {output_dir} is a file; pass a directory path for the dataset")
@@ -148,14 +147,7 @@ def load_split(dataset_dir: str, split: str) -> ImagesAndLabels:
 
 def _checked_fraction(validation_fraction) -> float:
     """validation_fraction as a float in [0, 1), else a UserError naming the received value."""
-    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float, np.floating)):
-        raise UserError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}; e.g. 0.1")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise UserError(
-            f"validation_fraction must be in [0, 1), got {validation_fraction}; "
-            "use e.g. 0.1, or 0 for no validation split"
-        )
-    return float(validation_fraction)
+    return checks.fraction("validation_fraction", validation_fraction, hint="use e.g. 0.1, or 0 for no validation split")
 
 
 def _plan_splits(stream: SourceStream, validation_fraction: float, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import platform
 from importlib import metadata
 
-from components import storage
+from components import checks, storage
 from components.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE"
@@ -92,8 +91,7 @@ def publish_model(
         ``champion_accuracy`` is the champion this run was measured against: the previous one
         when promoted (None for the first model), the one that stays when kept.
     """
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (0 <= margin < 1):
-        raise UserError(f"margin must be a fraction in [0, 1), got {margin!r}; e.g. 0.005 for half a point")
+    margin = checks.fraction("margin", margin, hint="e.g. 0.005 for half a point")
     accuracy = _test_accuracy(result)
     if not storage.is_directory(model_dir):
         raise UserError(f"no model directory at {model_dir}; pass the train step's output directory")
@@ -117,8 +115,7 @@ def _check_path_segment(label: str, value: str) -> None:
 def _test_accuracy(result: dict) -> float:
     """The result's test accuracy as a fraction in [0, 1]."""
     value = result.get("test_accuracy") if isinstance(result, dict) else None
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (is_number and math.isfinite(value) and 0 <= value <= 1):
+    if not (checks.is_number(value) and 0 <= value <= 1):
         raise UserError(
             f"result needs a test_accuracy fraction in [0, 1], got {value!r}; pass the evaluate step's result.json"
         )

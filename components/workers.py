@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from components import checks
 from components.errors import USER_ERROR_EXIT_CODE, UserError
 
 # Environment variables pipeline/jobset.py sets on every worker pod: what the JobSet spec knows
@@ -77,9 +78,7 @@ def free_ports(count: int) -> list[int]:
 
 def check_worker_count(worker_count) -> int:
     """The worker count as given by the user, refused unless it is a whole number >= 1."""
-    if isinstance(worker_count, bool) or not isinstance(worker_count, int) or worker_count < 1:
-        raise UserError(f"--workers must be a whole number >= 1 (1 = one process); got {worker_count!r}")
-    return worker_count
+    return checks.integer("--workers", worker_count, minimum=1, why="1 = one process")
 
 
 # ---- local workers --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from kfp import kubernetes
 
+from components import checks
 from components.errors import UserError
 
 # GKE labels every node of an accelerator pool with the accelerator name, e.g. nvidia-l4.
@@ -75,13 +76,8 @@ class Placement:
             raise UserError(
                 f"image must be a container image reference like "
                 f"'us-docker.pkg.dev/PROJECT/REPO/cnnpipe:TAG'; got {self.image!r}")
-        if isinstance(self.gpus_per_task, bool) or not isinstance(self.gpus_per_task, int) \
-                or self.gpus_per_task < 0:
-            raise UserError(
-                f"gpus_per_task must be a whole number >= 0 (0 = CPU only); got {self.gpus_per_task!r}")
-        if isinstance(self.train_retries, bool) or not isinstance(self.train_retries, int) \
-                or self.train_retries < 0:
-            raise UserError(f"train_retries must be a whole number >= 0; got {self.train_retries!r}")
+        checks.integer("gpus_per_task", self.gpus_per_task, minimum=0, why="0 = CPU only")
+        checks.integer("train_retries", self.train_retries, minimum=0)
         if self.gpus_per_task > 0 and not self.gpu_type and not self.node_selector:
             raise UserError(
                 f"gpus_per_task={self.gpus_per_task} needs a GPU pool to land on: give gpu_type "

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 
@@ -65,15 +66,18 @@ def test_outputs_are_table_png_and_json(lenet_rows, tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ({"batch_sizes": ()}, "batch sizes"),
-        ({"batch_sizes": (0,)}, "batch sizes"),
-        ({"steps": 1}, "steps must be"),
-        ({"warmup_steps": 0}, "warmup_steps"),
-        ({"input_shape": (32, 32)}, "input_shape"),
+        ({"batch_sizes": ()}, "batch sizes must list at least one integer >= 1, got none"),
+        ({"batch_sizes": (1, 0)}, "batch size must be an integer >= 1, got 0; pass e.g. --batch-sizes 1,2,4"),
+        ({"batch_sizes": (True,)}, "batch size must be an integer >= 1, got True"),
+        ({"steps": 1}, "steps must be an integer >= 2 (a standard deviation needs two), got 1"),
+        ({"warmup_steps": 0}, "warmup_steps must be an integer >= 1 (the first call compiles), got 0"),
+        ({"input_shape": (32, 32)}, "input_shape must be (height, width, channels) of positive sizes, got (32, 32)"),
+        ({"input_shape": (32, 32.5, 3)}, "input_shape must be (height, width, channels) of positive sizes"),
+        ({"num_classes": 1}, "num_classes must be an integer >= 2, got 1"),
     ],
 )
 def test_bad_arguments_name_the_value(arguments, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         benchmark_model("lenet5", **arguments)
 
 

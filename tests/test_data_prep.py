@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -322,8 +323,16 @@ def test_test_class_without_training_images_is_named(image_folder):
 @pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5, float("nan"), "0.1", True])
 def test_bad_validation_fraction_is_named(image_folder, tmp_path, fraction):
     root, _ = image_folder
-    with pytest.raises(ValueError, match="validation_fraction must be"):
+    with pytest.raises(ValueError, match=re.escape(f"validation_fraction must be a fraction in [0, 1), got {fraction!r}")):
         prepare(root, str(tmp_path / "dataset"), validation_fraction=fraction)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_bad_seed_is_named(image_folder, tmp_path, seed):
+    root, _ = image_folder
+    with pytest.raises(ValueError, match=re.escape(f"seed must be an integer >= 0, got {seed!r}; pass e.g. seed=0")):
+        prepare(root, str(tmp_path / "dataset"), seed=seed)
     assert leftovers(tmp_path) == []
 
 

@@ -147,7 +147,7 @@ def test_cpu_only_workers_stay_off_the_gpu_pool():
 
 
 def test_manifest_refuses_a_bad_worker_count():
-    with pytest.raises(UserError, match="--workers must be a whole number >= 1"):
+    with pytest.raises(UserError, match=r"--workers must be an integer >= 1 \(1 = one process\), got 0$"):
         manifest(worker_count=0)
 
 

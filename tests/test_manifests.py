@@ -187,10 +187,10 @@ def test_real_pipeline_never_serves_prep_from_the_cache(tmp_path):
 @pytest.mark.parametrize("arguments, problem", [
     ({"image": ""}, "image must be a container image reference"),
     ({"image": "a b"}, "image must be a container image reference"),
-    ({"image": IMAGE, "gpus_per_task": -1}, "gpus_per_task must be a whole number >= 0"),
-    ({"image": IMAGE, "gpus_per_task": 1.5}, "gpus_per_task must be a whole number >= 0"),
+    ({"image": IMAGE, "gpus_per_task": -1}, r"gpus_per_task must be an integer >= 0 \(0 = CPU only\), got -1$"),
+    ({"image": IMAGE, "gpus_per_task": 1.5}, r"gpus_per_task must be an integer >= 0 \(0 = CPU only\), got 1.5$"),
     ({"image": IMAGE, "gpu_type": None}, "needs a GPU pool to land on"),
-    ({"image": IMAGE, "train_retries": -2}, "train_retries must be a whole number >= 0"),
+    ({"image": IMAGE, "train_retries": -2}, "train_retries must be an integer >= 0, got -2$"),
     ({"image": IMAGE, "node_selector": (("key",),)}, "node_selector entries must be"),
 ])
 def test_placement_refuses_bad_values(arguments, problem):

@@ -1,6 +1,7 @@
 """components.registry: publishing versions and champion promotion, on a local dir and the GCS emulator."""
 
 import os
+import re
 import tempfile
 import threading
 
@@ -98,7 +99,7 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     root = str(tmp_path / "models")
     model_dir, _ = make_model_dir(tmp_path / "model")
     good = {"test_accuracy": 0.5}
-    with pytest.raises(ValueError, match="margin must be a fraction"):
+    with pytest.raises(ValueError, match=re.escape("margin must be a fraction in [0, 1), got -0.1; e.g. 0.005 for half a point")):
         registry.publish_model(model_dir, root, DATASET, MODEL, "run-1", good, {}, margin=-0.1)
     with pytest.raises(ValueError, match="test_accuracy"):
         registry.publish_model(model_dir, root, DATASET, MODEL, "run-1", {"test_accuracy": 91.2}, {})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_free_ports_are_distinct_and_bindable():
 
 @pytest.mark.parametrize("count", [0, -1, 1.5, True, "2"])
 def test_worker_count_must_be_a_whole_number_of_at_least_one(count):
-    with pytest.raises(UserError, match="--workers must be a whole number >= 1"):
+    with pytest.raises(UserError, match=r"--workers must be an integer >= 1 \(1 = one process\), got " + re.escape(repr(count))):
         workers.run_local_workers(count, [sys.executable, "-c", "pass"])
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components import checks
 from components.errors import UserError
 
 SOURCE_SPLITS = ("train", "test")
@@ -49,14 +50,14 @@ def checked_image_size(image_size) -> ImageSize | None:
     """``image_size`` (None, an int, or (height, width)) as (height, width), else a UserError."""
     if image_size is None:
         return None
-    size = (image_size, image_size) if isinstance(image_size, int) and not isinstance(image_size, bool) else image_size
+    size = (image_size, image_size) if checks.is_integer(image_size) else image_size
     try:
         height, width = size
     except (TypeError, ValueError):
         height = width = None
-    if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in (height, width)):
+    if not all(checks.is_integer(side) and side > 0 for side in (height, width)):
         raise UserError(f"image_size must be a positive integer or (height, width), got {image_size!r}; e.g. 32 or (224, 224)")
-    return height, width
+    return int(height), int(width)
 
 
 def resize_images(images: np.ndarray, size: ImageSize) -> np.ndarray:
