@@ -113,7 +113,7 @@ def main() -> None:
         if not arguments.tiny:
             result |= build_times()
         result |= {"image_megabytes": image_megabytes(IMAGE, BASE),
-                   "gpu_base": "tensorflow/tensorflow:2.21.0-gpu cannot be pulled here (no registry reachable)"}
+                   "gpu_base": "tensorflow/tensorflow:2.21.0-gpu cannot be pulled here (no container registry reachable)"}
         result |= startup_costs(arguments.repeats)
         result["ratio"] = result["step_imports_in_container_seconds"] / result["step_imports_on_host_seconds"]
         if not arguments.tiny:

@@ -11,7 +11,7 @@ FLOP convention (stated because conventions differ by 2x):
 
 ours:     train.py's path (tf.data uint8 input, augmentation, preprocessing layers, the
           resolved steps_per_execution, oneDNN on as components/keras_setup.py sets it) at
-          the given batch size (default 128, the seed's).
+          the given batch size (default 128, the seed documents').
 baseline: plain Keras (`model.fit` on pre-made float arrays, Adam, batch 128, Keras defaults)
           with oneDNN off, TensorFlow's default on this CPU; since that is fixed when
           TensorFlow starts, the baseline runs in a child process (`--worker`), alternating
@@ -43,7 +43,7 @@ MATMUL_SIZE = 2048
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet20_v1", help="registry name (default resnet20_v1)")
+    parser.add_argument("--model", default="resnet20_v1", help="zoo name (default resnet20_v1)")
     parser.add_argument("--images", type=int, default=2048, help="random CIFAR-shaped training images per epoch")
     parser.add_argument("--batch-size", type=int, default=128, help="ours' batch size (default 128)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is not counted")

@@ -4,7 +4,7 @@ ours:     train.py's path with its GPU settings resolved by 'auto' (bfloat16 on 
           capability >= 8, else float16 with loss scaling; XLA on; steps_per_execution for small
           models) at a large batch (default 1024), on random uint8 data of CIFAR-10's shape
           (50,000 x 32x32x3) held in memory, augmentation on.
-baseline: plain Keras as in seed 004: float32, no XLA, batch 32, `model.fit` on float arrays.
+baseline: plain Keras as in seed document 004: float32, no XLA, batch 32, `model.fit` on float arrays.
 figure:   ours images/s (target >= 100k on an H100) and ours ÷ baseline.
 accuracy: with `--cifar10 PATH` (the CIFAR-10 binary archive; it cannot be downloaded on
           machines without internet), the fast preset's epochs and seconds to 92 % test accuracy
@@ -28,7 +28,7 @@ NAME = "gpu"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet20_v1", help="registry name for the speed figure (default resnet20_v1)")
+    parser.add_argument("--model", default="resnet20_v1", help="zoo name for the speed figure (default resnet20_v1)")
     parser.add_argument("--batch-size", type=int, default=1024, help="ours' batch size (default 1024)")
     parser.add_argument("--images", type=int, default=50_000, help="random CIFAR-shaped images per epoch (default 50000)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per speed measurement; the first is not counted")
@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
 
 
 def speed(arguments, images, labels) -> dict:
-    """Ours and the seed-004 baseline, alternating, `--repeats` times; medians and their ratio."""
+    """Ours and the seed document 004 baseline, alternating, `--repeats` times; medians and their ratio."""
     from components.recipe import TrainConfig
 
     config = TrainConfig(batch_size=arguments.batch_size, horizontal_flip=True)

@@ -2,11 +2,11 @@
 
 ours:     train.py's path — uint8 images in memory, shuffled and batched by tf.data, random
           shifts and flips as vectorized tensor ops per batch, scaling and mean subtraction as
-          layers inside the model — at the seed recipe (Adam 1e-3, batch 128).
+          layers inside the model — at the seed preset's recipe (Adam 1e-3, batch 128).
 baseline: plain `model.fit` on float32 arrays that were scaled and mean-subtracted beforehand,
           no augmentation, same model, optimizer, batch size and steps_per_execution.
 figure:   ours images/s ÷ baseline images/s (target >= 0.95). A second ratio compares with
-          Keras' defaults for the baseline (steps_per_execution=1), the seed notebooks' way.
+          Keras' defaults for the baseline (steps_per_execution=1), the seed documents' way.
 
 Both run in this process, alternating, `--repeats` times; the medians are reported.
 """
@@ -21,9 +21,9 @@ NAME = "input_pipeline"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet20_v1", help="registry name (default resnet20_v1)")
+    parser.add_argument("--model", default="resnet20_v1", help="zoo name (default resnet20_v1)")
     parser.add_argument("--images", type=int, default=2048, help="random CIFAR-shaped training images per epoch")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128, the seed's)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128, the seed documents')")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is not counted")
 
 

@@ -1,18 +1,18 @@
-"""Seed recipe vs fast preset: epochs and wall time to reach the same test accuracy on the same data.
+"""Seed preset vs fast preset: epochs and wall time to reach the same test accuracy on the same data.
 
 Data: scikit-learn's bundled digits through `data_prep.prepare('digits', ...)` (real 8x8
 handwritten digits, the CPU stand-in for CIFAR-10), validated on its test split.
 Recipes: the `seed` and `fast` presets' training fields (pipeline/config.py) as they are, on the
-same model (default resnet20_v1) and seed, through `train.train()`. `--fast-batch-size` runs the
+same model (default resnet20_v1) and random seed, through `train.train()`. `--fast-batch-size` runs the
 fast recipe at another batch size, its learning rate scaled with it as the preset defines (its
 512 is 3 steps per epoch on the 1,438 digits).
 
-Definition of "the same accuracy": the fast preset runs its full schedule first; the seed recipe
+Definition of "the same accuracy": the fast preset runs its full schedule first; the seed preset
 then runs until its test accuracy reaches the fast run's best (or its own epochs run out). The
 target is the lower of the two runs' best accuracies, so both reach it; each run's time to
 target is the sum of its per-epoch seconds (training plus the epoch's validation, as train.py's
 history.csv records them) up to the first epoch at or above the target.
-figure: seed seconds to target ÷ fast seconds to target (target >= 5).
+figure: seed-preset seconds to target ÷ fast-preset seconds to target (target >= 5).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ NAME = "recipes"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet20_v1", help="registry name (default resnet20_v1)")
+    parser.add_argument("--model", default="resnet20_v1", help="zoo name (default resnet20_v1)")
     parser.add_argument("--dataset", default="digits", help="data_prep source (default digits, bundled)")
     parser.add_argument("--fast-batch-size", type=int, help="batch size of the fast recipe (default: the preset's)")
 
@@ -82,7 +82,7 @@ def run_recipe(dataset_dir: str, model_name: str, train_fields: dict, work_dir: 
 
 
 def compare_once(dataset_dir: str, model_name: str, fast_fields: dict, seed_fields: dict, work_dir: str) -> dict:
-    """One fast run, then one seed run stopped at the fast run's best accuracy; the comparison."""
+    """One fast-preset run, then one seed-preset run stopped at the fast run's best accuracy; the comparison."""
     fast = run_recipe(dataset_dir, model_name, fast_fields, work_dir, "fast")
     seed = run_recipe(dataset_dir, model_name, seed_fields, work_dir, "seed", [StopAtAccuracy(fast["best_accuracy"])])
     target = min(fast["best_accuracy"], seed["best_accuracy"])
@@ -133,7 +133,7 @@ def main() -> int:
         "seed_seconds_to_target": median([c["seed"]["to_target"]["seconds"] for c in comparisons]),
         "fast_epochs_to_target": median([c["fast"]["to_target"]["epochs"] for c in comparisons]),
         "seed_epochs_to_target": median([c["seed"]["to_target"]["epochs"] for c in comparisons]),
-        "target": "ratio >= 5 (seed seconds to target / fast seconds to target)",
+        "target": "ratio >= 5 (seed-preset seconds to target / fast-preset seconds to target)",
         "comparisons": comparisons,
         "machine": machine,
     }

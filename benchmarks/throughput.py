@@ -121,8 +121,8 @@ def plain_fit_images_per_second(
     jit_compile: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Training images/s of the seed notebooks' way: float32 arrays scaled and mean-subtracted
-    beforehand, one-hot labels, the registry model, Adam, `model.fit(x, y)`; no augmentation.
+    """Training images/s of the seed documents' way: float32 arrays scaled and mean-subtracted
+    beforehand, one-hot labels, the zoo model, Adam, `model.fit(x, y)`; no augmentation.
 
     Like `train_path_images_per_second`, the first epoch is not counted.
     """

@@ -220,7 +220,7 @@ def test_a_model_registered_beside_its_builder_joins_the_zoo_and_trains(restored
     assert any(not np.array_equal(before, after) for before, after in zip(weights_before, model.get_weights()))
 
 
-def test_registration_refuses_a_taken_name_and_figures_out_of_range(restored_zoo):
+def test_zoo_refuses_a_taken_name_and_figures_out_of_range(restored_zoo):
     def lenet5(input_shape, num_classes, name):
         return tiny_cnn(input_shape, num_classes, name)
 
