@@ -16,7 +16,8 @@ STEM_SIZE = 2
 # Added to every eigenvalue, relative to the mean patch variance: keeps the faintest patch
 # directions (mostly noise and JPEG artefacts) from being amplified as much as the real ones.
 WHITENING_EPSILON = 5e-4
-WHITENING_CHUNK = 256  # images per step of the covariance sum, to bound the patch matrix
+WHITENING_CHUNK = 256
+FEATURE_SCALE = 1.0 / 9.0  # images per step of the covariance sum, to bound the patch matrix
 
 
 def FastNet(input_shape, num_classes, widths=(64, 128, 256), name="fastnet"):
@@ -44,6 +45,9 @@ def FastNet(input_shape, num_classes, widths=(64, 128, 256), name="fastnet"):
         x = layers.BatchNormalization(scale=False)(x)
         x = layers.Activation("relu")(x)
     x = layers.GlobalMaxPooling2D()(x)
+    # The pooled features are maxima of unit-variance maps, several units large; scaled down, the
+    # first logits stay near zero and the classifier's early updates stay small beside them.
+    x = layers.Rescaling(FEATURE_SCALE, name="scale_features")(x)
     return softmax_classifier(inputs, x, num_classes, name, use_bias=False)
 
 
