@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 IMAGE ?= cnnpipe:latest
 ARGS ?=
 PYTEST_ARGS ?=
+# Much of the suite waits on child processes (pipeline steps, workers, containers), so two test
+# processes keep both cores of a 2-core machine busy.
+TEST_WORKERS ?= 2
 
 .PHONY: run test image image-local compile clean
 
@@ -21,9 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/cnnpipe run $(ARGS)
 
-## test: the test suite (no GPU or internet needed; the `docker` tests build cnnpipe:local when an engine runs)
+## test: the test suite (no GPU or internet needed; the `docker` tests build cnnpipe:local when an engine runs),
+## in TEST_WORKERS processes (pytest-xdist; tests/conftest.py groups the tests and hands out the longest first);
+## TEST_WORKERS=0 runs it in this one process
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS)
 
 ## image: the one container image every step runs in, on TensorFlow's GPU base (needs a Docker
 ## engine with BuildKit and Docker Hub); the image for the cluster
@@ -31,7 +36,7 @@ image:
 	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile -t $(IMAGE) .
 
 ## image-local: cnnpipe:local on a Debian base made here with debootstrap (needs root, debootstrap
-## and a Docker engine, no registry); what `cnnpipe run --runner docker --image cnnpipe:local` runs
+## and a Docker engine, no container registry); what `cnnpipe run --runner docker --image cnnpipe:local` runs
 image-local:
 	docker/build-local.sh cnnpipe:local
 

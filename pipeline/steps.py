@@ -22,7 +22,7 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
         source: `digits`, `cifar10`, `fashion_mnist`, `mnist`, an image folder (train/<class>/*.png,
             test/<class>/...) or a CIFAR-10 binary archive; local path or gs:// URI.
         validation_fraction: Share of the training images held out for validation (0 = use the test split).
-        seed: Seed of the validation split and of the bundled dataset's train/test split.
+        seed: Random seed of the validation split and of the bundled dataset's train/test split.
         image_size: Side every image is resized to (0 = keep the source's size).
     """
     from components.data_prep import prepare

@@ -1,6 +1,7 @@
-"""The project image for real: built here once per test run (`docker/build-local.sh`, the same
-script as `make image-local`), then every step run in containers: the one-step-at-a-time
-walkthrough of docs/containers.md as written, and `cnnpipe run --runner docker` for the whole pipeline.
+"""The project image for real (the `local_image` fixture: built here once per test run with
+`docker/build-local.sh`, the same script as `make image-local`), then every step run in containers:
+the one-step-at-a-time walkthrough of docs/containers.md as written, and `cnnpipe run --runner
+docker` for the whole pipeline.
 
 Without a Docker engine (or without root and debootstrap to make the base) these tests skip
 with one line; under CI=true that is a failure, since CI installs and starts the engine.
@@ -9,7 +10,6 @@ with one line; under CI=true that is a failure, since CI installs and starts the
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,38 +19,8 @@ import pytest
 pytestmark = pytest.mark.docker
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-IMAGE = "cnnpipe:local"
 CNNPIPE = str(Path(sys.executable).parent / "cnnpipe")
 OTHER_UID = 12345  # an owner who is neither the caller nor the image's 10001
-
-
-def missing_requirement() -> str:
-    """Why the image cannot be built and run here, or '' when it can."""
-    import docker
-
-    try:
-        docker.from_env(timeout=5).ping()
-    except Exception as error:  # the SDK raises several types for "no engine"
-        return f"no Docker engine answers ({type(error).__name__}); start dockerd to run the docker tests"
-    if os.geteuid() != 0 or not shutil.which("debootstrap"):
-        return "building the image's Debian base needs root and debootstrap"
-    return ""
-
-
-@pytest.fixture(scope="session")
-def local_image() -> str:
-    """cnnpipe:local built from this working tree (layers cached between runs)."""
-    reason = missing_requirement()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs the docker tests to run: {reason}")
-        pytest.skip(reason)
-    result = subprocess.run(
-        [str(REPOSITORY / "docker" / "build-local.sh"), IMAGE], cwd=REPOSITORY,
-        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return IMAGE
 
 
 def docker(*arguments: str) -> str:
