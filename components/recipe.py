@@ -99,7 +99,7 @@ class TrainConfig:
     horizontal_flip: bool | None = None
     shift_fraction: float = 0.1
     subtract_pixel_mean: bool = True
-    fit_stem_to_data: bool = True
+    fit_stem_to_data: bool = False
     test_time_flip: bool = False
     seed: int = 0
     steps_per_execution: int | str = "auto"

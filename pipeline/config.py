@@ -55,15 +55,17 @@ PRESETS: dict[str, Preset] = {
     ),
     "fast": Preset(
         name="fast",
-        description="nesterov SGD, warmup + cosine, label smoothing and a larger batch (learning rate scaled with it): "
-        "the seed accuracy in far fewer epochs",
+        description="minutes on a CPU: FastNet8 with a whitened stem, nesterov SGD with linear warmup and decay "
+        "(learning rate per 512 images, scaled with the batch), label smoothing, weight decay on kernels only "
+        "and flip-averaged predictions",
         dataset="cifar10",
-        models=("resnet20_v1",),
+        models=("fastnet8_small",),
         validation_fraction=0.0,
         train=_frozen(
-            epochs=30, batch_size=512, reference_batch_size=512, optimizer="sgd", learning_rate=0.4, momentum=0.9,
-            schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1, weight_decay=5e-4,
-            shift_fraction=0.125, subtract_pixel_mean=True,
+            epochs=10, batch_size=512, reference_batch_size=512, optimizer="sgd", learning_rate=0.8, momentum=0.9,
+            schedule="linear", warmup_epochs=0.5, label_smoothing=0.2, weight_decay=5e-4,
+            weight_decay_on_norm_and_bias=False, shift_fraction=0.0625, subtract_pixel_mean=True,
+            fit_stem_to_data=True, test_time_flip=True,
         ),
     ),
 }

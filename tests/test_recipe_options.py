@@ -29,8 +29,8 @@ def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_zero():
 def test_new_fields_at_their_defaults_keep_older_fingerprints():
     config = TrainConfig()
     inputs = config.fingerprint_inputs("resnet20_v1", "abc")
-    assert "test_time_flip" not in inputs and "weight_decay_on_norm_and_bias" not in inputs
-    changed = TrainConfig(test_time_flip=True, weight_decay_on_norm_and_bias=False)
+    assert not {"test_time_flip", "weight_decay_on_norm_and_bias", "fit_stem_to_data"} & set(inputs)
+    changed = TrainConfig(test_time_flip=True, weight_decay_on_norm_and_bias=False, fit_stem_to_data=True)
     assert changed.fingerprint("resnet20_v1", "abc") != config.fingerprint("resnet20_v1", "abc")
 
 
