@@ -303,11 +303,14 @@ def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, mode
         run_id: Names the JobSet with the model; the same on a retry of the task, which then replaces it.
         cluster_placement: JSON of pipeline.jobset.placement_arguments, '' off the cluster.
     """
+    # components.train (TensorFlow) is imported only where this process trains: a launcher of
+    # local worker processes does not pay TensorFlow's start-up beside them.
     from components import storage
-    from components.train import train
 
     check_worker_count(worker_count)
     if worker_count == 1:
+        from components.train import train
+
         return train(dataset_dir, model_name, output_dir, config, checkpoint_dir, tensorboard_dir=tensorboard_dir)
     if not cluster_placement:
         command = train_command(dataset_dir, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
@@ -326,4 +329,6 @@ def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, mode
     command = ["cnnpipe", *train_command(dataset_uri, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
                                          checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
     run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement, max_restarts=max_restarts)
+    from components.train import train
+
     return train(dataset_dir, model_name, output_dir, config, checkpoint_dir)

@@ -23,6 +23,10 @@ from tests.test_train import write_dataset
 pytestmark = pytest.mark.slow
 
 CONFIG = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 1, "schedule": "cosine", "warmup_epochs": 1}
+# The killed run's length: the worker is killed as soon as the first checkpoint is there, and the
+# run still has seconds of epochs to go (each a fraction of a second once traced), so the kill
+# lands mid-run; the rerun trains the rest.
+KILLED_RUN_EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def test_two_workers_train_one_model_with_identical_weights(dataset, tmp_path):
 
 def test_a_run_whose_worker_is_killed_resumes_from_the_chiefs_checkpoint(dataset, tmp_path):
     checkpoint_dir, output_dir = tmp_path / "checkpoints", tmp_path / "output"
-    config = dict(CONFIG, epochs=20)  # seconds of training: the kill lands mid-run
+    config = dict(CONFIG, epochs=KILLED_RUN_EPOCHS)
     command = [sys.executable, "-m", "pipeline.cli", "component", "train", "--dataset", dataset, "--model", "lenet5",
                "--output", str(output_dir), "--config", json.dumps(config),
                "--checkpoint-dir", str(checkpoint_dir), "--workers", "2"]
@@ -83,13 +87,13 @@ def test_a_run_whose_worker_is_killed_resumes_from_the_chiefs_checkpoint(dataset
             launcher.kill()
     assert launcher.returncode == 1 and "worker 1" in output
     killed_at = load_checkpoint(str(checkpoint_dir))["epoch"]
-    assert 1 <= killed_at < 20 and not (output_dir / "train_result.json").exists()
+    assert 1 <= killed_at < KILLED_RUN_EPOCHS and not (output_dir / "train_result.json").exists()
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     result = storage.read_json(str(output_dir / "train_result.json"))
-    assert result["resumed_from_epoch"] >= killed_at and result["epochs"] == 20 and result["workers"] == 2
-    assert result["optimizer_steps"] == 20 * 4
+    assert result["resumed_from_epoch"] >= killed_at and result["epochs"] == KILLED_RUN_EPOCHS and result["workers"] == 2
+    assert result["optimizer_steps"] == KILLED_RUN_EPOCHS * 4
 
 
 def worker_pids(launcher_pid: int) -> list[int]:
