@@ -45,8 +45,10 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 RESULT_FILE = "train_result.json"
 # Train images a data-fitted first layer is computed from (see ModelSpec.fit_to_images): enough
-# for a stable 12x12 patch covariance, a second or so to read.
+# for a stable patch covariance, a second or so to read; fewer for big images, whose bytes
+# (uint8, before preprocessing makes them float32) are capped.
 FIT_SAMPLE_IMAGES = 5000
+FIT_SAMPLE_BYTES = 64 * 1024 * 1024
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "steps", "images", "seconds")
 
 
@@ -428,9 +430,11 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
     return dict(checkpoints.load(run.write_dir), resumed_from_epoch=resumed_from_epoch)
 
 
-def sample_train_images(reader: DatasetReader, count: int = FIT_SAMPLE_IMAGES) -> np.ndarray:
-    """About `count` train images spread evenly over the split (every k-th record, so a split
-    stored class by class still gives every class), uint8 [N, H, W, C]."""
+def sample_train_images(reader: DatasetReader) -> np.ndarray:
+    """Up to FIT_SAMPLE_IMAGES train images (FIT_SAMPLE_BYTES at most) spread evenly over the
+    split (every k-th record, so a split stored class by class still gives every class), uint8
+    [N, H, W, C]."""
+    count = max(1, min(FIT_SAMPLE_IMAGES, FIT_SAMPLE_BYTES // int(np.prod(reader.image_shape))))
     stride = max(1, reader.count("train") // count)
     examples = reader.examples("train", ordered=True).shard(stride, 0).take(count).batch(count)
     images, _ = next(examples.as_numpy_iterator())

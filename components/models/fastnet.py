@@ -16,8 +16,8 @@ STEM_SIZE = 2
 # Added to every eigenvalue, relative to the mean patch variance: keeps the faintest patch
 # directions (mostly noise and JPEG artefacts) from being amplified as much as the real ones.
 WHITENING_EPSILON = 5e-4
-WHITENING_CHUNK = 256
-FEATURE_SCALE = 1.0 / 9.0  # images per step of the covariance sum, to bound the patch matrix
+WHITENING_CHUNK_PATCHES = 1 << 20  # patches per step of the covariance sum (~100 MB as float64)
+FEATURE_SCALE = 1.0 / 9.0  # see FastNet
 
 
 def FastNet(input_shape, num_classes, widths=(64, 128, 256), name="fastnet"):
@@ -69,8 +69,9 @@ def whiten_stem(model, images: np.ndarray) -> None:
     patch_values = size * size * channels
     moments = np.zeros((patch_values, patch_values))
     patch_count = 0
-    for start in range(0, len(images), WHITENING_CHUNK):
-        chunk = np.asarray(images[start:start + WHITENING_CHUNK], dtype=np.float64)
+    chunk_images = max(1, WHITENING_CHUNK_PATCHES // (images.shape[1] * images.shape[2]))
+    for start in range(0, len(images), chunk_images):
+        chunk = np.asarray(images[start:start + chunk_images], dtype=np.float64)
         # [N, H', W', C, size, size] -> one row per patch in the kernel's (row, column, channel) order
         windows = np.lib.stride_tricks.sliding_window_view(chunk, (size, size), axis=(1, 2))
         patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, patch_values)
