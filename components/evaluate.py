@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from components import models, storage
+from components import checks, models, storage
 from components.dataset import open_dataset
 from components.errors import UserError
 from components.keras_setup import keras, tf
@@ -39,7 +39,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     result.json holds train_result.json's fields plus test_accuracy, test_loss (plain categorical
     cross-entropy, without training's label smoothing), inference_images_per_second (one timed
     prediction pass after a warm-up batch), class_names, confusion_matrix (rows: true class,
-    columns: predicted class), per_class precision/recall/support, the registry's
+    columns: predicted class), per_class precision/recall/support, the zoo's
     reference_accuracy and seed_accuracy, and `mistakes`: the test images the model gets most
     confidently wrong (index, true and predicted class, probabilities), whose thumbnails
     (uint8 [N, H, W, C], at most THUMBNAIL_MAX_SIZE pixels a side) go to mistakes.npy in the same
@@ -51,8 +51,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
         output_dir: Directory to write result.json and history.csv into.
         batch_size: Images per prediction batch.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    checks.integer("batch_size", batch_size, minimum=1)
     model_path = os.path.join(model_dir, "model.keras")
     train_result_path = os.path.join(model_dir, "train_result.json")
     for required in (model_path, train_result_path):

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from components import checks
 from components.dataset import DatasetReader
-from components.errors import UserError
 from components.keras_setup import tf
 from components.recipe import CACHE_CHOICES
 
@@ -59,7 +59,7 @@ def shift_and_flip(images: tf.Tensor, row_offsets: tf.Tensor, column_offsets: tf
 def augment_batch(images: tf.Tensor, shift_pixels: int | tuple[int, int], flip: bool, seed: tf.Tensor) -> tf.Tensor:
     """Random per-image shifts of up to `shift_pixels` and, if `flip`, random horizontal flips.
 
-    Vectorized over the whole batch (no per-image Python); keeps shape and dtype. The seed's
+    Vectorized over the whole batch (no per-image Python); keeps shape and dtype. The seed documents'
     ImageDataGenerator(width/height_shift_range=0.1, fill_mode='nearest') shifted by fractional
     amounts with interpolation; whole-pixel shifts with the same edge fill cost two gathers instead.
 
@@ -117,8 +117,7 @@ def available_memory_bytes() -> int:
 
 def resolve_cache(cache: str, split_bytes: int) -> str:
     """"memory" or "none" for a ``cache`` choice and a decoded split of ``split_bytes``."""
-    if cache not in CACHE_CHOICES:
-        raise UserError(f"cache must be one of {', '.join(CACHE_CHOICES)}, got {cache!r}")
+    checks.choice("cache", cache, CACHE_CHOICES)
     if cache != "auto":
         return cache
     budget = MEMORY_CACHE_SHARE * available_memory_bytes()

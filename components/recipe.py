@@ -10,12 +10,10 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from components import checks
 from components.errors import UserError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -23,12 +21,12 @@ SCHEDULES = ("step", "cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CACHE_CHOICES = ("auto", "memory", "none")  # see components/input_pipeline.py
 
-# The seed's step schedule drops the learning rate after epochs 80/120/160/180 of 200; the
+# The seed documents' step schedule drops the learning rate after epochs 80/120/160/180 of 200; the
 # milestones are kept as fractions of the run so that a shorter run still decays.
 STEP_MILESTONE_FRACTIONS = (0.4, 0.6, 0.8, 0.9)
 STEP_FACTORS = (1e-1, 1e-2, 1e-3, 0.5e-3)
 
-# The seed's ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on val_loss.
+# The seed documents' ReduceLROnPlateau(factor=sqrt(0.1), patience=5, min_lr=0.5e-6) on val_loss.
 PLATEAU_FACTOR = math.sqrt(0.1)
 PLATEAU_PATIENCE = 5  # epochs without improvement
 PLATEAU_MIN_LEARNING_RATE = 0.5e-6
@@ -60,7 +58,7 @@ class TrainConfig:
         weight_decay: Decoupled weight decay; 0 disables it.
         weight_decay_on_norm_and_bias: Whether weight decay also shrinks batch-norm parameters and
             biases (every variable of rank 0 or 1); False decays only kernels.
-        schedule: 'step' (seed's milestones plus reduce-on-plateau), 'cosine' (per-step cosine
+        schedule: 'step' (the seed documents' milestones plus reduce-on-plateau), 'cosine' (per-step cosine
             decay after a linear warmup), 'linear' (linear warmup, then linear decay to 0 at the
             last step: the one-cycle triangle) or 'constant'.
         warmup_epochs: Linear warmup length of the cosine and linear schedules, in epochs (may be
@@ -75,7 +73,7 @@ class TrainConfig:
             stem) set its first layer from a sample of the training images before training.
         test_time_flip: The saved model averages its predictions for each image and its mirror
             image (ignored where the dataset forbids flips); twice the inference compute.
-        seed: Seed for weight initialization, shuffling and augmentation.
+        seed: Random seed of weight initialization, shuffling and augmentation.
         steps_per_execution: Optimizer steps per compiled call, or 'auto'.
         jit_compile: XLA compilation, or 'auto' (on for GPU, off for CPU where it measured slower).
         mixed_precision: 'auto' (bfloat16 on Ampere or newer GPUs, float16 on older GPUs,
@@ -108,44 +106,32 @@ class TrainConfig:
     cache: str = "auto"
 
     def __post_init__(self) -> None:
-        _require_int("epochs", self.epochs, minimum=1)
-        _require_int("batch_size", self.batch_size, minimum=1)
+        checks.integer("epochs", self.epochs, minimum=1)
+        checks.integer("batch_size", self.batch_size, minimum=1)
         if self.reference_batch_size is not None:
-            _require_int("reference_batch_size", self.reference_batch_size, minimum=1, alternative="null")
-        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _require_number("learning_rate", self.learning_rate)
-        if not self.learning_rate > 0:
-            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
-        _require_number("momentum", self.momentum)
-        if not 0 <= self.momentum < 1:
-            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
-        _require_number("weight_decay", self.weight_decay)
-        if self.weight_decay < 0:
-            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        _require_bool("weight_decay_on_norm_and_bias", self.weight_decay_on_norm_and_bias)
-        _require_choice("schedule", self.schedule, SCHEDULES)
-        _require_number("warmup_epochs", self.warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise UserError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _require_number("label_smoothing", self.label_smoothing)
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require_bool("augment", self.augment)
+            checks.integer("reference_batch_size", self.reference_batch_size, minimum=1, alternative="null")
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.number("learning_rate", self.learning_rate, above=0)
+        checks.fraction("momentum", self.momentum)
+        checks.number("weight_decay", self.weight_decay, at_least=0)
+        checks.boolean("weight_decay_on_norm_and_bias", self.weight_decay_on_norm_and_bias)
+        checks.choice("schedule", self.schedule, SCHEDULES)
+        checks.number("warmup_epochs", self.warmup_epochs, at_least=0)
+        checks.fraction("label_smoothing", self.label_smoothing)
+        checks.boolean("augment", self.augment)
         if self.horizontal_flip is not None:
-            _require_bool("horizontal_flip", self.horizontal_flip, "true, false or null (follow the dataset)")
-        _require_number("shift_fraction", self.shift_fraction)
-        if not 0 <= self.shift_fraction < 0.5:
-            raise UserError(f"shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
-        _require_bool("subtract_pixel_mean", self.subtract_pixel_mean)
-        _require_bool("fit_stem_to_data", self.fit_stem_to_data)
-        _require_bool("test_time_flip", self.test_time_flip)
-        _require_int("seed", self.seed, minimum=0)
+            checks.boolean("horizontal_flip", self.horizontal_flip, alternative="null (follow the dataset)")
+        checks.number("shift_fraction", self.shift_fraction, at_least=0, below=0.5)
+        checks.boolean("subtract_pixel_mean", self.subtract_pixel_mean)
+        checks.boolean("fit_stem_to_data", self.fit_stem_to_data)
+        checks.boolean("test_time_flip", self.test_time_flip)
+        checks.integer("seed", self.seed, minimum=0)
         if self.steps_per_execution != "auto":
-            _require_int("steps_per_execution", self.steps_per_execution, minimum=1, alternative="'auto'")
+            checks.integer("steps_per_execution", self.steps_per_execution, minimum=1, alternative="'auto'")
         if self.jit_compile != "auto":
-            _require_bool("jit_compile", self.jit_compile, "true, false or 'auto'")
-        _require_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
-        _require_choice("cache", self.cache, CACHE_CHOICES)
+            checks.boolean("jit_compile", self.jit_compile, alternative="'auto'")
+        checks.choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+        checks.choice("cache", self.cache, CACHE_CHOICES)
 
     @property
     def peak_learning_rate(self) -> float:
@@ -195,29 +181,6 @@ class TrainConfig:
         return hashlib.sha256(encoded).hexdigest()
 
 
-def _require_int(name: str, value: Any, minimum: int, alternative: str | None = None) -> None:
-    also = f" or {alternative}" if alternative else ""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise UserError(f"{name} must be an integer{also}, got {value!r}")
-    if value < minimum:
-        raise UserError(f"{name} must be >= {minimum}{also}, got {value!r}")
-
-
-def _require_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value!r}")
-
-
-def _require_bool(name: str, value: Any, accepted: str = "true or false") -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise UserError(f"{name} must be {accepted}, got {value!r}")
-
-
-def _require_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Learning-rate schedules (pure functions of the epoch position)
 
@@ -238,9 +201,9 @@ class PlateauState:
 
 
 def step_learning_rate(epoch: int, learning_rate: float, epochs: int) -> float:
-    """The seed's step schedule with milestones scaled to `epochs` (0-based epoch index).
+    """The seed documents' step schedule with milestones scaled to `epochs` (0-based epoch index).
 
-    For 200 epochs this is the seed exactly: x1, then x0.1 after epoch 80, x0.01 after 120,
+    For 200 epochs this is the seed documents' schedule exactly: x1, then x0.1 after epoch 80, x0.01 after 120,
     x0.001 after 160 and x0.0005 after 180.
     """
     factor = 1.0
@@ -315,7 +278,7 @@ def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: flo
     """Learning rate at a fractional epoch position under `config`'s schedule.
 
     The step schedule is multiplied by the reduce-on-plateau `plateau_scale`, which never takes it
-    below PLATEAU_MIN_LEARNING_RATE (nor raises it above the step value). The seed ran Keras'
+    below PLATEAU_MIN_LEARNING_RATE (nor raises it above the step value). The seed documents ran Keras'
     LearningRateScheduler and ReduceLROnPlateau side by side, so the scheduler overwrote each
     reduction at the next epoch; multiplying makes both take effect.
     """

@@ -40,7 +40,7 @@ MISSING = "—"
 CONFUSED_PAIRS_SHOWN = 5
 # Written by the evaluate step beside result.json: thumbnails of result["mistakes"], same order.
 MISTAKES_FILE = "mistakes.npy"
-# The zoo's reference (paper) and seed accuracies are CIFAR-10 test accuracies (components/models),
+# The zoo's reference (paper) and seed-document accuracies are CIFAR-10 test accuracies (components/models),
 # so they compare with a run only on that dataset (the Keras download and the binary archive alike).
 REFERENCE_DATASET = "cifar10"
 
@@ -73,7 +73,7 @@ class ModelResult:
 
     @property
     def name(self) -> str:
-        """The registry key of the model."""
+        """The model's name in the zoo (`cnnpipe models`)."""
         return str(self.result["name"])
 
 
@@ -198,7 +198,7 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
 
 
 def reference_applies(dataset) -> tuple[bool, str]:
-    """(whether the paper and seed figures compare with a run on `dataset`, why not if they don't)."""
+    """(whether the paper and seed-document figures compare with a run on `dataset`, why not if they don't)."""
     if dataset == REFERENCE_DATASET:
         return True, ""
     return False, f"the paper figures are CIFAR-10 test accuracies and this run is on {dataset}"
@@ -215,10 +215,10 @@ def reference_gap(result: dict, field: str, compared: bool) -> float | None:
 def reference_note(summary: dict) -> str:
     """One sentence under the comparison table saying what the reference columns mean here."""
     if summary["reference_compared"]:
-        return ("Reference is the paper's CIFAR-10 test accuracy and seed the original notebook's; "
+        return ("Reference is the paper's CIFAR-10 test accuracy, seed doc. the seed documents' own run; "
                 "gaps are meaningful with a full training budget.")
     _, reason = reference_applies(summary["dataset"])
-    return f"Reference and seed columns show {MISSING} because {reason}."
+    return f"Reference and seed-document columns show {MISSING} because {reason}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def markdown_cell(value) -> str:
 
 
 def comparison_columns(compared: bool) -> list[tuple[str, Callable[[dict], object]]]:
-    """(header, cell function over a summary entry) for the comparison table; the paper and seed
+    """(header, cell function over a summary entry) for the comparison table; the paper and seed-document
     figures only when `compared` (the run's dataset is theirs)."""
 
     def figure(field: str) -> Callable[[dict], str]:
@@ -305,8 +305,8 @@ def comparison_columns(compared: bool) -> list[tuple[str, Callable[[dict], objec
         ("Test accuracy", lambda entry: format_percent(entry["test_accuracy"])),
         ("Reference (paper)", figure("reference_accuracy")),
         ("Gap to reference", lambda entry: format_points(entry["reference_gap"])),
-        ("Seed accuracy", figure("seed_accuracy")),
-        ("Gap to seed", lambda entry: format_points(entry["seed_gap"])),
+        ("Seed doc. accuracy", figure("seed_accuracy")),
+        ("Gap to seed doc.", lambda entry: format_points(entry["seed_gap"])),
         ("Test loss", lambda entry: format_number(entry["test_loss"], digits=4)),
         ("Training time", lambda entry: format_duration(entry["train_seconds"])),
         ("Parameters", lambda entry: format_count(entry["params"])),

@@ -2,7 +2,7 @@
 
 `train()` reads a dataset artifact written by `data_prep.prepare`, trains one model from the
 zoo and writes the best model (by validation accuracy), its history and a result record.
-The default `TrainConfig` is the recipe of the ResNet seed notebook: Adam at 1e-3 with a step
+The default `TrainConfig` is the ResNet recipe of the seed documents: Adam at 1e-3 with a step
 schedule plus reduce-on-plateau, batch 128, random shifts of 10 % and horizontal flips,
 per-pixel mean subtraction, 200 epochs.
 

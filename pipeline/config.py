@@ -12,6 +12,7 @@ import dataclasses
 import types
 from typing import Any, Mapping
 
+from components import checks
 from components.errors import UserError
 
 
@@ -43,7 +44,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "seed": Preset(
         name="seed",
-        description="the seed recipe for ResNet on CIFAR-10: adam 1e-3, step decay at 80/120/160/180, 200 epochs",
+        description="the seed documents' recipe for ResNet on CIFAR-10: adam 1e-3, step decay at 80/120/160/180, 200 epochs",
         dataset="cifar10",
         models=("resnet20_v1",),
         validation_fraction=0.0,
@@ -85,7 +86,7 @@ class RunConfig:
 
     @property
     def seed(self) -> int:
-        """The recipe's seed, also the seed of the data splits."""
+        """The recipe's random seed, also the random seed of the data splits."""
         return int(self.train.get("seed", 0))
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,9 +135,8 @@ def resolve(
         )
     if len(set(chosen_models)) != len(chosen_models):
         raise UserError(f"model list has duplicates: {','.join(chosen_models)}")
-    fraction = base.validation_fraction if validation_fraction is None else validation_fraction
-    if not 0.0 <= fraction < 1.0:
-        raise UserError(f"validation fraction must be in [0, 1), got {fraction}")
+    fraction = checks.fraction(
+        "--validation-fraction", base.validation_fraction if validation_fraction is None else validation_fraction)
     train = {**base.train, **{key: value for key, value in train_overrides.items() if value is not None}}
     # None means "decide from the data" (e.g. horizontal_flip); KFP parameters cannot hold None,
     # and from_dict restores the default when the key is absent.
@@ -147,12 +147,7 @@ def resolve(
         models=chosen_models,
         validation_fraction=fraction,
         train=types.MappingProxyType(resolved_train),
-        workers=_whole_number("--workers", 1 if workers is None else workers, minimum=1),
-        image_size=_whole_number("--image-size", 0 if image_size is None else image_size, minimum=0),
+        workers=checks.integer("--workers", 1 if workers is None else workers, minimum=1, why="1 = one process"),
+        image_size=checks.integer("--image-size", 0 if image_size is None else image_size, minimum=0,
+                                  why="0 = keep the images' size"),
     )
-
-
-def _whole_number(flag: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{flag} must be a whole number >= {minimum}, got {value!r}")
-    return value

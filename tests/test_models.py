@@ -229,7 +229,7 @@ def test_zoo_refuses_a_taken_name_and_figures_out_of_range(restored_zoo):
 
     with pytest.raises(UserError, match="'lenet5' is already registered by the lenet family"):
         register_model(min_input_size=3, params=127, description="a second lenet5")(lenet5)
-    with pytest.raises(UserError, match="min_input_size must be a positive int, got 0"):
+    with pytest.raises(UserError, match="tiny_cnn: min_input_size must be an integer >= 1, got 0"):
         register_model(min_input_size=0, params=127, description="no size")(tiny_cnn)
     with pytest.raises(UserError, match="reference_accuracy .* got 92.5"):
         register_model(min_input_size=3, params=127, reference_accuracy=92.5, description="percent")(tiny_cnn)

@@ -103,24 +103,24 @@ def test_config_round_trips_through_dict():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("epochs", 0, "epochs must be >= 1, got 0"),
-        ("epochs", 2.5, "epochs must be an integer, got 2.5"),
-        ("batch_size", True, "batch_size must be an integer, got True"),
+        ("epochs", 0, "epochs must be an integer >= 1, got 0"),
+        ("epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
+        ("batch_size", True, "batch_size must be an integer >= 1, got True"),
         ("optimizer", "rmsprop", "optimizer must be one of adam, sgd, got 'rmsprop'"),
-        ("learning_rate", 0, "learning_rate must be > 0, got 0"),
-        ("learning_rate", float("nan"), "learning_rate must be a finite number, got nan"),
-        ("momentum", 1.0, "momentum must be in [0, 1), got 1.0"),
-        ("weight_decay", -1e-4, "weight_decay must be >= 0, got -0.0001"),
+        ("learning_rate", 0, "learning_rate must be a number > 0, got 0"),
+        ("learning_rate", float("nan"), "learning_rate must be a number > 0, got nan"),
+        ("momentum", 1.0, "momentum must be a fraction in [0, 1), got 1.0"),
+        ("weight_decay", -1e-4, "weight_decay must be a number >= 0, got -0.0001"),
         ("schedule", "exponential", "schedule must be one of step, cosine, linear, constant, got 'exponential'"),
-        ("warmup_epochs", -1, "warmup_epochs must be >= 0, got -1"),
-        ("label_smoothing", 1.0, "label_smoothing must be in [0, 1), got 1.0"),
+        ("warmup_epochs", -1, "warmup_epochs must be a number >= 0, got -1"),
+        ("label_smoothing", 1.0, "label_smoothing must be a fraction in [0, 1), got 1.0"),
         ("augment", "yes", "augment must be true or false, got 'yes'"),
         ("horizontal_flip", 1, "horizontal_flip must be true, false or null (follow the dataset), got 1"),
-        ("shift_fraction", 0.5, "shift_fraction must be in [0, 0.5), got 0.5"),
+        ("shift_fraction", 0.5, "shift_fraction must be a number in [0, 0.5), got 0.5"),
         ("subtract_pixel_mean", None, "subtract_pixel_mean must be true or false, got None"),
-        ("seed", -1, "seed must be >= 0, got -1"),
-        ("steps_per_execution", "8", "steps_per_execution must be an integer or 'auto', got '8'"),
-        ("steps_per_execution", 0, "steps_per_execution must be >= 1 or 'auto', got 0"),
+        ("seed", -1, "seed must be an integer >= 0, got -1"),
+        ("steps_per_execution", "8", "steps_per_execution must be an integer >= 1 or 'auto', got '8'"),
+        ("steps_per_execution", 0, "steps_per_execution must be an integer >= 1 or 'auto', got 0"),
         ("jit_compile", "on", "jit_compile must be true, false or 'auto', got 'on'"),
         (
             "mixed_precision",
@@ -188,7 +188,7 @@ def test_learning_rate_scales_linearly_with_the_batch_when_a_reference_batch_is_
     assert learning_rate_at(3.0, TrainConfig(batch_size=128, **fast)) == pytest.approx(0.1)
     assert learning_rate_at(3.0, TrainConfig(batch_size=1024, **fast)) == pytest.approx(0.8)
     assert TrainConfig(batch_size=128, learning_rate=0.4).peak_learning_rate == 0.4  # no reference: as given
-    with pytest.raises(ValueError, match="reference_batch_size must be >= 1 or null, got 0"):
+    with pytest.raises(ValueError, match="reference_batch_size must be an integer >= 1 or null, got 0"):
         TrainConfig(reference_batch_size=0)
 
 

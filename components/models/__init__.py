@@ -12,10 +12,10 @@ To add a model, see "Adding a model" in the README.
 
 from __future__ import annotations
 
-import numbers
 import sys
 from typing import TYPE_CHECKING
 
+from components import checks
 from components.errors import UserError
 from components.models.table import MODELS, ModelSpec, register_model
 
@@ -50,11 +50,6 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def _is_positive_int(value) -> bool:
-    """True for Python or NumPy integers above zero (bools excluded)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
-
-
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """Build the registered model `name` for images of input_shape (H, W, C) and num_classes outputs.
 
@@ -64,10 +59,9 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
     """
     spec = get_spec(name)
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or not all(_is_positive_int(size) for size in input_shape):
+    if len(input_shape) != 3 or not all(checks.is_integer(size) and size > 0 for size in input_shape):
         raise UserError(f"input_shape must be (height, width, channels), positive ints; got {input_shape!r}")
-    if not _is_positive_int(num_classes) or num_classes < 2:
-        raise UserError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    checks.integer("num_classes", num_classes, minimum=2)
     input_shape = tuple(int(size) for size in input_shape)
     height, width, _ = input_shape
     if min(height, width) < spec.min_input_size:

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from components import checks
 from components.errors import UserError
 
 if TYPE_CHECKING:
@@ -104,11 +105,10 @@ def check_spec(spec: ModelSpec) -> None:
         raise UserError(f"model name {spec.name!r} is already registered by the {taken_by} family; rename the builder")
     for field in ("min_input_size", "params"):
         value = getattr(spec, field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"{spec.name}: {field} must be a positive int, got {value!r}")
+        checks.integer(f"{spec.name}: {field}", value, minimum=1)
     for field in ("reference_accuracy", "seed_document_accuracy"):
         value = getattr(spec, field)
-        if value is not None and not 0.0 < value < 1.0:
-            raise UserError(f"{spec.name}: {field} must be a fraction between 0 and 1 or None, got {value!r}")
+        if value is not None:
+            checks.number(f"{spec.name}: {field}", value, above=0, below=1, hint="None where there is no figure")
     if not spec.description:
         raise UserError(f"{spec.name}: give a one-line description for `cnnpipe models`")
