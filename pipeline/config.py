@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         validation_fraction=0.0,
         train=_frozen(
             epochs=10, batch_size=512, reference_batch_size=512, optimizer="sgd", learning_rate=0.8, momentum=0.9,
-            schedule="linear", warmup_epochs=0.5, label_smoothing=0.2, weight_decay=5e-4,
+            schedule="linear", warmup_epochs=0.5, label_smoothing=0.1, weight_decay=5e-4,
             weight_decay_on_norm_and_bias=False, shift_fraction=0.0625, subtract_pixel_mean=True,
             fit_stem_to_data=True, test_time_flip=True,
         ),
