@@ -18,6 +18,8 @@ Parts (--parts, default all three):
                    training split; the figures are its test accuracy and wall seconds.
     goal           `cnnpipe run --preset fast --dataset <folder>` as a user types it: wall
                    seconds and test accuracy of the preset's model.
+    precision      training images/s of the ablation model in float32 and mixed_bfloat16 on
+                   random batches of 512, taking turns (no data needed).
 figure (ratio): the last ablation step's flip-averaged validation accuracy / the first step's
 plain one (the old fast preset's recipe on the same model and epochs).
 """
@@ -36,7 +38,7 @@ import time
 import common
 
 NAME = "cifar_recipes"
-PARTS = ("ablation", "architectures", "goal")
+PARTS = ("ablation", "architectures", "goal", "precision")
 VALIDATION_FRACTION = 0.1
 ABLATION_MODEL = "fastnet8_small"
 ABLATION_EPOCHS = 3
@@ -134,6 +136,33 @@ def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps
     return rows
 
 
+def measure_precisions(model_name: str, steps: int, turns: int) -> dict[str, list[float]]:
+    """Training images/s of `model_name` under each precision policy, the policies taking turns."""
+    import time as clock
+
+    from components import models
+    from components.keras_setup import keras, tf
+
+    images = tf.random.uniform((512, 32, 32, 3))
+    labels = tf.one_hot(tf.random.uniform((512,), 0, 10, tf.int32), 10)
+    batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    built = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        model = models.build_model(model_name, (32, 32, 3), 10)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), loss="categorical_crossentropy")
+        model.fit(batches, steps_per_epoch=1, epochs=1, verbose=0)  # tracing and kernel selection
+        built[policy] = model
+    keras.mixed_precision.set_global_policy("float32")
+    rates: dict[str, list[float]] = {policy: [] for policy in built}
+    for _ in range(turns):
+        for policy, model in built.items():
+            started = clock.perf_counter()
+            model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
+            rates[policy].append(steps * 512 / (clock.perf_counter() - started))
+    return rates
+
+
 def read_summary(output_dir: str) -> dict:
     with open(os.path.join(output_dir, "summary.json")) as summary:
         return json.load(summary)
@@ -172,7 +201,7 @@ def main() -> int:
         epochs, arguments.steps = 1, 1
         parts = [part for part in parts if part != "architectures"]
         extra_goal_arguments = ["--epochs", "1"]
-    if not folder:
+    if not folder and set(parts) - {"precision"}:
         raise SystemExit("pass --folder with the CIFAR-10 image folder (train/ and test/), or --tiny")
 
     result: dict = {"benchmark": NAME, "tiny": arguments.tiny, "folder": folder, "parts": parts, "ablation_epochs": epochs}
@@ -196,6 +225,11 @@ def main() -> int:
         common.progress("goal: cnnpipe run --preset fast")
         result["goal"] = run_pipeline(folder, os.path.join(work_dir, "run-goal"), *extra_goal_arguments)
         common.progress(f"goal: {result['goal']}")
+    if "precision" in parts:
+        common.progress("precision: float32 and mixed_bfloat16")
+        rates = measure_precisions(model, steps=1 if arguments.tiny else 2, turns=arguments.repeats)
+        result["precision_images_per_second"] = rates
+        common.progress(f"precision: {rates}")
     result.setdefault("ratio", None)
     result["machine"] = common.machine_description(load_at_start)
     common.write_result(arguments.output, result)
