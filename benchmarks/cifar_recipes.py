@@ -136,15 +136,15 @@ def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps
     return rows
 
 
-def measure_precisions(model_name: str, steps: int, turns: int) -> dict[str, list[float]]:
+def measure_precisions(model_name: str, steps: int, turns: int, batch_size: int = 512) -> dict[str, list[float]]:
     """Training images/s of `model_name` under each precision policy, the policies taking turns."""
     import time as clock
 
     from components import models
     from components.keras_setup import keras, tf
 
-    images = tf.random.uniform((512, 32, 32, 3))
-    labels = tf.one_hot(tf.random.uniform((512,), 0, 10, tf.int32), 10)
+    images = tf.random.uniform((batch_size, 32, 32, 3))
+    labels = tf.one_hot(tf.random.uniform((batch_size,), 0, 10, tf.int32), 10)
     batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
     built = {}
     for policy in ("float32", "mixed_bfloat16"):
@@ -159,7 +159,7 @@ def measure_precisions(model_name: str, steps: int, turns: int) -> dict[str, lis
         for policy, model in built.items():
             started = clock.perf_counter()
             model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
-            rates[policy].append(steps * 512 / (clock.perf_counter() - started))
+            rates[policy].append(steps * batch_size / (clock.perf_counter() - started))
     return rates
 
 
@@ -227,7 +227,8 @@ def main() -> int:
         common.progress(f"goal: {result['goal']}")
     if "precision" in parts:
         common.progress("precision: float32 and mixed_bfloat16")
-        rates = measure_precisions(model, steps=1 if arguments.tiny else 2, turns=arguments.repeats)
+        rates = measure_precisions(model, steps=1 if arguments.tiny else 2, turns=arguments.repeats,
+                                   batch_size=8 if arguments.tiny else 512)
         result["precision_images_per_second"] = rates
         common.progress(f"precision: {rates}")
     result.setdefault("ratio", None)
