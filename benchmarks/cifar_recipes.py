@@ -61,8 +61,9 @@ ABLATION_STEPS = (
     ("weight decay on kernels only", dict(weight_decay_on_norm_and_bias=False)),
     ("shifts of 2 px instead of 4", dict(shift_fraction=0.0625)),
 )
-# Epochs of each seed architecture under the fast preset that fit a 15-minute pipeline here, and
-# its peak learning rate: FastNet's 0.8 relies on its scaled-down features, so the others keep
+# Epochs of each seed architecture under the fast preset meant to fit a 15-minute pipeline here
+# (estimated from each model's images/s: check the wall seconds the part reports), and its peak
+# learning rate: FastNet's 0.8 relies on its scaled-down features, so the others keep
 # the 0.4 the fast preset had for ResNet20.
 ARCHITECTURE_EPOCHS = {
     "lenet5": 30,
