@@ -213,28 +213,29 @@ def step_learning_rate(epoch: int, learning_rate: float, epochs: int) -> float:
     return learning_rate * factor
 
 
-def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
-    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then cosine decay to 0 at `epochs`.
+# The fraction of the peak rate left after the warmup, at progress 0..1 through the decay.
+DECAY_SHAPES = {
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "linear": lambda progress: 1.0 - progress,
+}
 
-    `epoch_float` is the fractional position in the run (2.5 = half way through the third epoch).
-    """
+
+def warmup_then_decay(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float, shape: str) -> float:
+    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then DECAY_SHAPES[shape] down
+    to 0 at `epochs`. `epoch_float` is the fractional position in the run (2.5 = half way through
+    the third epoch)."""
     if epoch_float < warmup_epochs:
         return learning_rate * epoch_float / warmup_epochs
     decay_epochs = epochs - warmup_epochs
     if decay_epochs <= 0:
         return learning_rate
     progress = min(max((epoch_float - warmup_epochs) / decay_epochs, 0.0), 1.0)
-    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * progress))
+    return learning_rate * DECAY_SHAPES[shape](progress)
 
 
-def linear_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
-    """Linear warmup from 0 to `learning_rate` over `warmup_epochs`, then a straight line to 0 at `epochs`."""
-    if epoch_float < warmup_epochs:
-        return learning_rate * epoch_float / warmup_epochs
-    decay_epochs = epochs - warmup_epochs
-    if decay_epochs <= 0:
-        return learning_rate
-    return learning_rate * (1.0 - min(max((epoch_float - warmup_epochs) / decay_epochs, 0.0), 1.0))
+def cosine_learning_rate(epoch_float: float, learning_rate: float, epochs: int, warmup_epochs: float) -> float:
+    """The cosine schedule: see warmup_then_decay."""
+    return warmup_then_decay(epoch_float, learning_rate, epochs, warmup_epochs, "cosine")
 
 
 def warmup_steps_for(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -269,9 +270,7 @@ def learning_rate_at_step(step: int, steps_per_epoch: int, config: TrainConfig, 
         return config.peak_learning_rate * step / warmup_steps
     decay_steps = max(config.epochs * steps_per_epoch - warmup_steps, 1)
     progress = min(step - warmup_steps, decay_steps) / decay_steps
-    if config.schedule == "linear":
-        return config.peak_learning_rate * (1.0 - progress)
-    return 0.5 * config.peak_learning_rate * (1.0 + math.cos(math.pi * progress))
+    return config.peak_learning_rate * DECAY_SHAPES[config.schedule](progress)
 
 
 def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: float = 1.0) -> float:
@@ -284,10 +283,8 @@ def learning_rate_at(epoch_float: float, config: TrainConfig, plateau_scale: flo
     """
     if config.schedule == "constant":
         return config.peak_learning_rate
-    if config.schedule == "cosine":
-        return cosine_learning_rate(epoch_float, config.peak_learning_rate, config.epochs, config.warmup_epochs)
-    if config.schedule == "linear":
-        return linear_learning_rate(epoch_float, config.peak_learning_rate, config.epochs, config.warmup_epochs)
+    if config.schedule in DECAY_SHAPES:
+        return warmup_then_decay(epoch_float, config.peak_learning_rate, config.epochs, config.warmup_epochs, config.schedule)
     scheduled = step_learning_rate(math.floor(epoch_float), config.peak_learning_rate, config.epochs)
     return max(scheduled * plateau_scale, min(scheduled, PLATEAU_MIN_LEARNING_RATE))
 
