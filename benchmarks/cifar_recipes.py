@@ -21,7 +21,7 @@ Parts (--parts, default all three):
     precision      training images/s of the ablation model in float32 and mixed_bfloat16 on
                    random batches of 512, taking turns (no data needed).
 figure (ratio): the last ablation step's flip-averaged validation accuracy / the first step's
-plain one (the old fast preset's recipe on the same model and epochs).
+plain one (the old fast preset's recipe on the same model and epochs, or step --first-step).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ ABLATION_STEPS = (
     ("label smoothing 0.2", dict(label_smoothing=0.2)),
     ("weight decay on kernels only", dict(weight_decay_on_norm_and_bias=False)),
     ("shifts of 2 px instead of 4", dict(shift_fraction=0.0625)),
+    ("moving average of the weights, momentum 0.95", dict(weight_average_momentum=0.95)),
 )
 # Epochs of each seed architecture under the fast preset meant to fit a 15-minute pipeline here
 # (estimated from each model's images/s: check the wall seconds the part reports), and its peak
@@ -80,6 +81,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--folder", help="CIFAR-10 image folder with train/ and test/ (required unless --tiny)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)} (default: all)")
     parser.add_argument("--steps", type=int, help="run only the first N ablation steps")
+    parser.add_argument("--first-step", type=int, default=1,
+                        help="start the ablation at step N (1-based; the earlier steps' changes still apply)")
     parser.add_argument("--models", help="comma-separated architectures for the architectures part (default: all of ARCHITECTURE_EPOCHS)")
 
 
@@ -119,10 +122,12 @@ def train_seconds(model_dir: str) -> float:
         return sum(float(row["seconds"]) for row in csv.DictReader(history))
 
 
-def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps: int) -> list[dict]:
+def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps: int, first_step: int = 1) -> list[dict]:
     rows, recipe = [], dict(OLD_FAST_RECIPE, epochs=epochs)
     for index, (label, change) in enumerate(ABLATION_STEPS[:steps]):
         recipe.update(change)
+        if index + 1 < first_step:
+            continue
         output = os.path.join(work_dir, f"ablation{index}")
         common.progress(f"ablation {index}: {label}")
         wall = cnnpipe("component", "train", "--dataset", dataset_dir, "--model", model, "--output", output,
@@ -211,7 +216,7 @@ def main() -> int:
         common.progress("prepare the validation dataset")
         cnnpipe("component", "prepare", "--source", folder, "--output", dataset_dir,
                 "--validation-fraction", str(VALIDATION_FRACTION), log_path=dataset_dir + ".log")
-        rows = run_ablation(dataset_dir, work_dir, model, epochs, arguments.steps or len(ABLATION_STEPS))
+        rows = run_ablation(dataset_dir, work_dir, model, epochs, arguments.steps or len(ABLATION_STEPS), arguments.first_step)
         result["ablation"] = rows
         result["ratio"] = rows[-1]["flip_averaged_validation_accuracy"] / rows[0]["validation_accuracy"]
     if "architectures" in parts:

@@ -2,6 +2,7 @@
 
     StopOnDivergence   refuses a non-finite loss before anything is saved;
     PlateauCallback    reduce-on-plateau for the step schedule (scale read by the optimizer);
+    ValidateAveragedWeights  validates the weights' moving average, when the recipe keeps one;
     EpochCheckpointer  appends the history row and checkpoints the epoch;
     ProgressReporter   progress events for whoever runs the step (components/progress.py);
     TensorBoardWriter  per-epoch scalars for TensorBoard.
@@ -80,6 +81,20 @@ class PlateauCallback(keras.callbacks.Callback):
             return
         self.plateau = update_plateau(self.plateau, float(logs["val_loss"]), epoch_learning_rate(self.model))
         schedule.plateau_scale.assign(self.plateau.scale)
+
+
+class ValidateAveragedWeights(keras.callbacks.Callback):
+    """Swaps the optimizer's moving average of the weights in for validation and back out after,
+    so the epoch's val_accuracy (and the best-epoch choice) is that of the averaged model while
+    training goes on from the trained weights, which the checkpoint keeps beside the average."""
+
+    def on_test_begin(self, logs=None):
+        self.trained_values = [variable.numpy() for variable in self.model.trainable_variables]
+        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
+
+    def on_test_end(self, logs=None):
+        for variable, value in zip(self.model.trainable_variables, self.trained_values):
+            variable.assign(value)
 
 
 class EpochCheckpointer(EpochMeter):

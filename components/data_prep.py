@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from components import checks, progress, tfrecord
+from components.artifacts import MANIFEST_FILE, PIXEL_MEAN_FILE
 from components.errors import UserError
 from components.sources import check_source, open_source  # noqa: F401  (check_source is part of this step's API)
 from components.sources.base import SourceStream, checked_image_size
@@ -46,8 +47,6 @@ from components.sources.splits import stratified_split
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-MANIFEST_NAME = "manifest.json"
-PIXEL_MEAN_NAME = "pixel_mean.npy"
 SPLITS = ("train", "test", "validation")
 SHARD_SUFFIX = ".tfrecord"
 
@@ -117,9 +116,9 @@ def read_manifest(dataset_dir: str) -> dict:
     """The manifest of a prepared dataset (a local directory or a gs:// prefix)."""
     from components import storage
 
-    path = storage.join(dataset_dir, MANIFEST_NAME)
+    path = storage.join(dataset_dir, MANIFEST_FILE)
     if not storage.exists(path):
-        raise UserError(f"no {MANIFEST_NAME} in {dataset_dir}; run data prep (prepare) to create the dataset")
+        raise UserError(f"no {MANIFEST_FILE} in {dataset_dir}; run data prep (prepare) to create the dataset")
     manifest = storage.read_json(path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(
@@ -349,9 +348,9 @@ def _write_dataset(
     try:
         statistics = _stream_into(stream, writers, split_labels, held_out)
         manifest = _build_manifest(stream, source, split_labels, writers, statistics, shards_location and location)
-        np.save(os.path.join(staging_dir, PIXEL_MEAN_NAME), statistics.pixel_mean(), allow_pickle=False)
-        manifest["sha256"][PIXEL_MEAN_NAME] = file_sha256(os.path.join(staging_dir, PIXEL_MEAN_NAME))
-        storage.write_json(os.path.join(staging_dir, MANIFEST_NAME), manifest)
+        np.save(os.path.join(staging_dir, PIXEL_MEAN_FILE), statistics.pixel_mean(), allow_pickle=False)
+        manifest["sha256"][PIXEL_MEAN_FILE] = file_sha256(os.path.join(staging_dir, PIXEL_MEAN_FILE))
+        storage.write_json(os.path.join(staging_dir, MANIFEST_FILE), manifest)
         _publish(staging_dir, output_dir)
     except BaseException:
         for writer in writers.values():
@@ -430,7 +429,7 @@ def _build_manifest(
         "classes_without_test_images": missing_test,
         "mean": mean,
         "std": std,
-        "pixel_mean": PIXEL_MEAN_NAME,
+        "pixel_mean": PIXEL_MEAN_FILE,
         "allow_horizontal_flip": stream.allow_horizontal_flip,
         "resized_images": int(stream.resized_images),
         "record_format": {"image": "raw uint8 bytes, [height, width, channels] order", "label": "int64"},
@@ -493,7 +492,7 @@ def _publish(staging_dir: str, output_dir: str) -> None:
 
 def _move_contents(staging_dir: str, output_dir: str) -> None:
     """Move the staged files into an existing empty directory, the manifest last."""
-    names = sorted(os.listdir(staging_dir), key=lambda name: name == MANIFEST_NAME)
+    names = sorted(os.listdir(staging_dir), key=lambda name: name == MANIFEST_FILE)
     for name in names:
         shutil.move(os.path.join(staging_dir, name), os.path.join(output_dir, name))
     os.rmdir(staging_dir)

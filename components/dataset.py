@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from components import storage, tfrecord
-from components.data_prep import PIXEL_MEAN_NAME, SPLITS, read_manifest
+from components.artifacts import PIXEL_MEAN_FILE
+from components.data_prep import SPLITS, read_manifest
 from components.errors import UserError
 from components.keras_setup import tf
 
@@ -94,7 +95,7 @@ class DatasetReader:
     def pixel_mean(self) -> np.ndarray:
         """The train split's mean image, float [H, W, C] in 0..1 units."""
         if self._pixel_mean is None:
-            data = storage.read_bytes(storage.join(self.location, self.manifest.get("pixel_mean", PIXEL_MEAN_NAME)))
+            data = storage.read_bytes(storage.join(self.location, self.manifest.get("pixel_mean", PIXEL_MEAN_FILE)))
             self._pixel_mean = np.load(io.BytesIO(data), allow_pickle=False)
         return self._pixel_mean
 

@@ -113,8 +113,10 @@ def fit_on_workers(
             logs = {"loss": loss_sum / (step + 1), "accuracy": correct_sum / ((step + 1) * global_batch_size)}
             callback_list.on_train_batch_end(step, logs)
         validation = [0.0, 0.0, 0.0]
+        callback_list.on_test_begin()
         for images, labels in validation_dataset:
             validation = [total + float(value) for total, value in zip(validation, validation_step(images, labels))]
+        callback_list.on_test_end()
         logs.update(val_loss=validation[0] / validation[2], val_accuracy=validation[1] / validation[2])
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:

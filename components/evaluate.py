@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from components import checks, models, storage
+from components.artifacts import HISTORY_FILE, MISTAKES_FILE, MODEL_FILE, RESULT_FILE, TRAIN_RESULT_FILE
 from components.dataset import open_dataset
 from components.errors import UserError
 from components.keras_setup import keras, tf
-from components.report import MISTAKES_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
         batch_size: Images per prediction batch.
     """
     checks.integer("batch_size", batch_size, minimum=1)
-    model_path = os.path.join(model_dir, "model.keras")
-    train_result_path = os.path.join(model_dir, "train_result.json")
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    train_result_path = os.path.join(model_dir, TRAIN_RESULT_FILE)
     for required in (model_path, train_result_path):
         if not os.path.isfile(required):
             raise UserError(f"no {os.path.basename(required)} in {model_dir}; pass the training step's output directory")
@@ -91,12 +91,12 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
         result.get("name"), result["test_accuracy"], result["test_loss"], result["inference_images_per_second"] or 0,
     )
     os.makedirs(output_dir, exist_ok=True)
-    history_path = os.path.join(model_dir, "history.csv")
+    history_path = os.path.join(model_dir, HISTORY_FILE)
     if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
-        shutil.copyfile(history_path, os.path.join(output_dir, "history.csv"))
+        shutil.copyfile(history_path, os.path.join(output_dir, HISTORY_FILE))
     mistaken_images = images_at(reader, "test", [mistake["index"] for mistake in result["mistakes"]])
     write_thumbnails(mistaken_images, os.path.join(output_dir, MISTAKES_FILE))
-    storage.write_json(os.path.join(output_dir, "result.json"), result)
+    storage.write_json(os.path.join(output_dir, RESULT_FILE), result)
     return result
 
 

@@ -11,8 +11,9 @@ import shutil
 import tempfile
 
 from components import data_prep, registry, storage
+from components.artifacts import HISTORY_FILE, MODEL_FILE, RESULT_FILE, TRAIN_RESULT_FILE
 
-MODEL_FILES = ("model.keras", "history.csv", "train_result.json")
+MODEL_FILES = (MODEL_FILE, HISTORY_FILE, TRAIN_RESULT_FILE)
 SAVED_MODEL_DIR = "saved_model"
 
 
@@ -25,12 +26,12 @@ def publish(
     ``promotion`` field of ``result_dir/result.json``.
     """
     manifest = data_prep.read_manifest(dataset_dir)
-    result_path = os.path.join(result_dir, "result.json")
+    result_path = os.path.join(result_dir, RESULT_FILE)
     result = storage.read_json(result_path)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-publish-") as staging:
         for name in MODEL_FILES:
             shutil.copyfile(os.path.join(model_dir, name), os.path.join(staging, name))
-        export_saved_model(os.path.join(model_dir, "model.keras"), os.path.join(staging, SAVED_MODEL_DIR))
+        export_saved_model(os.path.join(model_dir, MODEL_FILE), os.path.join(staging, SAVED_MODEL_DIR))
         decision = registry.publish_model(
             staging, registry_root, manifest["name"], result["name"], run_id, result, manifest, margin
         )

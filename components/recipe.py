@@ -37,7 +37,7 @@ PLATEAU_MIN_DELTA = 1e-4  # Keras' default: smaller val_loss changes are not imp
 FINGERPRINT_EXCLUDED_FIELDS = ("epochs", "steps_per_execution", "jit_compile", "cache")
 # Fields that joined the recipe after checkpoints were first written: left out of the fingerprint
 # while they hold their default, so those checkpoints still resume.
-FINGERPRINT_OMITTED_AT_DEFAULT = ("weight_decay_on_norm_and_bias", "test_time_flip", "fit_stem_to_data")
+FINGERPRINT_OMITTED_AT_DEFAULT = ("weight_decay_on_norm_and_bias", "test_time_flip", "fit_stem_to_data", "weight_average_momentum")
 
 INTEGER_FIELDS = ("epochs", "batch_size", "reference_batch_size", "seed", "steps_per_execution")
 
@@ -71,6 +71,9 @@ class TrainConfig:
         subtract_pixel_mean: Subtract the train split's mean image inside the model.
         fit_stem_to_data: Let a model that can (the zoo entry's fit_to_images: FastNet's whitening
             stem) set its first layer from a sample of the training images before training.
+        weight_average_momentum: Momentum of an exponential moving average of the weights, updated
+            every step; 0 turns it off. When on, validation (and so the best epoch) and the saved
+            model use the averaged weights; the batch-norm statistics stay those of training.
         test_time_flip: The saved model averages its predictions for each image and its mirror
             image (ignored where the dataset forbids flips); twice the inference compute.
         seed: Random seed of weight initialization, shuffling and augmentation.
@@ -98,6 +101,7 @@ class TrainConfig:
     shift_fraction: float = 0.1
     subtract_pixel_mean: bool = True
     fit_stem_to_data: bool = False
+    weight_average_momentum: float = 0.0
     test_time_flip: bool = False
     seed: int = 0
     steps_per_execution: int | str = "auto"
@@ -124,6 +128,7 @@ class TrainConfig:
         checks.number("shift_fraction", self.shift_fraction, at_least=0, below=0.5)
         checks.boolean("subtract_pixel_mean", self.subtract_pixel_mean)
         checks.boolean("fit_stem_to_data", self.fit_stem_to_data)
+        checks.fraction("weight_average_momentum", self.weight_average_momentum)
         checks.boolean("test_time_flip", self.test_time_flip)
         checks.integer("seed", self.seed, minimum=0)
         if self.steps_per_execution != "auto":

@@ -27,12 +27,10 @@ import platform
 from importlib import metadata
 
 from components import checks, storage
+from components.artifacts import CHAMPION_FILE, MANIFEST_FILE, RESULT_FILE
 from components.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE"
-CHAMPION_FILE = "champion.json"
-RESULT_FILE = "result.json"
-MANIFEST_FILE = "manifest.json"
 # Pointer rounds before giving up: each round is a write that a concurrent run overtook.
 MAX_PROMOTION_ROUNDS = 10
 _RESERVED_NAMES = (COMPLETE_MARKER, RESULT_FILE, MANIFEST_FILE)

@@ -19,6 +19,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
+from components.artifacts import (
+    HISTORY_FILE,
+    MISTAKES_FILE,
+    REPORT_HTML_FILE,
+    REPORT_MARKDOWN_FILE,
+    RESULT_FILE,
+    SUMMARY_FILE,
+)
 from components.errors import UserError
 
 # Fields every result.json must carry; they make up the comparison table and summary.json.
@@ -38,8 +46,6 @@ MAX_LABELLED_CLASSES = 60
 MISSING = "—"
 # How many confused (true, predicted) class pairs each model section lists.
 CONFUSED_PAIRS_SHOWN = 5
-# Written by the evaluate step beside result.json: thumbnails of result["mistakes"], same order.
-MISTAKES_FILE = "mistakes.npy"
 # The zoo's reference (paper) and seed-document accuracies are CIFAR-10 test accuracies (components/models),
 # so they compare with a run only on that dataset (the Keras download and the binary archive alike).
 REFERENCE_DATASET = "cifar10"
@@ -104,9 +110,9 @@ def write_report(result_dirs: list[str], output_dir: str, manifest: dict, run_co
         run_config = {**run_config, "promotion": promotion} if promotion else run_config
     summary = build_summary(results, manifest, run_config)
     files = {
-        "summary.json": json.dumps(summary, indent=2, allow_nan=False) + "\n",
-        "report.md": render_markdown(summary, manifest, run_config),
-        "report.html": render_html(results, summary, manifest, run_config),
+        SUMMARY_FILE: json.dumps(summary, indent=2, allow_nan=False) + "\n",
+        REPORT_MARKDOWN_FILE: render_markdown(summary, manifest, run_config),
+        REPORT_HTML_FILE: render_html(results, summary, manifest, run_config),
     }
     write_files_atomically(files, output_dir)
     return summary
@@ -114,7 +120,7 @@ def write_report(result_dirs: list[str], output_dir: str, manifest: dict, run_co
 
 def read_result(result_dir: str) -> ModelResult:
     """Read and check one evaluate output directory."""
-    result_path = os.path.join(result_dir, "result.json")
+    result_path = os.path.join(result_dir, RESULT_FILE)
     if not os.path.isfile(result_path):
         raise UserError(f"no result.json in {result_dir!r}; pass directories written by the evaluate step")
     try:
@@ -143,7 +149,7 @@ def read_result(result_dir: str) -> ModelResult:
 
 def read_history(result_dir: str) -> dict:
     """Read history.csv into column -> list of floats (NaN for empty cells); {} when the file is absent."""
-    history_path = os.path.join(result_dir, "history.csv")
+    history_path = os.path.join(result_dir, HISTORY_FILE)
     if not os.path.isfile(history_path):
         return {}
     columns: dict[str, list[float]] = {}
@@ -279,6 +285,8 @@ def recipe_line(train: dict) -> str:
         parts.append(f"weight decay {format_setting(train['weight_decay'])}{where}")
     if train.get("augment", True):
         parts.append(f"shifts up to {100 * train.get('shift_fraction', 0):g} % of a side")
+    if train.get("weight_average_momentum"):
+        parts.append(f"weights averaged with momentum {format_setting(train['weight_average_momentum'])}")
     if train.get("test_time_flip"):
         parts.append("flip-averaged predictions")
     return ", ".join(parts)

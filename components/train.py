@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from components import checkpoints, models, storage
-from components.callbacks import EpochCheckpointer, PlateauCallback, ProgressReporter, StopOnDivergence, TensorBoardWriter
+from components.artifacts import HISTORY_FILE, MODEL_FILE, TRAIN_RESULT_FILE
+from components.callbacks import (
+    EpochCheckpointer,
+    PlateauCallback,
+    ProgressReporter,
+    StopOnDivergence,
+    TensorBoardWriter,
+    ValidateAveragedWeights,
+)
 from components.dataset import DatasetReader, open_dataset
 from components.distributed import WorkerRole, distribution_strategy, fit_on_workers, worker_role
 from components.errors import UserError, one_line
@@ -41,9 +49,6 @@ from components.schedules import make_learning_rate
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.csv"
-RESULT_FILE = "train_result.json"
 # Train images a data-fitted first layer is computed from (see ModelSpec.fit_to_images): enough
 # for a stable patch covariance, a second or so to read; fewer for big images, whose bytes
 # (uint8, before preprocessing makes them float32) are capped.
@@ -112,17 +117,20 @@ def with_test_time_flip(model: keras.Model) -> keras.Model:
 
 
 def make_optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
-    """Adam (AdamW with weight decay) or Nesterov SGD at `learning_rate` (a float or a schedule)."""
+    """Adam (AdamW with weight decay) or Nesterov SGD at `learning_rate` (a float or a schedule),
+    keeping a moving average of the weights when the recipe asks for one."""
+    average = {"use_ema": True, "ema_momentum": config.weight_average_momentum} if config.weight_average_momentum else {}
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(
             learning_rate=learning_rate,
             momentum=config.momentum,
             nesterov=True,
             weight_decay=config.weight_decay or None,
+            **average,
         )
     if config.weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **average)
+    return keras.optimizers.Adam(learning_rate=learning_rate, **average)
 
 
 def shorten_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
@@ -398,6 +406,7 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
     step_callbacks = [
         StopOnDivergence(config),
         plateau_callback,
+        *([ValidateAveragedWeights()] if config.weight_average_momentum else []),
         EpochCheckpointer(run.write_dir, state, plateau_callback, config.batch_size, run.remote_dir),
     ]
     if run.role.is_chief:
@@ -478,6 +487,14 @@ def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return "changed: " + ", ".join(changes) if changes else "fingerprints differ"
 
 
+def averaged_weights(checkpoint_path: str) -> list[np.ndarray]:
+    """The checkpointed model's weights with the optimizer's moving average in place of each
+    trainable variable (non-trainable ones, such as batch-norm statistics, as trained)."""
+    model = keras.models.load_model(checkpoint_path)
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    return model.get_weights()
+
+
 def _write_outputs(
     output_dir: str, spec: models.ModelSpec, reader: DatasetReader, config: TrainConfig, state: dict[str, Any], role: WorkerRole
 ) -> dict[str, Any]:
@@ -485,6 +502,8 @@ def _write_outputs(
     history.csv, and train_result.json last, as the commit point."""
     models.allow_deep_graphs()
     best_model = keras.models.load_model(state["best_checkpoint_path"], compile=False)
+    if config.weight_average_momentum:
+        best_model.set_weights(averaged_weights(state["best_checkpoint_path"]))
     if config.test_time_flip and flips_allowed(config, reader):
         best_model = with_test_time_flip(best_model)
     checkpoints.save_model_atomically(best_model, os.path.join(output_dir, MODEL_FILE))
@@ -513,5 +532,5 @@ def _write_outputs(
         "workers": role.count,
         "config": config.to_dict(),
     }
-    storage.write_json(os.path.join(output_dir, RESULT_FILE), result)
+    storage.write_json(os.path.join(output_dir, TRAIN_RESULT_FILE), result)
     return result

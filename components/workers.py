@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from components import checks
+from components.artifacts import TRAIN_RESULT_FILE
 from components.errors import USER_ERROR_EXIT_CODE, UserError
 
 # Environment variables pipeline/jobset.py sets on every worker pod: what the JobSet spec knows
@@ -316,7 +317,7 @@ def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, mode
         command = train_command(dataset_dir, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
                                 tensorboard_dir=tensorboard_dir)
         run_local_workers(worker_count, [sys.executable, "-m", "pipeline.cli", *command])
-        return storage.read_json(os.path.join(output_dir, "train_result.json"))
+        return storage.read_json(os.path.join(output_dir, TRAIN_RESULT_FILE))
     if not checkpoint_dir or not storage.is_gcs(checkpoint_dir):
         raise UserError("training on several workers on the cluster needs a gs:// checkpoint_root: the worker pods "
                         "share their progress through it; pass --param checkpoint_root=gs://BUCKET/checkpoints")

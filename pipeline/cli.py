@@ -16,6 +16,7 @@ import time
 from typing import Sequence
 
 from components import storage
+from components.artifacts import REPORT_HTML_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
 from components.errors import UserError, one_line
 from components.recipe import CACHE_CHOICES, SCHEDULES
 
@@ -204,7 +205,7 @@ def command_run(args: argparse.Namespace) -> int:
     init_local_runner(args.runner, os.path.join(output_dir, "pipeline"), gpus=args.gpus,
                       inputs=(config.dataset,), outputs=(checkpoint_root, args.registry, tensorboard_root))
     os.makedirs(output_dir, exist_ok=True)
-    storage.write_json(os.path.join(output_dir, "config.json"), {**config.to_dict(), "checkpoint_root": checkpoint_root})
+    storage.write_json(os.path.join(output_dir, RUN_CONFIG_FILE), {**config.to_dict(), "checkpoint_root": checkpoint_root})
     print(f"cnnpipe run: {config.dataset}, models {', '.join(config.models)}; logs in {os.path.join(output_dir, 'logs')}")
     console = Console(os.path.join(output_dir, "logs"), verbose=args.verbose)
     try:
@@ -224,7 +225,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     report = collect_outputs(run_dir, output_dir)
-    with open(os.path.join(output_dir, "summary.json"), encoding="utf-8") as handle:
+    with open(os.path.join(output_dir, SUMMARY_FILE), encoding="utf-8") as handle:
         print("\n" + comparison_table(json.load(handle)))
     print(f"\nreport: {report}")
     return 0
@@ -514,7 +515,7 @@ def component_report(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.dataset)
     write_report(args.results, args.output, manifest, {"preset": args.preset, "dataset": manifest["name"]})
-    print(os.path.join(args.output, "report.html"))
+    print(os.path.join(args.output, REPORT_HTML_FILE))
     return 0
 
 

@@ -21,10 +21,10 @@ import warnings
 from pipeline.config import RunConfig
 from pipeline.console import Console
 
+from components.artifacts import HISTORY_FILE, MODEL_FILE, REPORT_FILES, REPORT_HTML_FILE, TRAIN_RESULT_FILE
 from components.errors import UserError
 
-REPORT_FILES = ("report.html", "report.md", "summary.json")
-MODEL_FILES = ("model.keras", "history.csv")
+MODEL_FILES = (MODEL_FILE, HISTORY_FILE)
 
 
 def init_local_runner(
@@ -248,13 +248,13 @@ def collect_outputs(run_dir: str, output_dir: str) -> str:
     for name in REPORT_FILES:
         shutil.copyfile(os.path.join(reports[0], name), os.path.join(output_dir, name))
     for model_dir in glob.glob(os.path.join(run_dir, "**", "train-model", "model"), recursive=True):
-        with open(os.path.join(model_dir, "train_result.json")) as handle:
+        with open(os.path.join(model_dir, TRAIN_RESULT_FILE)) as handle:
             name = json.load(handle)["name"]
         destination = os.path.join(output_dir, "models", name)
         os.makedirs(destination, exist_ok=True)
         for file_name in MODEL_FILES:
             link_or_copy(os.path.join(model_dir, file_name), os.path.join(destination, file_name))
-    return os.path.join(output_dir, "report.html")
+    return os.path.join(output_dir, REPORT_HTML_FILE)
 
 
 def link_or_copy(source: str, destination: str) -> None:

@@ -1,5 +1,5 @@
-"""Recipe options of the fast preset: the linear schedule, weight decay on kernels only, and the
-flip-averaging saved model."""
+"""Recipe options of the fast preset: the linear schedule, weight decay on kernels only, the
+whitened stem, the flip-averaging saved model, and the moving average of the weights."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 from components.keras_setup import keras
 from components.recipe import TrainConfig, learning_rate_at, learning_rate_at_step
 from components.train import assemble_model, compile_model, train, with_test_time_flip
-from test_train import quick_config, write_dataset
+from test_train import quick_config, read_history, write_dataset
 
 
 def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_zero():
@@ -115,10 +115,46 @@ def test_the_report_states_the_recipe_in_one_line():
     line = recipe_line(TrainConfig(
         optimizer="sgd", learning_rate=0.4, reference_batch_size=512, batch_size=512, schedule="linear",
         warmup_epochs=1, epochs=10, label_smoothing=0.2, weight_decay=5e-4, weight_decay_on_norm_and_bias=False,
-        shift_fraction=0.0625, test_time_flip=True,
+        shift_fraction=0.0625, weight_average_momentum=0.99, test_time_flip=True,
     ).to_dict())
     assert line == (
         "sgd, peak learning rate 0.4 per 512 images (linear schedule, 1 warmup epoch), batch 512, 10 epochs, "
-        "label smoothing 0.2, weight decay 0.0005 on kernels only, shifts up to 6.25 % of a side, flip-averaged predictions"
+        "label smoothing 0.2, weight decay 0.0005 on kernels only, shifts up to 6.25 % of a side, "
+        "weights averaged with momentum 0.99, flip-averaged predictions"
     )
-    assert "flip" not in recipe_line(TrainConfig().to_dict())
+    assert "flip" not in recipe_line(TrainConfig().to_dict()) and "averaged" not in recipe_line(TrainConfig().to_dict())
+
+
+def test_weight_averaging_validates_and_saves_the_average_and_checkpoints_both(tmp_path):
+    from components import checkpoints
+    from components.dataset import open_dataset
+    from components.train import averaged_weights
+
+    dataset = write_dataset(tmp_path / "dataset", image_shape=(12, 12, 3), validation_count=12)
+    checkpoint_dir = str(tmp_path / "checkpoint")
+    config = quick_config(epochs=3, optimizer="sgd", learning_rate=0.2, weight_average_momentum=0.6)
+    result = train(dataset, "fastnet8_small", str(tmp_path / "model"), config, checkpoint_dir)
+
+    state = checkpoints.load(checkpoint_dir)
+    saved = keras.models.load_model(tmp_path / "model" / "model.keras", compile=False)
+    trained = keras.models.load_model(state["best_checkpoint_path"], compile=False)
+    average = averaged_weights(state["best_checkpoint_path"])
+    for saved_value, average_value in zip(saved.get_weights(), average):
+        np.testing.assert_array_equal(saved_value, average_value)
+    assert any(not np.allclose(value, average_value) for value, average_value in zip(trained.get_weights(), average))
+
+    # The best epoch's validation loss and accuracy are the averaged model's, as saved, not the
+    # trained weights'.
+    images, labels = open_dataset(dataset).arrays("validation")
+    best_row = read_history(tmp_path / "model")[result["best_epoch"] - 1]
+
+    def loss_and_accuracy(model):
+        probabilities = model.predict(images.astype(np.float32), verbose=0)
+        loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+        return loss, np.mean(probabilities.argmax(axis=1) == labels)
+
+    saved_loss, saved_accuracy = loss_and_accuracy(saved)
+    assert saved_loss == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
+    assert saved_accuracy == pytest.approx(result["best_validation_accuracy"])
+    assert loss_and_accuracy(trained)[0] != pytest.approx(saved_loss, rel=1e-3)
+    assert result["config"]["weight_average_momentum"] == 0.6

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from components.errors import UserError
-from components import registry, storage
+from components import artifacts, registry, storage
 from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 DATASET = "digits"
@@ -140,7 +140,7 @@ def test_a_lost_update_is_repaired_by_the_next_promotion(registry_root, tmp_path
     publish(registry_root, tmp_path, "high", 0.9)
     # What a store that ignores generation preconditions (like the GCS emulator) lets a racing
     # run do: overwrite the pointer with the worse model it had decided on from a stale read.
-    pointer = storage.join(registry.model_uri(registry_root, DATASET, MODEL), registry.CHAMPION_FILE)
+    pointer = storage.join(registry.model_uri(registry_root, DATASET, MODEL), artifacts.CHAMPION_FILE)
     low_uri = registry.version_uri(registry_root, DATASET, MODEL, "low")
     storage.write_json(pointer, {"run_id": "low", "uri": low_uri, "test_accuracy": 0.6, "previous": None})
     middle = publish(registry_root, tmp_path, "middle", 0.7)
