@@ -26,9 +26,9 @@ run: $(STAMP)
 
 ## test: the test suite (no GPU or internet needed; the `docker` tests build cnnpipe:local when an engine runs),
 ## in TEST_WORKERS processes (pytest-xdist; tests/conftest.py groups the tests and hands out the longest first);
-## TEST_WORKERS=0 runs it in this one process
+## TEST_WORKERS=0 runs it in this one process; the 15 slowest tests are listed at the end
 test: $(STAMP)
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder) --durations=15 $(PYTEST_ARGS)
 
 ## image: the one container image every step runs in, on TensorFlow's GPU base (needs a Docker
 ## engine with BuildKit and Docker Hub); the image for the cluster

