@@ -168,54 +168,65 @@ def run_batch_sizes(dataset_dir: str, work_dir: str, model: str, epochs: int, ba
     return rows
 
 
-def measure_precisions(model_name: str, steps: int, turns: int, batch_size: int = 512) -> dict[str, list[float]]:
-    """Training images/s of `model_name` under each precision policy, the policies taking turns."""
-    import time as clock
-
-    from components import models
-    from components.keras_setup import keras, tf
+def random_batches(batch_size: int):
+    """One random batch of 32x32 images and one-hot labels, repeated: ready batches, no input work."""
+    from components.keras_setup import tf
 
     images = tf.random.uniform((batch_size, 32, 32, 3))
     labels = tf.one_hot(tf.random.uniform((batch_size,), 0, 10, tf.int32), 10)
-    batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+
+def compiled_for_timing(model_name: str, batches, optimizer):
+    """`model_name` built for CIFAR-10 and compiled, after one untimed step (tracing, kernel selection)."""
+    from components import models
+
+    model = models.build_model(model_name, (32, 32, 3), 10)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy")
+    model.fit(batches, steps_per_epoch=1, epochs=1, verbose=0)
+    return model
+
+
+def fit_rate(model, batches, steps: int, batch_size: int) -> float:
+    """Training images/s of `steps` steps of `model`."""
+    started = time.perf_counter()
+    model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def measure_precisions(model_name: str, steps: int, turns: int, batch_size: int = 512) -> dict[str, list[float]]:
+    """Training images/s of `model_name` under each precision policy, the policies taking turns."""
+    from components.keras_setup import keras
+
+    batches = random_batches(batch_size)
     built = {}
     for policy in ("float32", "mixed_bfloat16"):
         keras.mixed_precision.set_global_policy(policy)
-        model = models.build_model(model_name, (32, 32, 3), 10)
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), loss="categorical_crossentropy")
-        model.fit(batches, steps_per_epoch=1, epochs=1, verbose=0)  # tracing and kernel selection
-        built[policy] = model
+        built[policy] = compiled_for_timing(model_name, batches, keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
     keras.mixed_precision.set_global_policy("float32")
     rates: dict[str, list[float]] = {policy: [] for policy in built}
     for _ in range(turns):
         for policy, model in built.items():
-            started = clock.perf_counter()
-            model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
-            rates[policy].append(steps * batch_size / (clock.perf_counter() - started))
+            rates[policy].append(fit_rate(model, batches, steps, batch_size))
     return rates
 
 
+def best_training_rate(model_name: str, batch_size: int, steps: int, repeats: int) -> float:
+    """The best of `repeats` timings of `steps` Adam steps (the machine's stalls make single
+    timings read low)."""
+    batches = random_batches(batch_size)
+    model = compiled_for_timing(model_name, batches, "adam")
+    return max(fit_rate(model, batches, steps, batch_size) for _ in range(repeats))
+
+
 def training_rate(model_name: str, batch_size: int = 256, steps: int = 3, repeats: int = 3) -> float:
-    """Training images/s of `model_name` on random 32x32 batches: the best of `repeats` timings
-    of `steps` steps after one untimed step (the machine's stalls make single timings read low),
-    in a fresh process, so that one model's memory and threads do not carry over to the next."""
-    code = (
-        "import sys, time\n"
-        "sys.path.insert(0, '.')\n"
-        "from components import models\n"
-        "from components.keras_setup import keras, tf\n"
-        f"batch = (tf.random.uniform(({batch_size}, 32, 32, 3)), tf.one_hot(tf.zeros(({batch_size},), tf.int32), 10))\n"
-        "data = tf.data.Dataset.from_tensors(batch).repeat()\n"
-        f"model = models.build_model({model_name!r}, (32, 32, 3), 10)\n"
-        "model.compile(optimizer='adam', loss='categorical_crossentropy')\n"
-        "model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)\n"
-        f"for _ in range({repeats}):\n"
-        "    started = time.perf_counter()\n"
-        f"    model.fit(data, steps_per_epoch={steps}, epochs=1, verbose=0)\n"
-        f"    print({steps * batch_size} / (time.perf_counter() - started))\n"
-    )
-    completed = subprocess.run([sys.executable, "-c", code], cwd=common.REPOSITORY_ROOT, capture_output=True, text=True, check=True)
-    return max(float(line) for line in completed.stdout.split())
+    """best_training_rate in a fresh process, so that one model's memory and threads do not carry
+    over to the next."""
+    code = (f"import cifar_recipes; print(cifar_recipes.best_training_rate({model_name!r}, {batch_size}, {steps}, {repeats}))")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), common.REPOSITORY_ROOT]))
+    completed = subprocess.run([sys.executable, "-c", code], cwd=common.REPOSITORY_ROOT, env=environment,
+                               capture_output=True, text=True, check=True)
+    return float(completed.stdout.split()[-1])
 
 
 def epochs_within_budget(images_per_second: float) -> int:
