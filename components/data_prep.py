@@ -3,7 +3,8 @@
 Sources (see components/sources/ for the table of formats):
     ``digits``                        scikit-learn's bundled 8x8 handwritten digits (no download);
     ``cifar10``, ``fashion_mnist``, ``mnist``   the Keras loaders (need internet);
-    a local image folder              ``<root>/train/<class>/*.png`` and ``<root>/test/<class>/...``;
+    a local image folder              ``<root>/<class>/*.jpg`` (20 % held out as test), or
+                                      ``<root>/train/<class>/...`` and ``<root>/test/<class>/...``;
     a CIFAR-10 binary archive         ``cifar-10-binary.tar.gz`` (``cifar-10-batches-bin/*.bin``);
     ``gs://bucket/path``              either of the last two in object storage (copied to scratch disk first).
 

@@ -9,6 +9,7 @@ validates arguments reads as usual.
 
 import contextlib
 import logging
+import sys
 
 # The exit code of a pipeline step that stopped on a user mistake; the cluster does not retry
 # it (pipeline/placement.py), since the same inputs fail the same way.
@@ -19,17 +20,39 @@ class UserError(ValueError):
     """A mistake in what the user asked for; its message is one line: the problem and the fix."""
 
 
+class StepLogFormat(logging.Formatter):
+    """A step's warnings as ``warning: ...`` lines (which `cnnpipe run` also shows in the terminal);
+    its other records with their level and logger."""
+
+    def __init__(self):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.WARNING:
+            return f"warning: {record.getMessage()}"
+        return super().format(record)
+
+
 @contextlib.contextmanager
 def pipeline_step():
-    """How a step runs as a pipeline task: its INFO log lines (the decisions it made, such as
-    precision, XLA or a resumed epoch) go to the task log, and a user mistake leaves as one
-    ``error: ...`` line and exit code USER_ERROR_EXIT_CODE."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """How a step runs as a pipeline task: its log lines (the decisions it made, such as
+    precision, XLA or a resumed epoch) go to the task log on stdout, warnings as ``warning: ...``
+    lines, and a user mistake leaves as one ``error: ...`` line and exit code USER_ERROR_EXIT_CODE."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(StepLogFormat())
+    project_logger = logging.getLogger("components")
+    saved = project_logger.level, project_logger.propagate
+    project_logger.addHandler(handler)
+    project_logger.setLevel(logging.INFO)
+    project_logger.propagate = False  # the runner's own root handler would log each line twice
     try:
         yield
     except UserError as error:
         print(f"error: {one_line(error)}", flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    finally:
+        project_logger.removeHandler(handler)
+        project_logger.level, project_logger.propagate = saved
 
 
 def one_line(error: BaseException) -> str:

@@ -126,7 +126,7 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="smoke", help="smoke (default), seed (the seed documents' recipe) or fast: see `cnnpipe presets`")
     parser.add_argument(
         "--dataset",
-        help="digits, cifar10, fashion_mnist, mnist, an image folder (train/<class>/*, test/<class>/*) "
+        help="digits, cifar10, fashion_mnist, mnist, an image folder (<class>/*, or train/<class>/* and test/<class>/*) "
         "or a cifar-10-binary.tar.gz; default: the preset's",
     )
     parser.add_argument("--models", type=comma_list, help="comma-separated zoo names (see `cnnpipe models`)")

@@ -40,6 +40,8 @@ TASK_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # kfp prints a full-width line of dashes after each task's outputs.
 SEPARATOR = re.compile(r"^-{20,}$")
 EXECUTOR_INPUT = "Got executor_input:"
+# How a step logs a warning (components/errors.py): shown in the terminal too.
+WARNING_PREFIX = "warning: "
 # The last exception line of a Python traceback: the cause when a task printed no `error:` line.
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 # kfp's subprocess runner indents a task's lines by four spaces.
@@ -176,6 +178,8 @@ class Console:
             task.tail.append(text)
         if text.startswith("error: "):
             task.error = text[len("error: "):].strip()
+        if text.startswith(WARNING_PREFIX):
+            self._print(f"{clock()}  {task.name or task.kfp_name} {text}")
         event = progress.parse(text)
         if event:
             self._resolve_name(task, event.get("model"))

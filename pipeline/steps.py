@@ -19,8 +19,8 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
     """Load a dataset source, validate it, split it and stream it into sharded TFRecords plus a manifest.
 
     Args:
-        source: `digits`, `cifar10`, `fashion_mnist`, `mnist`, an image folder (train/<class>/*.png,
-            test/<class>/...) or a CIFAR-10 binary archive; local path or gs:// URI.
+        source: `digits`, `cifar10`, `fashion_mnist`, `mnist`, an image folder (<class>/*.jpg, or
+            train/<class>/ and test/<class>/) or a CIFAR-10 binary archive; local path or gs:// URI.
         validation_fraction: Share of the training images held out for validation (0 = use the test split).
         seed: Random seed of the validation split and of the bundled dataset's train/test split.
         image_size: Side every image is resized to (0 = keep the source's size).

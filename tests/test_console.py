@@ -19,7 +19,14 @@ from pipeline.local_run import PipelineFailed, failure
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
 def prepare_data(note: str) -> str:
-    print("preparing", note)
+    import logging
+
+    from components.errors import pipeline_step
+
+    with pipeline_step():  # as the real steps log
+        print("preparing", note)
+        logging.getLogger("components.sources").warning("skipped 2 files that are not images, e.g. notes.txt")
+        logging.getLogger("components.sources").info("a decision only the log keeps")
     return note
 
 
@@ -85,9 +92,12 @@ def test_terminal_shows_task_lines_and_epochs_but_no_task_chatter(finished):
         assert sum(re.fullmatch(rf"\d\d:\d\d:\d\d  {name} done in \d+\.\d s", line) is not None for line in lines) == 1
     assert "    lenet5  epoch 1/2  loss 0.500  accuracy 40.0%  val_accuracy 35.0%  480 img/s  ETA 6.0 s" in lines
     assert "    resnet20_v1  epoch 2/2  loss 0.250  accuracy 80.0%  val_accuracy 70.0%  480 img/s  ETA 0.0 s" in lines
-    # 3 tasks x (start + end) + 2 models x 2 epochs; nothing of kfp's or the task's own output.
-    assert len(lines) == 10, output
-    assert "chatter" not in output and "executor_input" not in output and "\r" not in output
+    # A step's warning, with its task.
+    assert sum(re.fullmatch(r"\d\d:\d\d:\d\d  prepare-data warning: skipped 2 files .*notes.txt", line) is not None
+               for line in lines) == 1
+    # 3 tasks x (start + end) + the warning + 2 models x 2 epochs; nothing else of kfp's or the tasks' output.
+    assert len(lines) == 11, output
+    assert "chatter" not in output and "executor_input" not in output and "decision" not in output and "\r" not in output
 
 
 def test_every_task_log_holds_its_full_output(finished):
@@ -100,7 +110,9 @@ def test_every_task_log_holds_its_full_output(finished):
     assert "TensorFlow chatter" in lenet_log and '"model_name": "lenet5"' in lenet_log
     assert lenet_log.count("cnnpipe-progress ") == 2 * 4 + 1
     assert "resnet20_v1" not in lenet_log.replace("train-model-resnet20_v1", "")
-    assert "preparing hello" in open(os.path.join(logs_dir, "prepare-data.log")).read()
+    prepare_log = open(os.path.join(logs_dir, "prepare-data.log")).read()
+    assert "preparing hello" in prepare_log
+    assert prepare_log.count("skipped 2 files") == 1 and prepare_log.count("INFO components.sources: a decision") == 1
     assert "Running pipeline" in open(os.path.join(logs_dir, "pipeline.log")).read()
     assert [task.status for task in console.tasks] == ["SUCCESS"] * 3
 

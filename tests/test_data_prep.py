@@ -264,7 +264,7 @@ def test_empty_class_folder_is_named(image_folder, tmp_path):
     root, _ = image_folder
     empty = os.path.join(root, "train", "bird")
     os.makedirs(empty)
-    with pytest.raises(ValueError, match=f"class folder {empty} is empty"):
+    with pytest.raises(ValueError, match=f"class folder {empty} has no images"):
         check_source(root)
     with pytest.raises(ValueError, match="bird"):
         prepare(root, str(tmp_path / "dataset"))
@@ -280,7 +280,7 @@ def test_missing_path_is_named(tmp_path):
 def test_folder_without_test_split_is_named(image_folder):
     root, _ = image_folder
     os.rename(os.path.join(root, "test"), os.path.join(root, "testing"))
-    with pytest.raises(ValueError, match="has no test/ subfolder.*train/<class>"):
+    with pytest.raises(ValueError, match="has no test/ subfolder.*<class>/\\*.jpg, or as .*train/<class>/"):
         check_source(root)
 
 
@@ -291,18 +291,24 @@ def test_folder_without_any_images_is_reported(tmp_path):
         check_source(str(tmp_path / "nothing"))
 
 
-def test_images_outside_class_folders_and_unsupported_files_are_named(image_folder):
+def test_images_outside_class_folders_are_named(image_folder):
     root, _ = image_folder
     stray = os.path.join(root, "train", "loose.png")
     save_image(np.zeros((12, 10, 3), np.uint8), stray)
     with pytest.raises(ValueError, match=f"{stray} is not inside a class folder"):
         check_source(root)
-    os.remove(stray)
-    notes = os.path.join(root, "train", "cat", "notes.txt")
-    with open(notes, "w") as text:
-        text.write("hello")
-    with pytest.raises(ValueError, match=f"unsupported entry {notes}"):
-        check_source(root)
+
+
+def test_files_that_are_not_images_are_skipped_with_one_warning(image_folder, tmp_path, caplog):
+    root, _ = image_folder
+    for path in (os.path.join(root, "train", "cat", "notes.txt"), os.path.join(root, "test", "Thumbs.db"),
+                 os.path.join(root, "README")):
+        with open(path, "w") as other:
+            other.write("not an image")
+    manifest = prepare(root, str(tmp_path / "dataset"))
+    assert manifest["splits"] == {"train": 8, "test": 4, "validation": 0}
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert [message for message in warnings if "skipped 2 files that are not" in message and "notes.txt" in message]
 
 
 def test_hidden_files_are_ignored(image_folder, tmp_path):
@@ -572,3 +578,83 @@ def test_a_format_added_to_the_table_is_prepared(tmp_path, monkeypatch):
     images, labels = open_dataset(str(tmp_path / "dataset")).arrays("test")
     np.testing.assert_array_equal(images, np.load(path)["test_images"])
     np.testing.assert_array_equal(labels, [0, 1])
+
+
+# --------------------------------------------------------------------------- photo collections
+
+
+def test_folder_of_class_folders_holds_out_a_seeded_fifth_of_each_class_as_test(tmp_path):
+    root = tmp_path / "flowers"
+    make_image_folder(tmp_path / "made", classes=("daisy", "rose", "tulip"), per_class=(10, 0), size=(8, 8))
+    os.rename(tmp_path / "made" / "train", root)
+    original = labelled_pixels_under(root)
+
+    manifest = prepare(str(root), str(tmp_path / "dataset"), seed=3)
+    assert manifest["name"] == "flowers"
+    assert manifest["class_counts"]["train"] == [8, 8, 8]
+    assert manifest["class_counts"]["test"] == [2, 2, 2]
+    train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
+    test_images, test_labels = load_split(str(tmp_path / "dataset"), "test")
+    # Every image lands in exactly one split, with its class.
+    images, labels = np.concatenate([train_images, test_images]), np.concatenate([train_labels, test_labels])
+    assert len(images) == 30
+    assert {(image.tobytes(), label) for image, label in zip(images, labels)} == original
+
+    again = prepare(str(root), str(tmp_path / "again"), seed=3)
+    other = prepare(str(root), str(tmp_path / "other"), seed=4)
+    np.testing.assert_array_equal(load_split(str(tmp_path / "again"), "test")[0], test_images)
+    assert again["sha256"] == manifest["sha256"]
+    assert not np.array_equal(load_split(str(tmp_path / "other"), "test")[0], test_images)
+    assert other["class_counts"] == manifest["class_counts"]
+
+
+def labelled_pixels_under(root) -> set:
+    """{(pixel bytes, label)} of every image under root/<class>/ (labels by sorted class name)."""
+    from PIL import Image
+
+    return {
+        (np.asarray(Image.open(path).convert("RGB")).tobytes(), label)
+        for label, name in enumerate(sorted(os.listdir(root)))
+        for path in (root / name).iterdir()
+    }
+
+
+def test_sub_folders_of_a_class_and_more_image_formats_are_read(image_folder, tmp_path):
+    root, _ = image_folder
+    album = os.path.join(root, "train", "dog", "2019", "summer")
+    os.makedirs(album)
+    extra = {name: np.full((12, 10, 3), 20 * index, np.uint8) for index, name in enumerate(("a.webp", "b.tif", "c.gif"), 1)}
+    for name, pixels in extra.items():
+        save_losslessly(pixels, os.path.join(album, name))
+    hidden_album = os.path.join(root, "train", "dog", ".thumbnails")
+    os.makedirs(hidden_album)
+    save_image(np.zeros((12, 10, 3), np.uint8), os.path.join(hidden_album, "x.png"))
+
+    manifest = prepare(root, str(tmp_path / "dataset"))
+    assert manifest["class_counts"]["train"] == [4, 4 + 3]
+    images, labels = load_split(str(tmp_path / "dataset"), "train")
+    for pixels in extra.values():
+        assert any(np.array_equal(image, pixels) and label == 1 for image, label in zip(images, labels))
+
+
+def save_losslessly(pixels, path):
+    """Saves an RGB image in the format its extension names, without loss (webp too)."""
+    from PIL import Image
+
+    options = {"lossless": True} if path.endswith(".webp") else {}
+    Image.fromarray(pixels).save(path, **options)
+
+
+def test_sixteen_bit_grayscale_keeps_its_top_eight_bits(tmp_path):
+    from PIL import Image
+
+    deep = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 256 + 255)
+    for split in ("train", "test"):
+        os.makedirs(tmp_path / "scans" / split / "x")
+        Image.fromarray(deep).save(tmp_path / "scans" / split / "x" / "scan.png")
+    assert Image.open(tmp_path / "scans" / "train" / "x" / "scan.png").mode.startswith("I;16")
+    manifest = prepare(str(tmp_path / "scans"), str(tmp_path / "dataset"))
+    images, _ = load_split(str(tmp_path / "dataset"), "train")
+    assert manifest["image_shape"] == [16, 16, 1]
+    np.testing.assert_array_equal(images[0, ..., 0], (deep >> 8).astype(np.uint8))
+

@@ -125,6 +125,6 @@ def _looks_like_path(source: str) -> bool:
 def source_choices() -> str:
     """The one-line list of accepted sources."""
     return (
-        f"choose one of: {', '.join(KEYWORD_SOURCES)}, a local image folder (train/<class>/, test/<class>/), "
+        f"choose one of: {', '.join(KEYWORD_SOURCES)}, a local image folder (<class>/ or train/<class>/ and test/<class>/), "
         "a CIFAR-10 binary archive (cifar-10-binary.tar.gz) or a gs:// path"
     )

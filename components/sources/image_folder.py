@@ -1,12 +1,17 @@
-"""A local image folder: ``<root>/train/<class>/*.png`` and ``<root>/test/<class>/...``.
+"""A local image folder, in either of two layouts:
+    * ``<root>/train/<class>/...`` and ``<root>/test/<class>/...``: the splits as given;
+    * ``<root>/<class>/...`` (no train/ or test/ folder, as photo collections come): a seeded
+      HELD_OUT_TEST_FRACTION of each class becomes the test split.
+A class folder may hold images in sub-folders (albums); files that are not images (notes,
+Thumbs.db) are skipped with one warning, hidden files and folders silently.
 
-Files are decoded with Pillow in a fixed order (classes sorted by name, files sorted by name
+Files are decoded with Pillow in a fixed order (classes sorted by name, files sorted by path
 within a class), a few at a time. All images end up with one size and one channel count:
     * size: ``image_size`` when given, else the most common size (found by a first pass that
       reads only image headers); other images are resized (bilinear) and counted in
       ``resized_images``, so a surprising number is visible;
     * channels: one channel when every image is grayscale, otherwise RGB (grayscale images are
-      replicated into three channels, alpha is dropped).
+      replicated into three channels, alpha is dropped; 16-bit images keep their top 8 bits).
 """
 
 from __future__ import annotations
@@ -16,18 +21,23 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from components.errors import UserError
 from components.sources.base import SOURCE_SPLITS, ImageSize, SourceStream, check_labels
+from components.sources.splits import stratified_split
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+HELD_OUT_TEST_FRACTION = 0.2
 
 # Pillow modes that carry no colour; any other mode makes the dataset RGB.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# 16-bit grayscale, which Pillow's convert("L") would clip to white above 255.
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 # Files are opened and decoded by a few threads: file reads and Pillow's decoders release the
 # GIL, so the disk and every core stay busy; results are used in file order.
 READ_THREADS = 8
@@ -35,6 +45,16 @@ READ_AHEAD = 256  # images decoded ahead of the shard writer at most
 # EXIF orientations that turn the stored image by 90 degrees, swapping width and height.
 EXIF_ORIENTATION_TAG = 0x0112
 SWAPPED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """What listing a folder found: image paths per split and class (both sorted), the files that
+    are not images, and whether the test split was held out of class folders without splits."""
+
+    files_by_split: dict[str, dict[str, list[str]]]
+    skipped_files: list[str]
+    test_held_out: bool
 
 
 def recognizes(path: str) -> bool:
@@ -48,7 +68,18 @@ def check(root: str) -> None:
 
 def read(root: str, *, image_size: ImageSize | None = None, name: str | None = None, seed: int = 0) -> SourceStream:
     """Lists the folder and reads every image header; the pixels are decoded while streaming."""
-    files_by_split = list_image_folder(root)
+    listing = list_image_folder(root, seed)
+    if listing.skipped_files:
+        logger.warning(
+            "skipped %d files that are not images (%s), e.g. %s",
+            len(listing.skipped_files), " ".join(IMAGE_EXTENSIONS), listing.skipped_files[0],
+        )
+    if listing.test_held_out:
+        logger.warning(
+            "%s has no train/ and test/ folders: %d%% of each class's images (seed %d) are the test split",
+            root, round(100 * HELD_OUT_TEST_FRACTION), seed,
+        )
+    files_by_split = listing.files_by_split
     class_names = sorted({class_name for classes in files_by_split.values() for class_name in classes})
     paths = {split: [path for paths in classes.values() for path in paths] for split, classes in files_by_split.items()}
     labels = {
@@ -89,45 +120,64 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
     )
 
 
-def list_image_folder(root: str) -> dict[str, dict[str, list[str]]]:
-    """Image paths per split and class (both sorted by name), checking the layout without decoding."""
-    layout_hint = f"lay it out as {root}/train/<class>/*.png and {root}/test/<class>/*.png"
-    files_by_split = {}
-    for split in SOURCE_SPLITS:
-        split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            raise UserError(f"image folder {root} has no {split}/ subfolder; {layout_hint}")
-        entries = _visible_entries(split_dir)
-        strays = [entry for entry in entries if not os.path.isdir(os.path.join(split_dir, entry))]
-        if strays:
-            raise UserError(
-                f"{os.path.join(split_dir, strays[0])} is not inside a class folder; move it into {split_dir}/<class>/"
-            )
-        if not entries:
-            raise UserError(f"no images found: {split_dir} has no class folders; {layout_hint}")
-        files_by_split[split] = {entry: _list_class_folder(os.path.join(split_dir, entry)) for entry in entries}
+def list_image_folder(root: str, seed: int = 0) -> FolderListing:
+    """The folder's images per split and class, checking the layout without decoding anything."""
+    layout_hint = f"lay it out as {root}/<class>/*.jpg, or as {root}/train/<class>/ and {root}/test/<class>/"
+    skipped: list[str] = []
+    present = [split for split in SOURCE_SPLITS if os.path.isdir(os.path.join(root, split))]
+    if len(present) == 1:
+        missing = next(split for split in SOURCE_SPLITS if split not in present)
+        raise UserError(f"image folder {root} has no {missing}/ subfolder; {layout_hint}")
+    if not present:
+        by_class = _list_classes(root, layout_hint, skipped)
+        labels = np.repeat(np.arange(len(by_class)), [len(paths) for paths in by_class.values()])
+        paths = [path for class_paths in by_class.values() for path in class_paths]
+        kept, held_out = stratified_split(labels, HELD_OUT_TEST_FRACTION, seed)
+        files_by_split = {
+            split: {name: [paths[index] for index in indices if labels[index] == label] for label, name in enumerate(by_class)}
+            for split, indices in (("train", kept), ("test", held_out))
+        }
+        return FolderListing(files_by_split, skipped, test_held_out=True)
 
+    files_by_split = {split: _list_classes(os.path.join(root, split), layout_hint, skipped) for split in SOURCE_SPLITS}
     missing_in_train = sorted(set(files_by_split["test"]) - set(files_by_split["train"]))
     if missing_in_train:
         raise UserError(
             f"class {missing_in_train[0]!r} has test images but no folder in {os.path.join(root, 'train')}; "
             "add training images for it or remove its test folder"
         )
-    return files_by_split
+    return FolderListing(files_by_split, skipped, test_held_out=False)
 
 
-def _list_class_folder(class_dir: str) -> list[str]:
-    """Sorted image paths of one class folder; an empty folder or a non-image file is an error."""
-    entries = _visible_entries(class_dir)
-    if not entries:
-        raise UserError(f"class folder {class_dir} is empty; add images to it or remove it")
-    for entry in entries:
-        path = os.path.join(class_dir, entry)
-        if os.path.isdir(path) or not entry.lower().endswith(IMAGE_EXTENSIONS):
-            raise UserError(
-                f"unsupported entry {path}; class folders may hold only {', '.join(IMAGE_EXTENSIONS)} images"
-            )
-    return [os.path.join(class_dir, entry) for entry in entries]
+def _list_classes(directory: str, layout_hint: str, skipped: list[str]) -> dict[str, list[str]]:
+    """Sorted image paths of each class folder in ``directory``; files that are not images are
+    appended to ``skipped``, an image outside a class folder or a class without images is an error."""
+    classes = {}
+    for entry in _visible_entries(directory):
+        path = os.path.join(directory, entry)
+        if os.path.isdir(path):
+            classes[entry] = _list_class_folder(path, skipped)
+        elif entry.lower().endswith(IMAGE_EXTENSIONS):
+            raise UserError(f"{path} is not inside a class folder; move it into {directory}/<class>/")
+        else:
+            skipped.append(path)
+    if not classes:
+        raise UserError(f"no images found: {directory} has no class folders; {layout_hint}")
+    return classes
+
+
+def _list_class_folder(class_dir: str, skipped: list[str]) -> list[str]:
+    """Sorted image paths under one class folder, its sub-folders included."""
+    images = []
+    for directory, subdirectories, files in os.walk(class_dir):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                path = os.path.join(directory, name)
+                (images if name.lower().endswith(IMAGE_EXTENSIONS) else skipped).append(path)
+    if not images:
+        raise UserError(f"class folder {class_dir} has no images; add images to it or remove it")
+    return sorted(images)
 
 
 def _visible_entries(directory: str) -> list[str]:
@@ -186,6 +236,8 @@ def decode_image(path: str, target_size: tuple[int, int], target_mode: str) -> n
     with open_image(path) as image:
         try:
             upright = ImageOps.exif_transpose(image)
+            if upright.mode in SIXTEEN_BIT_MODES:
+                upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
             converted = upright.convert(target_mode)
             if converted.size != target_size:
                 converted = converted.resize(target_size, Image.Resampling.BILINEAR)

@@ -124,7 +124,7 @@ def load_keras_dataset(keyword: str) -> tuple[tuple[str, ...], tuple[np.ndarray,
         reason = " ".join(str(error).split()) or type(error).__name__
         raise UserError(
             f"could not download the {keyword} dataset ({reason}); without internet access use a local "
-            "image folder (train/<class>/*.png, test/<class>/...) or a CIFAR-10 binary archive "
+            "image folder (<class>/*.jpg, or train/<class>/ and test/<class>/) or a CIFAR-10 binary archive "
             "(cifar-10-binary.tar.gz) as the source"
         ) from error
     finally:
