@@ -308,7 +308,7 @@ def test_files_that_are_not_images_are_skipped_with_one_warning(image_folder, tm
     manifest = prepare(root, str(tmp_path / "dataset"))
     assert manifest["splits"] == {"train": 8, "test": 4, "validation": 0}
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
-    assert [message for message in warnings if "skipped 2 files that are not" in message and "notes.txt" in message]
+    assert [message for message in warnings if "skipped 2 file(s) that are not" in message and "notes.txt" in message]
 
 
 def test_hidden_files_are_ignored(image_folder, tmp_path):
@@ -658,3 +658,41 @@ def test_sixteen_bit_grayscale_keeps_its_top_eight_bits(tmp_path):
     assert manifest["image_shape"] == [16, 16, 1]
     np.testing.assert_array_equal(images[0, ..., 0], (deep >> 8).astype(np.uint8))
 
+
+
+def test_large_photos_are_scaled_to_the_default_longer_side_unless_image_size_is_given(tmp_path):
+    make_image_folder(tmp_path / "camera", per_class=(2, 1), size=(200, 300), image_format="jpg")
+    manifest = prepare(str(tmp_path / "camera"), str(tmp_path / "dataset"))
+    assert manifest["image_shape"] == [85, 128, 3]  # 300x200 scaled to a longer side of 128
+    assert manifest["resized_images"] == 6
+    assert load_split(str(tmp_path / "dataset"), "train")[0].shape == (4, 85, 128, 3)
+    kept = prepare(str(tmp_path / "camera"), str(tmp_path / "kept"), image_size=(200, 300))
+    assert kept["image_shape"] == [200, 300, 3] and kept["resized_images"] == 0
+
+
+def test_a_camera_rotated_photo_is_read_upright(tmp_path):
+    """EXIF orientation 6 (stored sideways, shown turned by 90 degrees), at full size and when the
+    JPEG decoder scales a large photo down while decoding."""
+    from PIL import Image
+
+    rows, columns = np.mgrid[0:300, 0:400]
+    landscape = np.stack([rows * 255 // 300, columns * 255 // 400, np.full_like(rows, 128)], -1).astype(np.uint8)
+    for split in ("train", "test"):
+        os.makedirs(tmp_path / "trip" / split / "beach")
+        Image.fromarray(landscape).save(tmp_path / "trip" / split / "beach" / "a.png")
+        sideways = Image.fromarray(np.ascontiguousarray(np.rot90(landscape, k=1)))  # stored 300 wide, 400 high
+        exif = sideways.getexif()
+        exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the landscape again
+        sideways.save(tmp_path / "trip" / split / "beach" / "b.png", exif=exif)
+        sideways.save(tmp_path / "trip" / split / "beach" / "c.jpg", exif=exif, quality=95)
+
+    full = prepare(str(tmp_path / "trip"), str(tmp_path / "full"), image_size=(300, 400))
+    images, _ = load_split(str(tmp_path / "full"), "train")
+    assert full["resized_images"] == 0
+    np.testing.assert_array_equal(images[1], landscape)  # b.png, lossless
+    assert np.abs(images[2].astype(int) - landscape).mean() < 3  # c.jpg
+
+    scaled = prepare(str(tmp_path / "trip"), str(tmp_path / "scaled"))
+    images, _ = load_split(str(tmp_path / "scaled"), "train")
+    assert scaled["image_shape"] == [96, 128, 3]
+    assert np.abs(images[2].astype(int) - images[0]).mean() < 3

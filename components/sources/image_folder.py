@@ -9,7 +9,8 @@ Files are decoded with Pillow in a fixed order (classes sorted by name, files so
 within a class), a few at a time. All images end up with one size and one channel count:
     * size: ``image_size`` when given, else the most common size (found by a first pass that
       reads only image headers); other images are resized (bilinear) and counted in
-      ``resized_images``, so a surprising number is visible;
+      ``resized_images``, so a surprising number is visible; without ``image_size`` a size
+      whose longer side is over DEFAULT_MAX_SIDE is scaled down to it;
     * channels: one channel when every image is grayscale, otherwise RGB (grayscale images are
       replicated into three channels, alpha is dropped; 16-bit images keep their top 8 bits).
 """
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HELD_OUT_TEST_FRACTION = 0.2
+# Without image_size, images are brought down to this longer side (the most common size's aspect
+# kept): the zoo's networks are CIFAR-sized, and at a camera's resolution every epoch would be
+# thousands of times slower and the shards gigabytes.
+DEFAULT_MAX_SIDE = 128
 
 # Pillow modes that carry no colour; any other mode makes the dataset RGB.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -71,7 +76,7 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
     listing = list_image_folder(root, seed)
     if listing.skipped_files:
         logger.warning(
-            "skipped %d files that are not images (%s), e.g. %s",
+            "skipped %d file(s) that are not images (%s), e.g. %s",
             len(listing.skipped_files), " ".join(IMAGE_EXTENSIONS), listing.skipped_files[0],
         )
     if listing.test_held_out:
@@ -82,10 +87,10 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
     files_by_split = listing.files_by_split
     class_names = sorted({class_name for classes in files_by_split.values() for class_name in classes})
     paths = {split: [path for paths in classes.values() for path in paths] for split, classes in files_by_split.items()}
+    label_of = {class_name: label for label, class_name in enumerate(class_names)}
     labels = {
         split: np.asarray(
-            [class_names.index(class_name) for class_name, class_paths in classes.items() for _ in class_paths],
-            dtype=np.int32,
+            [label_of[class_name] for class_name, class_paths in classes.items() for _ in class_paths], dtype=np.int32
         )
         for split, classes in files_by_split.items()
     }
@@ -96,12 +101,19 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
         sizes[size] += 1
         modes.add(mode)
     # Pillow speaks (width, height); the manifest and image_size speak (height, width).
-    target_size = (image_size[1], image_size[0]) if image_size else most_common_size(sizes)
+    common_size = most_common_size(sizes)
+    target_size = (image_size[1], image_size[0]) if image_size else within_default_side(common_size)
     target_mode = "L" if modes <= GRAYSCALE_MODES else "RGB"
     resized = sum(count for size, count in sizes.items() if size != target_size)
     if resized:
-        reason = "the requested image_size" if image_size else "the most common size"
-        logger.warning("resizing %d of %d images to %s %dx%d", resized, sum(sizes.values()), reason, *target_size)
+        if image_size:
+            reason = "the requested image_size"
+        elif target_size != common_size:
+            reason = "the most common size %dx%d scaled to a longer side of %d (image_size chooses another)" % (
+                *common_size, DEFAULT_MAX_SIDE)
+        else:
+            reason = "the most common size"
+        logger.warning("resizing %d of %d images to %dx%d, %s", resized, sum(sizes.values()), *target_size, reason)
 
     def chunks() -> Iterator[tuple[str, np.ndarray]]:
         for split in SOURCE_SPLITS:
@@ -229,12 +241,26 @@ def most_common_size(sizes: collections.Counter) -> tuple[int, int]:
     return max(sizes, key=lambda size: (sizes[size], size[0] * size[1], size))
 
 
+def within_default_side(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so that its longer side is at most DEFAULT_MAX_SIDE."""
+    width, height = size
+    scale = DEFAULT_MAX_SIDE / max(width, height)
+    if scale >= 1:
+        return size
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def decode_image(path: str, target_size: tuple[int, int], target_mode: str) -> np.ndarray:
     """Decode one image as uint8 [H, W, C] in ``target_mode`` and ``target_size`` (width, height)."""
     from PIL import Image, ImageOps
 
     with open_image(path) as image:
         try:
+            # A JPEG much larger than the target decodes at 1/2, 1/4 or 1/8 scale (still at least
+            # the target size): several times faster for camera photos. Sizes are as stored.
+            width, height = target_size
+            stored = (height, width) if oriented_size(image) != image.size else (width, height)
+            image.draft(target_mode, stored)
             upright = ImageOps.exif_transpose(image)
             if upright.mode in SIXTEEN_BIT_MODES:
                 upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
