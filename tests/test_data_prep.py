@@ -608,6 +608,13 @@ def test_folder_of_class_folders_holds_out_a_seeded_fifth_of_each_class_as_test(
     assert other["class_counts"] == manifest["class_counts"]
 
 
+def test_class_folders_too_small_to_hold_out_a_test_split_are_named(tmp_path):
+    make_image_folder(tmp_path / "made", classes=("a", "b"), per_class=(2, 0))
+    with pytest.raises(ValueError, match="too few images to hold out a test split.*train/<class>/"):
+        prepare(str(tmp_path / "made" / "train"), str(tmp_path / "dataset"))
+    assert leftovers(tmp_path) == []
+
+
 def labelled_pixels_under(root) -> set:
     """{(pixel bytes, label)} of every image under root/<class>/ (labels by sorted class name)."""
     from PIL import Image

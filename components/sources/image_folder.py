@@ -145,6 +145,11 @@ def list_image_folder(root: str, seed: int = 0) -> FolderListing:
         labels = np.repeat(np.arange(len(by_class)), [len(paths) for paths in by_class.values()])
         paths = [path for class_paths in by_class.values() for path in class_paths]
         kept, held_out = stratified_split(labels, HELD_OUT_TEST_FRACTION, seed)
+        if not len(held_out):
+            raise UserError(
+                f"image folder {root} has too few images to hold out a test split ({HELD_OUT_TEST_FRACTION:.0%} of each "
+                f"class rounds to none); add images, or give the splits as {root}/train/<class>/ and {root}/test/<class>/"
+            )
         files_by_split = {
             split: {name: [paths[index] for index in indices if labels[index] == label] for label, name in enumerate(by_class)}
             for split, indices in (("train", kept), ("test", held_out))
