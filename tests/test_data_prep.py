@@ -384,6 +384,21 @@ def test_damaged_archive_record_size_is_named(tmp_path):
         prepare(str(damaged), str(tmp_path / "dataset"))
 
 
+def test_flipped_bit_in_a_gzip_archive_is_named(tmp_path):
+    import gzip
+
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    make_cifar_binary_archive(path)
+    # Stored (uncompressed) deflate blocks: the flipped bit changes a pixel and nothing else, so
+    # only the gzip CRC can tell.
+    damaged = bytearray(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=0))
+    damaged[len(damaged) // 2] ^= 0x01
+    (tmp_path / "damaged.tar.gz").write_bytes(damaged)
+    with pytest.raises(ValueError, match="cannot read archive .*damaged.tar.gz .*CRC check failed.*download"):
+        prepare(str(tmp_path / "damaged.tar.gz"), str(tmp_path / "dataset"))
+    assert leftovers(tmp_path) == []
+
+
 def test_file_that_is_not_an_archive_is_named(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("a,b\n")

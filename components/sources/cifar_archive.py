@@ -8,6 +8,7 @@ chunk at a time. Training images come in the archive's member order (data_batch_
 from __future__ import annotations
 
 import contextlib
+import gzip
 import posixpath
 import tarfile
 import zlib
@@ -24,6 +25,7 @@ CIFAR_TRAIN_MEMBERS = tuple(f"data_batch_{number}.bin" for number in range(1, 6)
 CIFAR_TEST_MEMBER = "test_batch.bin"
 CIFAR_META_MEMBER = "batches.meta.txt"
 CIFAR_MEMBERS = (*CIFAR_TRAIN_MEMBERS, CIFAR_TEST_MEMBER, CIFAR_META_MEMBER)
+GZIP_MAGIC = b"\x1f\x8b"
 # Records read at a time while streaming (about 3 MB).
 CHUNK_RECORDS = 1024
 
@@ -125,14 +127,22 @@ def _cifar_members(path: str, seen_names: list[str]) -> Iterator[tuple[str, obje
     every member name seen is appended to ``seen_names``.
     """
     visited = set()
-    # Stream mode reads the compressed archive once, front to back.
-    with tarfile.open(path, mode="r|*") as archive:
-        for member in archive:
-            seen_names.append(member.name)
-            base_name = posixpath.basename(member.name)
-            if member.isfile() and base_name in CIFAR_MEMBERS and base_name not in visited:
-                visited.add(base_name)
-                yield base_name, archive.extractfile(member), member.size
+    # Stream mode reads the compressed archive once, front to back. A gzip archive is read through
+    # the gzip module, which checks the CRC at the end of the stream (tarfile's own reader does not,
+    # so a flipped bit would pass as different pixels); reading to the end makes that check run.
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for member in archive:
+                seen_names.append(member.name)
+                base_name = posixpath.basename(member.name)
+                if member.isfile() and base_name in CIFAR_MEMBERS and base_name not in visited:
+                    visited.add(base_name)
+                    yield base_name, archive.extractfile(member), member.size
+        while stream.read(1 << 20):
+            pass
 
 
 @contextlib.contextmanager
