@@ -138,7 +138,10 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, help="label smoothing, 0 to 1")
     parser.add_argument("--validation-fraction", type=float, help="train share held out for validation (0: use test)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of splits, shuffling and augmentation")
-    parser.add_argument("--image-size", type=int, help="resize every image to this square side in prep (default: keep)")
+    parser.add_argument(
+        "--image-size", type=int,
+        help="resize every image to this square side in prep (default: keep; large photos: 128 on the longer side)",
+    )
     add_training_execution_arguments(parser)
 
 

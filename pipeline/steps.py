@@ -23,7 +23,8 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
             train/<class>/ and test/<class>/) or a CIFAR-10 binary archive; local path or gs:// URI.
         validation_fraction: Share of the training images held out for validation (0 = use the test split).
         seed: Random seed of the validation split and of the bundled dataset's train/test split.
-        image_size: Side every image is resized to (0 = keep the source's size).
+        image_size: Side every image is resized to (0 = the source's size; large photos are
+            scaled to 128 pixels on the longer side).
     """
     from components.data_prep import prepare
     from components.errors import pipeline_step
