@@ -433,6 +433,7 @@ def _build_manifest(
         "pixel_mean": PIXEL_MEAN_FILE,
         "allow_horizontal_flip": stream.allow_horizontal_flip,
         "resized_images": int(stream.resized_images),
+        "test_held_out_fraction": stream.test_held_out_fraction,
         "record_format": {"image": "raw uint8 bytes, [height, width, channels] order", "label": "int64"},
         "shards_location": shards_location,
         "shards": {split: writer.shards for split, writer in writers.items()},

@@ -379,6 +379,9 @@ def dataset_rows(manifest: dict) -> list[tuple[str, str]]:
         ("Image shape", format_shape(manifest.get("image_shape"))),
         ("Classes", str(manifest.get("num_classes", len(manifest.get("class_names", []))))),
         ("Splits", format_splits(manifest.get("splits"))),
+        *([("Test split", f"{manifest['test_held_out_fraction']:.0%} of each class, held out by prep")]
+          if manifest.get("test_held_out_fraction") else []),
+        *([("Resized images", format_count(manifest["resized_images"]))] if manifest.get("resized_images") else []),
     ]
 
 

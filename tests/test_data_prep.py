@@ -45,6 +45,7 @@ def test_image_folder_round_trips_pixels_and_labels_exactly(image_folder, tmp_pa
     assert manifest["splits"] == {"train": 8, "test": 4, "validation": 0}
     assert manifest["allow_horizontal_flip"] is True
     assert manifest["resized_images"] == 0
+    assert manifest["test_held_out_fraction"] == 0.0
 
 
 def test_grayscale_folder_gives_one_channel(tmp_path):
@@ -114,6 +115,7 @@ def test_digits_are_8x8x1_with_ten_classes_and_a_stratified_split(tmp_path):
     assert train_images.max() == 255 and train_images.min() == 0
     test_share = np.bincount(test_labels) / (np.bincount(train_labels) + np.bincount(test_labels))
     assert np.all(np.abs(test_share - 0.2) < 0.01)
+    assert manifest["test_held_out_fraction"] == 0.2
 
 
 def test_digits_split_follows_the_seed(tmp_path):
@@ -608,6 +610,7 @@ def test_folder_of_class_folders_holds_out_a_seeded_fifth_of_each_class_as_test(
     assert manifest["name"] == "flowers"
     assert manifest["class_counts"]["train"] == [8, 8, 8]
     assert manifest["class_counts"]["test"] == [2, 2, 2]
+    assert manifest["test_held_out_fraction"] == 0.2
     train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
     test_images, test_labels = load_split(str(tmp_path / "dataset"), "test")
     # Every image lands in exactly one split, with its class.

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from components.report import MISTAKES_FILE, confused_pairs, format_setting, write_report
+from components.report import MISTAKES_FILE, confused_pairs, dataset_rows, format_setting, write_report
 
 CLASS_NAMES = ["<b>cat", "dog & wolf", "$bird$"]
 
@@ -181,6 +181,14 @@ def test_settings_read_as_a_table_with_whole_numbers(report):
     assert "64.0" not in page and "16.0" not in page and "<pre>" not in page
     assert [format_setting(value) for value in (64.0, 0.5, 5e-05, True, None, [1.0, "a"])] == [
         "64", "0.5", "5e-05", "true", "—", "1, a"]
+
+
+def test_dataset_facts_name_a_test_split_held_out_by_prep_and_resized_images():
+    rows = dict(dataset_rows({**MANIFEST, "test_held_out_fraction": 0.2, "resized_images": 1234}))
+    assert rows["Test split"] == "20% of each class, held out by prep"
+    assert rows["Resized images"] == "1,234"
+    given = dict(dataset_rows({**MANIFEST, "test_held_out_fraction": 0.0, "resized_images": 0}))
+    assert "Test split" not in given and "Resized images" not in given
 
 
 def test_each_model_shows_its_most_confident_mistakes_and_confused_pairs(report):

@@ -9,6 +9,7 @@ its split's shard writer.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class SourceStream:
         labels: int32 labels per source split ("train", "test"), in stream order.
         allow_horizontal_flip: whether mirrored images are still valid examples.
         resized_images: how many images were (or will be, while streaming) resized to image_shape.
+        test_held_out_fraction: the share of each class the reader held out as the test split
+            (seeded), for sources without one of their own; 0 when the source gave the test split.
         chunks: yields (split, uint8 images [k, H, W, C]) in label order, split by split or mixed.
     """
 
@@ -44,6 +47,7 @@ class SourceStream:
     allow_horizontal_flip: bool
     chunks: Callable[[], Iterator[tuple[str, np.ndarray]]]
     resized_images: int = 0
+    test_held_out_fraction: float = 0.0
 
 
 def checked_image_size(image_size) -> ImageSize | None:
@@ -83,12 +87,9 @@ def resized_stream(stream: SourceStream, size: ImageSize | None) -> SourceStream
         for split, images in stream.chunks():
             yield split, resize_images(images, size)
 
-    return SourceStream(
-        name=stream.name,
-        class_names=stream.class_names,
+    return dataclasses.replace(
+        stream,
         image_shape=(*size, stream.image_shape[2]),
-        labels=stream.labels,
-        allow_horizontal_flip=stream.allow_horizontal_flip,
         chunks=chunks,
         resized_images=sum(len(labels) for labels in stream.labels.values()),
     )

@@ -129,6 +129,7 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
         allow_horizontal_flip=True,
         chunks=chunks,
         resized_images=resized,
+        test_held_out_fraction=HELD_OUT_TEST_FRACTION if listing.test_held_out else 0.0,
     )
 
 

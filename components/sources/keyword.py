@@ -6,6 +6,7 @@ they are streamed out of those arrays in chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterator
 
@@ -46,7 +47,8 @@ def check(source: str) -> None:
 def read(source: str, *, seed: int = 0, name: str | None = None) -> SourceStream:
     """The keyword's arrays as a stream."""
     if source == "digits":
-        return array_stream("digits", tuple(str(digit) for digit in range(10)), *load_digits(seed), allow_horizontal_flip=False)
+        stream = array_stream("digits", tuple(str(digit) for digit in range(10)), *load_digits(seed), allow_horizontal_flip=False)
+        return dataclasses.replace(stream, test_held_out_fraction=DIGITS_TEST_FRACTION)
     class_names, arrays = load_keras_dataset(source)
     return array_stream(source, class_names, *arrays, allow_horizontal_flip=source not in NO_HORIZONTAL_FLIP)
 
