@@ -1,6 +1,6 @@
-"""Shared pytest fixtures: small generated datasets (see datagen.py), the project image (see
-docker_image.py); how `make test` splits the suite between its worker processes (pytest-xdist,
-`--dist loadscope`)."""
+"""Shared pytest fixtures: small generated datasets (see datagen.py), the gs:// emulator (see
+gcs_emulator.py), the project image (see docker_image.py); how `make test` splits the suite
+between its worker processes (pytest-xdist, `--dist loadscope`)."""
 
 import os
 
@@ -10,6 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 import docker_image  # noqa: E402
 from datagen import make_cifar_binary_archive, make_image_folder  # noqa: E402  (after the env var on purpose)
+
+# The gs:// emulator's fixtures (`gcs_emulator`), one process per test session for every module.
+pytest_plugins = ["gcs_emulator"]
 
 # Tests of this module whose parameters name a zoo model are grouped per model, so each worker
 # builds only the models it was given (once, in test_models' session cache).

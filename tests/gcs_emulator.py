@@ -1,8 +1,9 @@
 """A real GCS emulator for tests: the ``gcp-storage-emulator`` process on 127.0.0.1.
 
-Use it with ``from gcs_emulator import gcs_emulator, gcs_emulator_server`` in a test module
-(or list ``"gcs_emulator"`` in conftest's ``pytest_plugins``). The process is started once per
-test session on a free port, stores its data on disk (so a stopped and restarted emulator keeps
+conftest.py lists this module in ``pytest_plugins``, so every test module can ask for the
+``gcs_emulator`` fixture and they all share one process (importing the fixtures into a module
+would give that module a session fixture, and an emulator, of its own). The process is started
+once per test session (per xdist worker) on a free port, stores its data on disk (so a stopped and restarted emulator keeps
 its objects), and is stopped at the end. Each test that asks for ``gcs_emulator`` gets a fresh
 bucket, ``STORAGE_EMULATOR_HOST`` pointing at the emulator, and a running emulator even when an
 earlier test stopped it.
@@ -71,7 +72,12 @@ class EmulatorServer:
             "start", "--host", "127.0.0.1", "--port", str(self.port), "--quiet",
         ]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            # SIGINT is the graceful stop; a parent that ignores it (a CI job in the background)
+            # would pass that on, and every stop would wait out STOP_TIMEOUT_SECONDS.
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self.answers():
             if self.process.poll() is not None:

@@ -5,7 +5,6 @@ the GCS emulator holds the checkpoint the worker pods would have written."""
 import json
 
 import pytest
-from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 from components import storage
 from components.errors import UserError

@@ -12,7 +12,6 @@ import tarfile
 import numpy as np
 import pytest
 from datagen import make_cifar_binary_archive, make_image_folder, save_image
-from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 from components import data_prep, progress, storage
 from components.data_prep import check_source, file_sha256, load_split, prepare, read_manifest

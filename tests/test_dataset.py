@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 from datagen import make_numbered_folder
-from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 from components import data_prep, dataset, storage
 from components.data_prep import prepare

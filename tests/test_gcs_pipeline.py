@@ -12,7 +12,6 @@ from components import registry, storage
 from components.checkpoints import load as load_checkpoint
 from components.train import train
 from datagen import make_image_folder
-from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 from pipeline.cli import main
 from test_train import StopBeforeEpoch, quick_config, write_dataset
 

@@ -9,7 +9,6 @@ import pytest
 
 from components.errors import UserError
 from components import artifacts, registry, storage
-from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 DATASET = "digits"
 MODEL = "lenet5"

@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from components import storage
-from gcs_emulator import gcs_emulator, gcs_emulator_server  # noqa: F401  (pytest fixtures)
 
 
 @pytest.fixture(params=["gcs", "local"])
