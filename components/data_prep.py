@@ -334,7 +334,8 @@ def _write_dataset(
     output_dir = os.path.abspath(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    staging_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.staging-", dir=parent)
+    _remove_abandoned_staging(output_dir)
+    staging_dir = tempfile.mkdtemp(prefix=f"{_staging_prefix(output_dir)}{os.getpid()}-", dir=parent)
     location = staging_dir
     if shards_location is not None:
         # A fresh sub-folder per prep: an earlier dataset's manifest keeps naming intact shards.
@@ -467,6 +468,32 @@ def _remove_shards(location: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Publishing the directory
 # ---------------------------------------------------------------------------------------------
+
+
+def _staging_prefix(output_dir: str) -> str:
+    """Staging directories of ``output_dir`` are its hidden siblings ``.<name>.staging-<pid>-<random>``."""
+    return f".{os.path.basename(output_dir)}.staging-"
+
+
+def _remove_abandoned_staging(output_dir: str) -> None:
+    """Deletes what a killed prep of ``output_dir`` left (its staging directory, or the previous
+    dataset mid-replacement): those whose process no longer runs on this machine."""
+    parent, prefix = os.path.dirname(output_dir), _staging_prefix(output_dir)
+    for name in os.listdir(parent):
+        owner = name[len(prefix):].split("-", 1)[0]
+        if name.startswith(prefix) and owner.isdigit() and not _process_exists(int(owner)):
+            logger.info("removing %s, left by an interrupted prep", os.path.join(parent, name))
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _publish(staging_dir: str, output_dir: str) -> None:

@@ -237,6 +237,33 @@ def test_failed_write_removes_staging_and_keeps_the_previous_dataset(image_folde
     assert read_manifest(dataset_dir) == before
 
 
+def test_a_killed_prep_leaves_no_dataset_and_the_next_prep_removes_its_staging(tmp_path):
+    """SIGKILL while shards are written: no dataset directory appears; the rerun publishes one and
+    deletes the dead prep's staging directory (a live prep's is left alone)."""
+    import signal
+    import time
+
+    make_image_folder(tmp_path / "big", per_class=(600, 10), size=(64, 64))
+    dataset_dir = tmp_path / "dataset"
+    code = f"from components.data_prep import prepare; prepare({str(tmp_path / 'big')!r}, {str(dataset_dir)!r})"
+    prep = subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY_ROOT)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".dataset.staging-*/train-*")):
+        assert prep.poll() is None and time.monotonic() < deadline, "prep ended before writing a shard"
+        time.sleep(0.01)
+    prep.send_signal(signal.SIGKILL)
+    prep.wait()
+    assert not dataset_dir.exists()
+    [abandoned] = tmp_path.glob(".dataset.staging-*")
+    assert abandoned.name.startswith(f".dataset.staging-{prep.pid}-")
+    live = tmp_path / f".dataset.staging-{os.getpid()}-another"
+    live.mkdir()
+
+    manifest = prepare(str(tmp_path / "big"), str(dataset_dir))
+    assert manifest["splits"]["train"] == 1200 and read_manifest(str(dataset_dir)) == manifest
+    assert sorted(path.name for path in tmp_path.glob(".dataset*")) == [live.name]
+
+
 # --------------------------------------------------------------------------- user errors
 
 
