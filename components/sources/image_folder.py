@@ -55,11 +55,11 @@ SWAPPED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 @dataclass(frozen=True)
 class FolderListing:
     """What listing a folder found: image paths per split and class (both sorted), the files that
-    are not images, and whether the test split was held out of class folders without splits."""
+    are not images, and the share of each class held out as the test split (0: the folder's own)."""
 
     files_by_split: dict[str, dict[str, list[str]]]
     skipped_files: list[str]
-    test_held_out: bool
+    test_held_out_fraction: float
 
 
 def recognizes(path: str) -> bool:
@@ -79,10 +79,10 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
             "skipped %d file(s) that are not images (%s), e.g. %s",
             len(listing.skipped_files), " ".join(IMAGE_EXTENSIONS), listing.skipped_files[0],
         )
-    if listing.test_held_out:
+    if listing.test_held_out_fraction:
         logger.warning(
             "%s has no train/ and test/ folders: %d%% of each class's images (seed %d) are the test split",
-            root, round(100 * HELD_OUT_TEST_FRACTION), seed,
+            root, round(100 * listing.test_held_out_fraction), seed,
         )
     files_by_split = listing.files_by_split
     class_names = sorted({class_name for classes in files_by_split.values() for class_name in classes})
@@ -129,7 +129,7 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
         allow_horizontal_flip=True,
         chunks=chunks,
         resized_images=resized,
-        test_held_out_fraction=HELD_OUT_TEST_FRACTION if listing.test_held_out else 0.0,
+        test_held_out_fraction=listing.test_held_out_fraction,
     )
 
 
@@ -151,11 +151,12 @@ def list_image_folder(root: str, seed: int = 0) -> FolderListing:
                 f"image folder {root} has too few images to hold out a test split ({HELD_OUT_TEST_FRACTION:.0%} of each "
                 f"class rounds to none); add images, or give the splits as {root}/train/<class>/ and {root}/test/<class>/"
             )
-        files_by_split = {
-            split: {name: [paths[index] for index in indices if labels[index] == label] for label, name in enumerate(by_class)}
-            for split, indices in (("train", kept), ("test", held_out))
-        }
-        return FolderListing(files_by_split, skipped, test_held_out=True)
+        class_names = list(by_class)
+        files_by_split = {split: {name: [] for name in class_names} for split in SOURCE_SPLITS}
+        for split, indices in (("train", kept), ("test", held_out)):
+            for index in indices:  # sorted, so each class keeps its order
+                files_by_split[split][class_names[labels[index]]].append(paths[index])
+        return FolderListing(files_by_split, skipped, test_held_out_fraction=HELD_OUT_TEST_FRACTION)
 
     files_by_split = {split: _list_classes(os.path.join(root, split), layout_hint, skipped) for split in SOURCE_SPLITS}
     missing_in_train = sorted(set(files_by_split["test"]) - set(files_by_split["train"]))
@@ -164,7 +165,7 @@ def list_image_folder(root: str, seed: int = 0) -> FolderListing:
             f"class {missing_in_train[0]!r} has test images but no folder in {os.path.join(root, 'train')}; "
             "add training images for it or remove its test folder"
         )
-    return FolderListing(files_by_split, skipped, test_held_out=False)
+    return FolderListing(files_by_split, skipped, test_held_out_fraction=0.0)
 
 
 def _list_classes(directory: str, layout_hint: str, skipped: list[str]) -> dict[str, list[str]]:
@@ -263,7 +264,7 @@ def decode_image(path: str, target_size: tuple[int, int], target_mode: str) -> n
     with open_image(path) as image:
         try:
             # A JPEG much larger than the target decodes at 1/2, 1/4 or 1/8 scale (still at least
-            # the target size): several times faster for camera photos. Sizes are as stored.
+            # the target size), so a camera photo is not decoded in full to be shrunk. Sizes as stored.
             width, height = target_size
             stored = (height, width) if oriented_size(image) != image.size else (width, height)
             image.draft(target_mode, stored)
