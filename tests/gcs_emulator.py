@@ -3,8 +3,8 @@
 conftest.py lists this module in ``pytest_plugins``, so every test module can ask for the
 ``gcs_emulator`` fixture and they all share one process (importing the fixtures into a module
 would give that module a session fixture, and an emulator, of its own). The process is started
-once per test session (per xdist worker) on a free port, stores its data on disk (so a stopped and restarted emulator keeps
-its objects), and is stopped at the end. Each test that asks for ``gcs_emulator`` gets a fresh
+once per test session (per xdist worker) on a free port, stores its data on disk (so a stopped
+and restarted emulator keeps its objects), and is stopped at the end. Each test that asks for ``gcs_emulator`` gets a fresh
 bucket, ``STORAGE_EMULATOR_HOST`` pointing at the emulator, and a running emulator even when an
 earlier test stopped it.
 
