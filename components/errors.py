@@ -14,6 +14,10 @@ import sys
 # The exit code of a pipeline step that stopped on a user mistake; the cluster does not retry
 # it (pipeline/placement.py), since the same inputs fail the same way.
 USER_ERROR_EXIT_CODE = 2
+# How a step's output marks its one-line user mistake and its warnings; the pipeline's console,
+# the worker launcher and the JobSet launcher read these lines back.
+ERROR_LINE_PREFIX = "error: "
+WARNING_LINE_PREFIX = "warning: "
 
 
 class UserError(ValueError):
@@ -29,7 +33,7 @@ class StepLogFormat(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if record.levelno == logging.WARNING:
-            return f"warning: {record.getMessage()}"
+            return WARNING_LINE_PREFIX + record.getMessage()
         return super().format(record)
 
 
@@ -48,7 +52,7 @@ def pipeline_step():
     try:
         yield
     except UserError as error:
-        print(f"error: {one_line(error)}", flush=True)
+        print(ERROR_LINE_PREFIX + one_line(error), flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
     finally:
         project_logger.removeHandler(handler)

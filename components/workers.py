@@ -30,7 +30,7 @@ from pathlib import Path
 
 from components import checks
 from components.artifacts import TRAIN_RESULT_FILE
-from components.errors import USER_ERROR_EXIT_CODE, UserError
+from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError
 
 # Environment variables pipeline/jobset.py sets on every worker pod: what the JobSet spec knows
 # and the pod cannot look up by itself.
@@ -226,7 +226,7 @@ def worker_error(index: int, worker_count: int, exit_code: int, tail: list[str])
     """The error for a failed worker: a one-line UserError for a user mistake, else a RuntimeError."""
     who = f"worker {index} of {worker_count}" + (" (the chief)" if index == 0 else "")
     if exit_code == USER_ERROR_EXIT_CODE:
-        reported = [line[len("error: "):] for line in tail if line.startswith("error: ")]
+        reported = [line[len(ERROR_LINE_PREFIX):] for line in tail if line.startswith(ERROR_LINE_PREFIX)]
         return UserError(reported[-1] if reported else f"{who} stopped on a user mistake (exit code {exit_code})")
     how = f"was killed by {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exited with code {exit_code}"
     return RuntimeError(f"{who} {how}; its last lines:\n" + "\n".join(tail))

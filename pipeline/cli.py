@@ -17,7 +17,7 @@ from typing import Sequence
 
 from components import storage
 from components.artifacts import REPORT_HTML_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
-from components.errors import UserError, one_line
+from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError, one_line
 from components.recipe import CACHE_CHOICES, SCHEDULES
 
 
@@ -31,13 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+        print(ERROR_LINE_PREFIX + one_line(error), file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
     except RuntimeError as error:
         # A failed cluster run, an API error or a storage outage: not a bug, already one line.
         if type(error).__name__ not in ("ClusterError", "StorageUnavailableError"):
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(ERROR_LINE_PREFIX + one_line(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -225,7 +225,7 @@ def command_run(args: argparse.Namespace) -> int:
             )
     except PipelineFailed as error:
         # Not a user mistake (exit 2), but the task's own traceback is in its log: one line here.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{ERROR_LINE_PREFIX}{error}", file=sys.stderr)
         return 1
     report = collect_outputs(run_dir, output_dir)
     with open(os.path.join(output_dir, SUMMARY_FILE), encoding="utf-8") as handle:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, TextIO
 
 from components import progress
+from components.errors import ERROR_LINE_PREFIX, WARNING_LINE_PREFIX
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TASK_STARTED = re.compile(r"Executing task '([^']+)'")
@@ -40,8 +41,6 @@ TASK_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # kfp prints a full-width line of dashes after each task's outputs.
 SEPARATOR = re.compile(r"^-{20,}$")
 EXECUTOR_INPUT = "Got executor_input:"
-# How a step logs a warning (components/errors.py): shown in the terminal too.
-WARNING_PREFIX = "warning: "
 # The last exception line of a Python traceback: the cause when a task printed no `error:` line.
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 # kfp's subprocess runner indents a task's lines by four spaces.
@@ -176,9 +175,9 @@ class Console:
             self._print(f"[{task.name}] {text}")
         if text.strip() and not kfp_status:
             task.tail.append(text)
-        if text.startswith("error: "):
-            task.error = text[len("error: "):].strip()
-        if text.startswith(WARNING_PREFIX):
+        if text.startswith(ERROR_LINE_PREFIX):
+            task.error = text[len(ERROR_LINE_PREFIX):].strip()
+        if text.startswith(WARNING_LINE_PREFIX):  # shown in the terminal too
             self._print(f"{clock()}  {task.name or task.kfp_name} {text}")
         event = progress.parse(text)
         if event:

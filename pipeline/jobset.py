@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from components import workers
-from components.errors import USER_ERROR_EXIT_CODE, UserError
+from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError
 from pipeline.cluster import RUNNER_SERVICE_ACCOUNT
 from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
 
@@ -416,8 +416,8 @@ class ChiefLogFollower:
         self._followed.add(pod)
         try:
             for line in split_lines(response.stream(4096)):
-                if line.startswith("error: "):
-                    self.user_mistake = line[len("error: "):]
+                if line.startswith(ERROR_LINE_PREFIX):
+                    self.user_mistake = line[len(ERROR_LINE_PREFIX):]
                 self.log(line)
         finally:
             response.release_conn()
