@@ -710,7 +710,6 @@ def test_sixteen_bit_grayscale_keeps_its_top_eight_bits(tmp_path):
     np.testing.assert_array_equal(images[0, ..., 0], (deep >> 8).astype(np.uint8))
 
 
-
 def test_large_photos_are_scaled_to_the_default_longer_side_unless_image_size_is_given(tmp_path):
     make_image_folder(tmp_path / "camera", per_class=(2, 1), size=(200, 300), image_format="jpg")
     manifest = prepare(str(tmp_path / "camera"), str(tmp_path / "dataset"))
