@@ -44,6 +44,7 @@ from components.sources import check_source, open_source  # noqa: F401  (check_s
 from components.sources.base import SourceStream, checked_image_size
 from components.sources.keyword import KEYWORD_SOURCES
 from components.sources.splits import stratified_split
+from components.workers import process_running
 
 logger = logging.getLogger(__name__)
 
@@ -480,20 +481,12 @@ def _remove_abandoned_staging(output_dir: str) -> None:
     dataset mid-replacement): those whose process no longer runs on this machine."""
     parent, prefix = os.path.dirname(output_dir), _staging_prefix(output_dir)
     for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
         owner = name[len(prefix):].split("-", 1)[0]
-        if name.startswith(prefix) and owner.isdigit() and not _process_exists(int(owner)):
+        if owner.isdigit() and not process_running(int(owner)):
             logger.info("removing %s, left by an interrupted prep", os.path.join(parent, name))
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _publish(staging_dir: str, output_dir: str) -> None:

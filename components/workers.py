@@ -189,6 +189,15 @@ def terminate_all(workers: list[subprocess.Popen]) -> None:
             worker.wait()
 
 
+def process_running(pid: int) -> bool:
+    """Whether process `pid` is alive on this machine and not a zombie waiting for its parent (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def signal_group(worker: subprocess.Popen, signal_number: int) -> None:
     """Signals a worker and whatever it started (each worker leads its own process group)."""
     with contextlib.suppress(ProcessLookupError):

@@ -23,6 +23,7 @@ from pipeline.console import Console
 
 from components.artifacts import HISTORY_FILE, MODEL_FILE, REPORT_FILES, REPORT_HTML_FILE, TRAIN_RESULT_FILE
 from components.errors import UserError
+from components.workers import process_running
 
 MODEL_FILES = (MODEL_FILE, HISTORY_FILE)
 
@@ -315,18 +316,9 @@ def terminate_processes(pids: list[int], grace_seconds: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+    while time.monotonic() < deadline and any(process_running(pid) for pid in pids):
         time.sleep(0.1)
     for pid in pids:
-        if _running(pid):
+        if process_running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """Whether `pid` is alive and not a zombie waiting for its parent."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat_file:
-            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
