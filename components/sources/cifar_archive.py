@@ -141,7 +141,7 @@ def _cifar_members(path: str, seen_names: list[str]) -> Iterator[tuple[str, obje
                 if member.isfile() and base_name in CIFAR_MEMBERS and base_name not in visited:
                     visited.add(base_name)
                     yield base_name, archive.extractfile(member), member.size
-        while stream.read(1 << 20):
+        while compressed and stream.read(1 << 20):
             pass
 
 
