@@ -109,7 +109,7 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
         if image_size:
             reason = "the requested image_size"
         elif target_size != common_size:
-            reason = "the most common size %dx%d scaled to a longer side of %d (image_size chooses another)" % (
+            reason = "the most common size %dx%d scaled to a longer side of %d (--image-size or image_size chooses another)" % (
                 *common_size, DEFAULT_MAX_SIDE)
         else:
             reason = "the most common size"
