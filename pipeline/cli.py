@@ -514,10 +514,10 @@ def component_evaluate(args: argparse.Namespace) -> int:
 
 def component_report(args: argparse.Namespace) -> int:
     from components.data_prep import read_manifest
-    from components.report import write_report
+    from components.report import write_report_files
 
     manifest = read_manifest(args.dataset)
-    write_report(args.results, args.output, manifest, {"preset": args.preset, "dataset": manifest["name"]})
+    write_report_files(args.results, args.output, manifest, {"preset": args.preset, "dataset": manifest["name"]})
     print(os.path.join(args.output, REPORT_HTML_FILE))
     return 0
 

@@ -144,12 +144,12 @@ def write_report(
     from components.artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
     from components.data_prep import read_manifest
     from components.errors import pipeline_step
-    from components.report import write_report as write
+    from components.report import write_report_files
 
     with pipeline_step():
         manifest = read_manifest(dataset.path)
         run_config = {"preset": preset, "dataset": manifest["name"], "train": train_config}
-        summary = write([item.path for item in results], report.path, manifest, run_config)
+        summary = write_report_files([item.path for item in results], report.path, manifest, run_config)
     shutil.copyfile(os.path.join(report.path, REPORT_HTML_FILE), report_html.path)
     shutil.copyfile(os.path.join(report.path, REPORT_MARKDOWN_FILE), report_markdown.path)
     report.metadata["models"] = [entry["name"] for entry in summary["models"]]

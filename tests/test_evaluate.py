@@ -18,7 +18,7 @@ from components.evaluate import (
 )
 from components.errors import UserError
 from components.keras_setup import keras
-from components.report import MISTAKES_FILE
+from components.artifacts import MISTAKES_FILE
 from components.models import MODELS
 from components.train import train
 from test_train import TINY_CLASSES, quick_config, write_dataset

@@ -110,7 +110,7 @@ def test_training_fits_the_stem_only_when_the_recipe_asks(tmp_path):
 
 
 def test_the_report_states_the_recipe_in_one_line():
-    from components.report import recipe_line
+    from components.report.markdown import recipe_line
 
     line = recipe_line(TrainConfig(
         optimizer="sgd", learning_rate=0.4, reference_batch_size=512, batch_size=512, schedule="linear",

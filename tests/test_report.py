@@ -1,4 +1,4 @@
-"""Tests for components.report on evaluate-style result directories written by the tests."""
+"""Tests for the components.report package on evaluate-style result directories written by the tests."""
 
 import base64
 import csv
@@ -9,7 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from components.report import MISTAKES_FILE, confused_pairs, dataset_rows, format_setting, write_report
+from components.artifacts import MISTAKES_FILE
+from components.formatting import format_setting
+from components.report import write_report_files
+from components.report.html_page import confused_pairs, dataset_rows
 
 CLASS_NAMES = ["<b>cat", "dog & wolf", "$bird$"]
 
@@ -88,7 +91,7 @@ def write_three_model_report(tmp_path, manifest):
     """Write three result dirs and their report: (summary, output_dir)."""
     result_dirs = [write_result_dir(tmp_path / name, name, values) for name, values in MODEL_VALUES.items()]
     output_dir = tmp_path / "report"
-    summary = write_report(result_dirs, str(output_dir), manifest, RUN_CONFIG)
+    summary = write_report_files(result_dirs, str(output_dir), manifest, RUN_CONFIG)
     return summary, output_dir
 
 
@@ -230,7 +233,7 @@ def test_promotion_decisions_get_a_model_registry_table(tmp_path):
     result_dir = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
     promotion = [{"model": "lenet5", "decision": "kept champion", "champion_accuracy": 0.65,
                   "challenger_accuracy": 0.6, "reason": "challenger <worse> by 5 pp"}]
-    summary = write_report([result_dir], str(tmp_path / "out"), MANIFEST, {**RUN_CONFIG, "promotion": promotion})
+    summary = write_report_files([result_dir], str(tmp_path / "out"), MANIFEST, {**RUN_CONFIG, "promotion": promotion})
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<h2>Model registry</h2>" in page
     assert "challenger &lt;worse&gt; by 5 pp" in page and "65.00%" in page
@@ -245,7 +248,7 @@ def test_report_without_promotion_has_no_registry_section(report):
 
 def test_empty_result_dirs_raise(tmp_path):
     with pytest.raises(ValueError, match="result_dirs is empty"):
-        write_report([], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+        write_report_files([], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
     assert not (tmp_path / "out").exists()
 
 
@@ -254,7 +257,7 @@ def test_missing_result_json_names_the_directory_and_writes_nothing(tmp_path):
     empty = tmp_path / "broken_model"
     empty.mkdir()
     with pytest.raises(ValueError, match="broken_model"):
-        write_report([good, str(empty)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+        write_report_files([good, str(empty)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
     assert not (tmp_path / "out" / "report.html").exists()
 
 
@@ -263,7 +266,7 @@ def test_invalid_result_json_names_the_directory(tmp_path):
     broken.mkdir()
     (broken / "result.json").write_text('{"name": "lenet5", "test_acc')
     with pytest.raises(ValueError, match="invalid result.json in .*half_written"):
-        write_report([str(broken)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+        write_report_files([str(broken)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
 
 
 def test_result_json_without_required_fields_is_rejected(tmp_path):
@@ -271,10 +274,10 @@ def test_result_json_without_required_fields_is_rejected(tmp_path):
     result_dir.mkdir()
     (result_dir / "result.json").write_text(json.dumps({"name": "lenet5", "test_accuracy": 0.5}))
     with pytest.raises(ValueError, match="lacks params"):
-        write_report([str(result_dir)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+        write_report_files([str(result_dir)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
 
 
 def test_a_single_path_instead_of_a_list_is_rejected(tmp_path):
     result_dir = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
     with pytest.raises(ValueError, match="wrap it in a list"):
-        write_report(result_dir, str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+        write_report_files(result_dir, str(tmp_path / "out"), MANIFEST, RUN_CONFIG)

@@ -1,0 +1,84 @@
+"""How numbers read in the report, the `cnnpipe run` console and the CLI: percentages, percentage
+points, durations, counts and settings. Every formatter takes what a JSON file may hold and answers
+MISSING ("—") for a missing or non-finite value, so a table cell is never blank or "nan"."""
+
+from __future__ import annotations
+
+import math
+
+MISSING = "—"
+
+
+def is_number(value) -> bool:
+    """True for int/float values (bool excluded: JSON true is not a count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_percent(fraction) -> str:
+    """0.9125 -> '91.25%'."""
+    if not is_number(fraction) or not math.isfinite(fraction):
+        return MISSING
+    return f"{fraction * 100:.2f}%"
+
+
+def format_points(difference) -> str:
+    """A signed difference of fractions in percentage points, e.g. 0.012 -> '+1.20 pp'."""
+    if not is_number(difference) or not math.isfinite(difference):
+        return MISSING
+    return f"{difference * 100:+.2f} pp"
+
+
+def format_number(value, digits: int = 2) -> str:
+    """A float with a fixed number of decimals."""
+    if not is_number(value) or not math.isfinite(value):
+        return MISSING
+    return f"{value:.{digits}f}"
+
+
+def format_count(value) -> str:
+    """A whole number with thousands separators: 272474 -> '272,474'."""
+    if not is_number(value) or not math.isfinite(value):
+        return MISSING
+    return f"{round(value):,}"
+
+
+def format_duration(seconds) -> str:
+    """Seconds as '12.4 s', '3 min 05 s' or '1 h 02 min'."""
+    if not is_number(seconds) or not math.isfinite(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def format_setting(value) -> str:
+    """A setting as people write it: whole numbers without '.0' (KFP passes every number of a
+    dict parameter as a float, so batch_size arrives as 64.0), lists comma-separated."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_setting(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={format_setting(item)}" for key, item in sorted(value.items()))
+    return str(value)
+
+
+def format_shape(shape) -> str:
+    """[32, 32, 3] -> '32×32×3'."""
+    if not shape:
+        return MISSING
+    return "×".join(str(size) for size in shape)
+
+
+def format_splits(splits) -> str:
+    """{'train': 1000, 'test': 200} -> 'train 1,000 · test 200'."""
+    if not splits:
+        return MISSING
+    return " · ".join(f"{name} {format_count(count)}" for name, count in splits.items())

@@ -1,0 +1,82 @@
+"""Report step: turn the evaluated models of one run into report.html, report.md and summary.json.
+
+    summary.py     reads and checks each result.json (+ history.csv); builds summary.json
+    tables.py      the comparison and model registry tables, shared by both pages
+    markdown.py    report.md, the KFP Markdown artifact
+    html_page.py   report.html, self-contained (inline CSS, embedded PNG plots)
+    plots.py       the matplotlib figures, rendered straight to PNG bytes
+
+`write_report_files` is the entry point; the numbers read the same here, in the console and in the CLI
+because all of them format through components/formatting.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from components.artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, SUMMARY_FILE
+from components.errors import UserError
+from components.report.html_page import render_html
+from components.report.markdown import render_markdown
+from components.report.summary import build_summary, read_result, reference_applies, sort_by_accuracy
+
+__all__ = ["write_report_files", "reference_applies"]
+
+
+def write_report_files(result_dirs: list[str], output_dir: str, manifest: dict, run_config: dict) -> dict:
+    """Write report.html, report.md and summary.json for one run into output_dir.
+
+    Args:
+        result_dirs: evaluate output directories, each holding result.json and history.csv.
+        output_dir: directory for the three report files (created if missing).
+        manifest: the dataset manifest (data_prep.read_manifest) the models were trained on.
+        run_config: the resolved run settings; at least {"preset", "dataset"}, optionally
+            "promotion": [{"model", "decision", "champion_accuracy", "challenger_accuracy", "reason"}].
+            Without it, the registry decisions that the publish step stored in each result.json
+            (its "promotion" field) are shown.
+
+    Returns:
+        The summary dict written to summary.json.
+    """
+    if isinstance(result_dirs, (str, bytes, os.PathLike)):
+        raise UserError(
+            f"result_dirs must be a list of directories, got the single path {result_dirs!r}; wrap it in a list"
+        )
+    if not result_dirs:
+        raise UserError("result_dirs is empty; pass at least one evaluate output directory (with result.json)")
+    results = sort_by_accuracy([read_result(result_dir) for result_dir in result_dirs])
+    if "promotion" not in run_config:
+        promotion = [item.result["promotion"] for item in results if item.result.get("promotion")]
+        run_config = {**run_config, "promotion": promotion} if promotion else run_config
+    summary = build_summary(results, manifest, run_config)
+    files = {
+        SUMMARY_FILE: json.dumps(summary, indent=2, allow_nan=False) + "\n",
+        REPORT_MARKDOWN_FILE: render_markdown(summary, manifest, run_config),
+        REPORT_HTML_FILE: render_html(results, summary, manifest, run_config),
+    }
+    write_files_atomically(files, output_dir)
+    return summary
+
+
+def write_files_atomically(files: dict[str, str], output_dir: str) -> None:
+    """Write every file to a temp name in output_dir first, then rename them into place.
+
+    All content is rendered before this is called, so a failure while plotting or rendering
+    leaves no report file behind; the renames are atomic on one filesystem.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    temporary_paths = {}
+    try:
+        for name, text in files.items():
+            descriptor, temporary_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=output_dir)
+            temporary_paths[name] = temporary_path
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(text)
+        for name, temporary_path in temporary_paths.items():
+            os.replace(temporary_path, os.path.join(output_dir, name))
+    finally:
+        for temporary_path in temporary_paths.values():
+            if os.path.exists(temporary_path):
+                os.remove(temporary_path)
