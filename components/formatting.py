@@ -5,6 +5,7 @@ MISSING ("—") for a missing or non-finite value, so a table cell is never blan
 from __future__ import annotations
 
 import math
+from typing import Collection
 
 MISSING = "—"
 
@@ -14,11 +15,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def format_percent(fraction) -> str:
-    """0.9125 -> '91.25%'."""
+def format_percent(fraction, digits: int = 2, missing: str = MISSING) -> str:
+    """0.9125 -> '91.25%' (`digits` decimals); `missing` for anything that is not a finite number."""
     if not is_number(fraction) or not math.isfinite(fraction):
-        return MISSING
-    return f"{fraction * 100:.2f}%"
+        return missing
+    return f"{fraction * 100:.{digits}f}%"
 
 
 def format_points(difference) -> str:
@@ -54,6 +55,18 @@ def format_duration(seconds) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
+def format_clock_duration(seconds) -> str:
+    """Seconds as the console counts them: 4.2 -> '4.2 s', 185 -> '3:05', 3725 -> '1:02:05'."""
+    if not is_number(seconds) or not math.isfinite(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}:{whole % 60:02d}"
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
 def format_setting(value) -> str:
     """A setting as people write it: whole numbers without '.0' (KFP passes every number of a
     dict parameter as a float, so batch_size arrives as 64.0), lists comma-separated."""
@@ -82,3 +95,17 @@ def format_splits(splits) -> str:
     if not splits:
         return MISSING
     return " · ".join(f"{name} {format_count(count)}" for name, count in splits.items())
+
+
+def format_table(header: list[str], rows: list[list[str]], right_aligned: Collection[int] = ()) -> str:
+    """An aligned plain-text table for a terminal: the header, a line of dashes, the rows; columns two
+    spaces apart, left-aligned except those whose index is in `right_aligned` (numbers)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: list) -> str:
+        return "  ".join(
+            str(cell).rjust(width) if index in right_aligned else str(cell).ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * width for width in widths), *(line(row) for row in rows)])

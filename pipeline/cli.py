@@ -199,7 +199,8 @@ def command_run(args: argparse.Namespace) -> int:
     checkpoint_root = args.checkpoint_root or os.path.join(output_dir, "checkpoints")
     if args.runner == "subprocess" and (args.image or args.gpus):
         raise UserError("--image and --gpus need --runner docker; drop them or add --runner docker")
-    from pipeline.console import Console, comparison_table
+    from components.report.tables import comparison_text_table
+    from pipeline.console import Console
     from pipeline.local_run import (
         PipelineFailed, collect_outputs, init_local_runner, run_pipeline, stopping_tasks_on_exit,
     )
@@ -229,7 +230,7 @@ def command_run(args: argparse.Namespace) -> int:
         return 1
     report = collect_outputs(run_dir, output_dir)
     with open(os.path.join(output_dir, SUMMARY_FILE), encoding="utf-8") as handle:
-        print("\n" + comparison_table(json.load(handle)))
+        print("\n" + comparison_text_table(json.load(handle)))
     print(f"\nreport: {report}")
     return 0
 
@@ -239,6 +240,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_models(args: argparse.Namespace) -> int:
+    from components.formatting import format_percent, format_table
     from components.models import model_table
 
     rows = model_table()
@@ -252,8 +254,8 @@ def command_models(args: argparse.Namespace) -> int:
                 row["name"],
                 row["family"],
                 f"{row['params']:,}",
-                percent(row["reference_accuracy"]),
-                percent(row["seed_document_accuracy"]),
+                format_percent(row["reference_accuracy"], missing="-"),
+                format_percent(row["seed_document_accuracy"], missing="-"),
                 str(row["min_input_size"]),
             ]
             for row in rows
@@ -271,16 +273,6 @@ def command_presets(args: argparse.Namespace) -> int:
         print(f"  dataset={preset.dataset} models={','.join(preset.models)}")
         print("  " + " ".join(f"{key}={value}" for key, value in preset.train.items()))
     return 0
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = [header, ["-" * width for width in widths], *rows]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
 def command_bench(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from typing import Iterator, TextIO
 
 from components import progress
 from components.errors import ERROR_LINE_PREFIX, WARNING_LINE_PREFIX
+from components.formatting import format_clock_duration, format_count, format_percent
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TASK_STARTED = re.compile(r"Executing task '([^']+)'")
@@ -228,9 +229,9 @@ class Console:
         task.seconds = time.monotonic() - task.started
         self._draw_bar("")
         if status == "SUCCESS":
-            self._print(f"{clock()}  {task.name} done in {format_seconds(task.seconds)}")
+            self._print(f"{clock()}  {task.name} done in {format_clock_duration(task.seconds)}")
             return
-        self._print(f"{clock()}  {task.name} FAILED after {format_seconds(task.seconds)}; last lines of its log:")
+        self._print(f"{clock()}  {task.name} FAILED after {format_clock_duration(task.seconds)}; last lines of its log:")
         for text in task.tail:
             self._print(f"    | {text}")
         self._print(f"    log: {task.log_path}")
@@ -336,61 +337,15 @@ def metric_parts(event: dict, metrics: tuple[str, ...]) -> list[str]:
     for metric in metrics:
         value = event.get(metric)
         if isinstance(value, (int, float)):
-            parts.append(f"{metric} {value:.3f}" if metric == "loss" else f"{metric} {100 * value:.1f}%")
+            parts.append(f"{metric} {value:.3f}" if metric == "loss" else f"{metric} {format_percent(value, digits=1)}")
     speed = event.get("images_per_second")
     if isinstance(speed, (int, float)):
-        parts.append(f"{speed:,.0f} img/s")
+        parts.append(f"{format_count(speed)} img/s")
     eta = event.get("eta_seconds")
     if isinstance(eta, (int, float)):
-        parts.append(f"ETA {format_seconds(eta)}")
+        parts.append(f"ETA {format_clock_duration(eta)}")
     return parts
-
-
-def format_seconds(seconds: float) -> str:
-    """4.2 -> '4.2 s', 185 -> '3:05', 3725 -> '1:02:05'."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}:{whole % 60:02d}"
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def clock() -> str:
     return time.strftime("%H:%M:%S")
-
-
-# ---------------------------------------------------------------------------------------------
-# The comparison table that ends a run
-
-
-def comparison_table(summary: dict) -> str:
-    """summary.json's models as an aligned text table, best first, with the paper's figure only
-    where the run's dataset is the one that figure was measured on."""
-    from components.report import reference_applies
-
-    applies, reason = reference_applies(summary.get("dataset"))
-    header = ["model", "test acc.", "paper ref.", "parameters", "train time", "train img/s"]
-    rows = []
-    for entry in summary["models"]:
-        reference = entry.get("reference_accuracy")
-        rows.append([
-            entry["name"],
-            percent(entry.get("test_accuracy")),
-            percent(reference) if applies and reference is not None else "—",
-            f"{entry['params']:,}",
-            format_seconds(entry["train_seconds"]),
-            f"{entry['train_images_per_second']:,.0f}",
-        ])
-    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                       for column, (cell, width) in enumerate(zip(line, widths))).rstrip()
-             for line in [header, *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    if not applies:
-        lines.append(f"paper ref.: — because {reason}")
-    return "\n".join(lines)
-
-
-def percent(value) -> str:
-    return "—" if not isinstance(value, (int, float)) else f"{100 * value:.2f}%"

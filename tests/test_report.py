@@ -13,6 +13,7 @@ from components.artifacts import MISTAKES_FILE
 from components.formatting import format_setting
 from components.report import write_report_files
 from components.report.html_page import confused_pairs, dataset_rows
+from components.report.tables import comparison_text_table
 
 CLASS_NAMES = ["<b>cat", "dog & wolf", "$bird$"]
 
@@ -281,3 +282,24 @@ def test_a_single_path_instead_of_a_list_is_rejected(tmp_path):
     result_dir = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
     with pytest.raises(ValueError, match="wrap it in a list"):
         write_report_files(result_dir, str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
+
+
+def summary_for(dataset):
+    return {"dataset": dataset, "models": [
+        {"name": "resnet20_v1", "test_accuracy": 0.9, "reference_accuracy": 0.9125, "params": 272474,
+         "train_seconds": 75.0, "train_images_per_second": 310.4},
+        {"name": "lenet5", "test_accuracy": 0.5, "reference_accuracy": None, "params": 61706,
+         "train_seconds": 4.2, "train_images_per_second": 1900.0},
+    ]}
+
+
+def test_terminal_table_shows_the_paper_figure_only_on_its_dataset():
+    cifar = comparison_text_table(summary_for("cifar10")).splitlines()
+    assert cifar[0].split() == [
+        "model", "test", "acc.", "paper", "ref.", "parameters", "train", "time", "train", "img/s"]
+    assert cifar[2].split() == ["resnet20_v1", "90.00%", "91.25%", "272,474", "1:15", "310"]
+    assert cifar[3].split() == ["lenet5", "50.00%", "—", "61,706", "4.2", "s", "1,900"]
+    digits = comparison_text_table(summary_for("digits")).splitlines()
+    assert digits[2].split()[:3] == ["resnet20_v1", "90.00%", "—"]
+    assert digits[-1] == (
+        "paper ref.: — because the paper figures are CIFAR-10 test accuracies and this run is on digits")

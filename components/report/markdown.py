@@ -6,6 +6,7 @@ from components.formatting import format_duration, format_percent, format_settin
 from components.report.summary import reference_note
 from components.report.tables import comparison_columns, promotion_columns
 
+
 def render_markdown(summary: dict, manifest: dict, run_config: dict) -> str:
     """report.md: the comparison table and key numbers, no images."""
     best = summary["models"][0]
