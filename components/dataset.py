@@ -6,7 +6,7 @@
 
 Shards are read with parallel interleave. Local shards (and gs:// ones on a machine where
 TensorFlow could read them) are opened by TensorFlow directly. gs:// shards go through the
-project's storage layer (components/storage.py: retries, checksums, the emulator in tests):
+project's storage layer (components/storage: retries, checksums, the emulator in tests):
 each shard is downloaded just ahead of the reader into a local cache directory and deleted as
 soon as all its records have been read, so local disk stays bounded (see SHARD_LOOKAHEAD).
 """

@@ -65,3 +65,17 @@ def one_line(error: BaseException) -> str:
         return f"{error.strerror}: {error.filename}"
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
+
+
+# Storage failures (components/storage): one line naming the URI.
+class StorageError(UserError):
+    """A storage operation failed for good; the message is one line naming the URI."""
+
+
+class StorageUnavailableError(RuntimeError):
+    """The storage service kept failing for the whole retry budget: an outage, not a mistake in
+    the request, so a later retry (the cluster's, or the user's) may succeed."""
+
+
+class PreconditionFailedError(StorageError):
+    """A conditional write found another generation than the one it was given."""

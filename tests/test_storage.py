@@ -92,8 +92,8 @@ def test_download_tree_of_an_empty_prefix_names_it(root, tmp_path):
 
 
 def test_large_object_streams_in_chunks_with_progress_and_is_verified(gcs_emulator, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(storage, "LARGE_OBJECT_BYTES", 1024 * 1024)
-    monkeypatch.setattr(storage, "CHUNK_BYTES", 256 * 1024)
+    monkeypatch.setattr(storage.gcs, "LARGE_OBJECT_BYTES", 1024 * 1024)
+    monkeypatch.setattr(storage.gcs, "CHUNK_BYTES", 256 * 1024)
     data = os.urandom(3 * 1024 * 1024 + 123)
     (tmp_path / "big.bin").write_bytes(data)
     uri = gcs_emulator.url("big/big.bin")

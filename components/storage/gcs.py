@@ -1,0 +1,356 @@
+"""The GCS back end: ``gs://bucket/key`` objects through google-cloud-storage.
+
+The client honours ``STORAGE_EMULATOR_HOST`` (then anonymous credentials and project ``test`` are
+used) and otherwise the normal Google application-default credentials. Every call goes through
+``with_retries`` (retries.py); transfers are verified by size and checksum (checksums.py); an
+object appears only when its single upload completes. Objects above LARGE_OBJECT_BYTES stream in
+chunks with a progress line on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import time
+from typing import Callable, TypeVar
+
+from components.errors import PreconditionFailedError, StorageError, UserError
+from components.storage import local, retries
+from components.storage.checksums import TransferCorrupted, verify_transfer
+from components.storage.uris import split_gcs_uri
+
+# Objects above this size stream in chunks and show a progress line on stderr (bytes).
+LARGE_OBJECT_BYTES = 16 * 1024 * 1024
+# Resumable-upload chunk; GCS requires a multiple of 256 KiB (bytes).
+CHUNK_BYTES = 8 * 1024 * 1024
+# (connect, read) timeout of one HTTP request, seconds: a hung request counts as transient.
+REQUEST_TIMEOUT_SECONDS = (10, 120)
+
+Result = TypeVar("Result")
+
+
+# --------------------------------------------------------------------------- client and errors
+
+
+@functools.lru_cache(maxsize=None)
+def _client_for(emulator_host: str | None):
+    """One client per emulator host (None = real GCS), reused for all calls in this process."""
+    from google.cloud import storage as gcs
+
+    if emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+
+        return gcs.Client(project="test", credentials=AnonymousCredentials())
+    return gcs.Client()
+
+
+def _client(uri: str):
+    """The cached client for the current ``STORAGE_EMULATOR_HOST``; a clear error without credentials."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return _client_for(os.environ.get("STORAGE_EMULATOR_HOST") or None)
+    except DefaultCredentialsError:
+        raise StorageError(
+            f"no Google Cloud credentials to reach {uri}; run `gcloud auth application-default login`, "
+            "set GOOGLE_APPLICATION_CREDENTIALS, or set STORAGE_EMULATOR_HOST for an emulator"
+        ) from None
+
+
+def _blob(uri: str):
+    """The (unfetched) blob object for ``uri``."""
+    bucket_name, key = split_gcs_uri(uri)
+    if not key:
+        raise UserError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
+    return _client(uri).bucket(bucket_name).blob(key)
+
+
+def _directory_key(key: str) -> str:
+    """A key as a listing prefix: ``a/b`` -> ``a/b/`` so that ``a/bc`` is not under it."""
+    return key.rstrip("/") + "/" if key.strip("/") else ""
+
+
+def _bucket_is_missing(uri: str) -> bool:
+    """True only when the bucket of ``uri`` surely does not exist (no permission to check -> False)."""
+    bucket_name, _ = split_gcs_uri(uri)
+    try:
+        return not _client(uri).bucket(bucket_name).exists(retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+    except Exception:
+        return False
+
+
+def _permanent_error(error: BaseException, uri: str, action: str) -> Exception:
+    """The user-facing exception for a non-retryable failure of ``action`` on ``uri``."""
+    from google.api_core import exceptions as api_exceptions
+
+    bucket_name = split_gcs_uri(uri)[0]
+    code = getattr(error, "code", None) if isinstance(error, api_exceptions.GoogleAPICallError) else None
+    if code == 404:
+        if _bucket_is_missing(uri):
+            return StorageError(f"bucket {bucket_name!r} does not exist ({uri}); create it or fix the URI")
+        return FileNotFoundError(f"no object at {uri}; check the path")
+    if code == 412:
+        return PreconditionFailedError(f"{uri} changed since it was read (generation precondition failed)")
+    if code in (401, 403):
+        return StorageError(
+            f"permission denied to {action} {uri}; grant the service account access to bucket "
+            f"{bucket_name!r} or fix the credentials ({retries.summary(error)})"
+        )
+    return StorageError(f"cannot {action} {uri}: {retries.summary(error)}")
+
+
+def _with_retries(action: str, uri: str, operation: Callable[[], Result]) -> Result:
+    """Run ``operation`` with retries of transient failures; others become one-line errors."""
+    return retries.with_retries(action, uri, operation, _permanent_error)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def exists(uri: str) -> bool:
+    """Whether an object, or a prefix with at least one object under it, exists at ``uri``."""
+    bucket_name, key = split_gcs_uri(uri)
+
+    def look_for_object() -> bool:
+        blob = _client(uri).bucket(bucket_name).blob(key)
+        return blob.exists(retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+
+    # A missing bucket makes the listing fail with a clear error rather than answer False.
+    return (bool(key) and _with_retries("look up", uri, look_for_object)) or is_directory(uri)
+
+
+def is_directory(uri: str) -> bool:
+    """Whether ``uri`` is a prefix with at least one object under it."""
+    bucket_name, key = split_gcs_uri(uri)
+
+    def look() -> bool:
+        found = _client(uri).list_blobs(
+            bucket_name, prefix=_directory_key(key), max_results=1, retry=None, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+        return any(True for _ in found)
+
+    return _with_retries("list", uri, look)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a object."""
+    blob = _blob(uri)
+    return _with_retries(
+        "read", uri, lambda: blob.download_as_bytes(retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+    )
+
+
+def read_with_generation(uri: str) -> tuple[bytes, int]:
+    """Content and generation of one version of a object (for a later compare-and-swap)."""
+    bucket_name, key = split_gcs_uri(uri)
+
+    def read_pinned() -> tuple[bytes, int]:
+        from google.api_core import exceptions as api_exceptions
+
+        blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+        if blob is None:
+            raise FileNotFoundError(f"no object at {uri}; check the path")
+        read_generation = int(blob.generation)
+        try:
+            # The precondition pins the content to the generation just read.
+            data = blob.download_as_bytes(
+                if_generation_match=read_generation, retry=None, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except api_exceptions.PreconditionFailed as error:
+            raise api_exceptions.ServiceUnavailable(f"{uri} changed while being read") from error
+        return data, read_generation
+
+    return _with_retries("read", uri, read_pinned)
+
+
+def write_bytes(uri: str, data: bytes, if_generation_match: int | None = None) -> int:
+    """Write a whole object in one upload; returns its new generation. A retried conditional write
+    whose first attempt landed reports a precondition failure: callers re-read and find their own write."""
+    blob = _blob(uri)
+
+    def upload() -> int:
+        blob.upload_from_string(
+            data, if_generation_match=if_generation_match, retry=None, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+        return int(blob.generation)
+
+    return _with_retries("write", uri, upload)
+
+
+def generation(uri: str) -> int:
+    """The current generation of a object, 0 when it does not exist."""
+    bucket_name, key = split_gcs_uri(uri)
+
+    def look() -> int:
+        blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+        return 0 if blob is None else int(blob.generation)
+
+    return _with_retries("look up", uri, look)
+
+
+def delete(uri: str) -> None:
+    """Remove a object; a missing one is fine."""
+    from google.api_core import exceptions as api_exceptions
+
+    blob = _blob(uri)
+
+    def remove() -> None:
+        with contextlib.suppress(api_exceptions.NotFound):
+            blob.delete(retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+
+    _with_retries("delete", uri, remove)
+
+
+def list_files(prefix: str) -> list[str]:
+    """Relative names (``a/b.npy``) of all files/objects under a directory or prefix, sorted."""
+    bucket_name, key = split_gcs_uri(prefix)
+    listing_prefix = _directory_key(key)
+
+    def list_names() -> list[str]:
+        blobs = _client(prefix).list_blobs(
+            bucket_name, prefix=listing_prefix, retry=None, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+        # Names ending in "/" are folder placeholders made by consoles, not files.
+        return sorted(blob.name[len(listing_prefix):] for blob in blobs if not blob.name.endswith("/"))
+
+    return _with_retries("list", prefix, list_names)
+
+
+def download(uri: str, local_path: str) -> str:
+    """Copy one object to ``local_path`` atomically, verified by size and checksum; returns the path."""
+    bucket_name, key = split_gcs_uri(uri)
+
+    def fetch() -> str:
+        blob = _client(uri).bucket(bucket_name).get_blob(key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+        if blob is None:
+            raise FileNotFoundError(f"no object at {uri}; check the path")
+        large = (blob.size or 0) > LARGE_OBJECT_BYTES
+        progress = _Progress(f"download {uri}", blob.size or 0) if large else None
+
+        def write(file) -> None:
+            target = _ProgressWriter(file, progress) if progress else file
+            blob.download_to_file(target, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+
+        try:
+            local.atomic_write(local_path, write, check=lambda path: verify_transfer(path, blob, uri))
+        finally:
+            if progress:
+                progress.finish()
+        return local_path
+
+    return _with_retries("download", uri, fetch)
+
+
+def upload(local_path: str, uri: str) -> None:
+    """Copy one local file to a object atomically, verified by size and checksum."""
+    bucket_name, key = split_gcs_uri(uri)
+    if not key:
+        raise UserError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
+    size = os.path.getsize(local_path)
+    large = size > LARGE_OBJECT_BYTES
+
+    def send() -> None:
+        # A chunk size makes the client use a resumable upload that streams the file in pieces.
+        blob = _client(uri).bucket(bucket_name).blob(key, chunk_size=CHUNK_BYTES if large else None)
+        progress = _Progress(f"upload {uri}", size) if large else None
+        try:
+            with open(local_path, "rb") as file:
+                source = _ProgressReader(file, progress) if progress else file
+                blob.upload_from_file(source, size=size, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+        finally:
+            if progress:
+                progress.finish()
+        verify_transfer(local_path, blob, uri)
+
+    _with_retries("upload", uri, send)
+
+
+def copy(source: str, destination: str) -> None:
+    """Copy one object to another on the server, verified by CRC32C."""
+    source_bucket, source_key = split_gcs_uri(source)
+    destination_blob = _blob(destination)
+
+    def rewrite() -> None:
+        client = _client(source)
+        source_blob = client.bucket(source_bucket).get_blob(source_key, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+        if source_blob is None:
+            raise FileNotFoundError(f"no object at {source}; check the path")
+        # Large or cross-location copies take several rewrite calls; the token carries the progress.
+        token, _, _ = destination_blob.rewrite(source_blob, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+        while token is not None:
+            token, _, _ = destination_blob.rewrite(
+                source_blob, token=token, retry=None, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        if source_blob.crc32c and destination_blob.crc32c and source_blob.crc32c != destination_blob.crc32c:
+            raise TransferCorrupted(f"crc32c mismatch copying {source} to {destination}")
+
+    _with_retries("copy", destination, rewrite)
+
+
+# --------------------------------------------------------------------------- progress of large transfers
+
+
+class _Progress:
+    """A hand-written progress line on stderr: carriage returns on a terminal, one line per 10 % in logs."""
+
+    def __init__(self, label: str, total_bytes: int):
+        self.label = label
+        self.total_bytes = max(total_bytes, 1)
+        self.on_terminal = sys.stderr.isatty()
+        self.last_printed_tenth = -1
+        self.last_printed_time = 0.0
+
+    def update(self, done_bytes: int) -> None:
+        """Report ``done_bytes`` transferred so far (printed at most a few times a second)."""
+        fraction = min(done_bytes / self.total_bytes, 1.0)
+        tenth = int(fraction * 10)
+        now = time.monotonic()
+        if self.on_terminal and now - self.last_printed_time < 0.2 and fraction < 1.0:
+            return
+        if not self.on_terminal and tenth == self.last_printed_tenth:
+            return
+        self.last_printed_tenth, self.last_printed_time = tenth, now
+        megabytes = 1024 * 1024
+        line = (
+            f"{self.label}: {done_bytes / megabytes:.1f}/{self.total_bytes / megabytes:.1f} MB "
+            f"({100 * fraction:3.0f}%)"
+        )
+        print(line, end="\r" if self.on_terminal else "\n", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """End the progress line."""
+        if self.on_terminal:
+            print(file=sys.stderr, flush=True)
+
+
+class _ProgressWriter:
+    """A binary file wrapper that reports the bytes written to a ``_Progress``."""
+
+    def __init__(self, file, progress: _Progress):
+        self.file, self.progress, self.written = file, progress, 0
+
+    def write(self, data) -> int:
+        count = self.file.write(data)
+        self.written += len(data)
+        self.progress.update(self.written)
+        return count
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+class _ProgressReader:
+    """A binary file wrapper that reports the read position to a ``_Progress``."""
+
+    def __init__(self, file, progress: _Progress):
+        self.file, self.progress = file, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.file.read(size)
+        self.progress.update(self.file.tell())
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
