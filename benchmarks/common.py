@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from components import atomic
+
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPOSITORY_ROOT, "benchmarks", "results")
 
@@ -105,8 +107,4 @@ def write_result(path: str, result: dict[str, Any]) -> None:
     """Prints the result as JSON and writes it to `path` (atomically)."""
     text = json.dumps(result, indent=2, default=float)
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text + "\n")
-    os.replace(temporary, path)
+    atomic.write_text(path, text + "\n")

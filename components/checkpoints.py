@@ -18,7 +18,7 @@ import os
 import shutil
 from typing import Any
 
-from components import storage
+from components import atomic, storage
 from components.errors import UserError
 
 STATE_FILE = "state.json"
@@ -125,6 +125,5 @@ def check_recorded_failure(checkpoint_dir: str, location: str, fingerprint: str)
 
 def save_model_atomically(model, path: str) -> None:
     """model.save to a temporary name beside `path`, then rename (Keras requires the .keras suffix)."""
-    temporary = path + ".tmp.keras"
-    model.save(temporary)
-    os.replace(temporary, path)
+    with atomic.replaced_on_success(path, suffix=".keras") as temporary:
+        model.save(temporary)

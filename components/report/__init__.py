@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
+from components import atomic
 from components.artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, SUMMARY_FILE
 from components.errors import UserError
 from components.report.html_page import render_html
@@ -56,27 +56,6 @@ def write_report_files(result_dirs: list[str], output_dir: str, manifest: dict, 
         REPORT_MARKDOWN_FILE: render_markdown(summary, manifest, run_config),
         REPORT_HTML_FILE: render_html(results, summary, manifest, run_config),
     }
-    write_files_atomically(files, output_dir)
+    # Everything is rendered before the first write, so a failed plot leaves no report file behind.
+    atomic.write_files(output_dir, files)
     return summary
-
-
-def write_files_atomically(files: dict[str, str], output_dir: str) -> None:
-    """Write every file to a temp name in output_dir first, then rename them into place.
-
-    All content is rendered before this is called, so a failure while plotting or rendering
-    leaves no report file behind; the renames are atomic on one filesystem.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    temporary_paths = {}
-    try:
-        for name, text in files.items():
-            descriptor, temporary_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=output_dir)
-            temporary_paths[name] = temporary_path
-            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                file.write(text)
-        for name, temporary_path in temporary_paths.items():
-            os.replace(temporary_path, os.path.join(output_dir, name))
-    finally:
-        for temporary_path in temporary_paths.values():
-            if os.path.exists(temporary_path):
-                os.remove(temporary_path)

@@ -16,8 +16,9 @@ import sys
 import time
 from typing import Callable, TypeVar
 
+from components import atomic
 from components.errors import PreconditionFailedError, StorageError, UserError
-from components.storage import local, retries
+from components.storage import retries
 from components.storage.checksums import TransferCorrupted, verify_transfer
 from components.storage.uris import split_gcs_uri
 
@@ -234,7 +235,7 @@ def download(uri: str, local_path: str) -> str:
             blob.download_to_file(target, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
 
         try:
-            local.atomic_write(local_path, write, check=lambda path: verify_transfer(path, blob, uri))
+            atomic.write_file(local_path, write, check=lambda path: verify_transfer(path, blob, uri))
         finally:
             if progress:
                 progress.finish()

@@ -1,6 +1,6 @@
 """The local back end: files on this machine's filesystem.
 
-Writes go to a temporary file beside the target and are renamed over it. A file's generation is
+Writes go to a temporary file beside the target and are renamed over it (components/atomic.py). A file's generation is
 derived from its content, and a conditional write (``if_generation_match``) holds an exclusive
 lock on a ``.<name>.lock`` file beside the target while it compares and writes.
 """
@@ -11,9 +11,8 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
-from typing import Callable
 
+from components import atomic
 from components.errors import PreconditionFailedError
 
 # Block size for streaming copies (bytes).
@@ -32,28 +31,6 @@ def generation(path: str) -> int:
             return content_generation(file.read())
     except FileNotFoundError:
         return 0
-
-
-def atomic_write(path: str, write: Callable[[object], None], check: Callable[[str], None] | None = None) -> None:
-    """Create ``path`` through ``write(file)`` on a temporary file beside it, then rename over it.
-
-    ``check(temporary_path)`` runs on the complete temporary file before the rename and may refuse it.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    descriptor, temporary_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        if check is not None:
-            check(temporary_path)
-        os.replace(temporary_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary_path)
-        raise
 
 
 @contextlib.contextmanager
@@ -92,7 +69,7 @@ def read_with_generation(path: str) -> tuple[bytes, int]:
 
 def write_bytes(path: str, data: bytes, if_generation_match: int | None = None) -> int:
     if if_generation_match is None:
-        atomic_write(path, lambda file: file.write(data))
+        atomic.write_file(path, lambda file: file.write(data))
         return content_generation(data)
     with lock(path):
         current = generation(path)
@@ -100,7 +77,7 @@ def write_bytes(path: str, data: bytes, if_generation_match: int | None = None) 
             raise PreconditionFailedError(
                 f"{path} changed since it was read (generation {current}, expected {if_generation_match})"
             )
-        atomic_write(path, lambda file: file.write(data))
+        atomic.write_file(path, lambda file: file.write(data))
     return content_generation(data)
 
 
@@ -122,7 +99,7 @@ def list_files(directory: str) -> list[str]:
 def copy(source_path: str, destination_path: str) -> None:
     """Copy one file atomically (nothing to do when both name the same file)."""
     if os.path.abspath(source_path) != os.path.abspath(destination_path):
-        atomic_write(destination_path, lambda file: copy_into(source_path, file))
+        atomic.write_file(destination_path, lambda file: copy_into(source_path, file))
 
 
 def copy_into(source_path: str, file) -> None:
