@@ -325,8 +325,7 @@ def describe_epoch(event: dict) -> str:
 def describe_step(event: dict) -> str:
     """The live bar: model, epoch, a bar of the epoch's steps, metrics so far and ETA."""
     steps, step = event.get("steps") or 0, event.get("step") or 0
-    filled = round(BAR_WIDTH * step / steps) if steps else 0
-    bar = "[" + "#" * filled + "." * (BAR_WIDTH - filled) + f"] {step}/{steps or '?'}"
+    bar = progress.bar(step, steps, BAR_WIDTH) + f" {step}/{steps or '?'}"
     head = f"{event.get('model', '?')}  epoch {event.get('epoch', '?')}/{event.get('epochs', '?')} {bar}"
     return "  ".join([head, *metric_parts(event, ("loss", "accuracy"))])
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
-import time
 from typing import Callable, TypeVar
 
-from components import atomic
+from components import atomic, progress
 from components.errors import PreconditionFailedError, StorageError, UserError
 from components.storage import retries
 from components.storage.checksums import TransferCorrupted, verify_transfer
@@ -228,17 +226,17 @@ def download(uri: str, local_path: str) -> str:
         if blob is None:
             raise FileNotFoundError(f"no object at {uri}; check the path")
         large = (blob.size or 0) > LARGE_OBJECT_BYTES
-        progress = _Progress(f"download {uri}", blob.size or 0) if large else None
+        progress_line = _transfer_progress("download", uri, blob.size or 0) if large else None
 
         def write(file) -> None:
-            target = _ProgressWriter(file, progress) if progress else file
+            target = _ProgressWriter(file, progress_line) if progress_line else file
             blob.download_to_file(target, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
 
         try:
             atomic.write_file(local_path, write, check=lambda path: verify_transfer(path, blob, uri))
         finally:
-            if progress:
-                progress.finish()
+            if progress_line:
+                progress_line.finish()
         return local_path
 
     return _with_retries("download", uri, fetch)
@@ -255,14 +253,14 @@ def upload(local_path: str, uri: str) -> None:
     def send() -> None:
         # A chunk size makes the client use a resumable upload that streams the file in pieces.
         blob = _client(uri).bucket(bucket_name).blob(key, chunk_size=CHUNK_BYTES if large else None)
-        progress = _Progress(f"upload {uri}", size) if large else None
+        progress_line = _transfer_progress("upload", uri, size) if large else None
         try:
             with open(local_path, "rb") as file:
-                source = _ProgressReader(file, progress) if progress else file
+                source = _ProgressReader(file, progress_line) if progress_line else file
                 blob.upload_from_file(source, size=size, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         finally:
-            if progress:
-                progress.finish()
+            if progress_line:
+                progress_line.finish()
         verify_transfer(local_path, blob, uri)
 
     _with_retries("upload", uri, send)
@@ -293,49 +291,27 @@ def copy(source: str, destination: str) -> None:
 # --------------------------------------------------------------------------- progress of large transfers
 
 
-class _Progress:
-    """A hand-written progress line on stderr: carriage returns on a terminal, one line per 10 % in logs."""
+def _transfer_progress(action: str, uri: str, total_bytes: int) -> progress.ProgressLine:
+    """A progress line for a large transfer: 'download gs://b/k: 12.0/48.0 MB ( 25%)'."""
+    megabytes = 1024 * 1024
 
-    def __init__(self, label: str, total_bytes: int):
-        self.label = label
-        self.total_bytes = max(total_bytes, 1)
-        self.on_terminal = sys.stderr.isatty()
-        self.last_printed_tenth = -1
-        self.last_printed_time = 0.0
+    def describe(done_bytes: float, total: float) -> str:
+        fraction = min(done_bytes / total, 1.0)
+        return f"{action} {uri}: {done_bytes / megabytes:.1f}/{total / megabytes:.1f} MB ({100 * fraction:3.0f}%)"
 
-    def update(self, done_bytes: int) -> None:
-        """Report ``done_bytes`` transferred so far (printed at most a few times a second)."""
-        fraction = min(done_bytes / self.total_bytes, 1.0)
-        tenth = int(fraction * 10)
-        now = time.monotonic()
-        if self.on_terminal and now - self.last_printed_time < 0.2 and fraction < 1.0:
-            return
-        if not self.on_terminal and tenth == self.last_printed_tenth:
-            return
-        self.last_printed_tenth, self.last_printed_time = tenth, now
-        megabytes = 1024 * 1024
-        line = (
-            f"{self.label}: {done_bytes / megabytes:.1f}/{self.total_bytes / megabytes:.1f} MB "
-            f"({100 * fraction:3.0f}%)"
-        )
-        print(line, end="\r" if self.on_terminal else "\n", file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        """End the progress line."""
-        if self.on_terminal:
-            print(file=sys.stderr, flush=True)
+    return progress.ProgressLine(total_bytes, describe)
 
 
 class _ProgressWriter:
-    """A binary file wrapper that reports the bytes written to a ``_Progress``."""
+    """A binary file wrapper that reports the bytes written to a progress line."""
 
-    def __init__(self, file, progress: _Progress):
-        self.file, self.progress, self.written = file, progress, 0
+    def __init__(self, file, line: progress.ProgressLine):
+        self.file, self.line, self.written = file, line, 0
 
     def write(self, data) -> int:
         count = self.file.write(data)
         self.written += len(data)
-        self.progress.update(self.written)
+        self.line.update(self.written)
         return count
 
     def __getattr__(self, name):
@@ -343,14 +319,14 @@ class _ProgressWriter:
 
 
 class _ProgressReader:
-    """A binary file wrapper that reports the read position to a ``_Progress``."""
+    """A binary file wrapper that reports the read position to a progress line."""
 
-    def __init__(self, file, progress: _Progress):
-        self.file, self.progress = file, progress
+    def __init__(self, file, line: progress.ProgressLine):
+        self.file, self.line = file, line
 
     def read(self, size: int = -1) -> bytes:
         data = self.file.read(size)
-        self.progress.update(self.file.tell())
+        self.line.update(self.file.tell())
         return data
 
     def __getattr__(self, name):
