@@ -6,7 +6,7 @@
     linear    WarmupLinearDecay: the same warmup joined to a straight line down to 0 at the last step;
     step      the seed documents' milestones (x0.1, x0.01, ... at 40/60/80/90 % of the epochs) times the
               reduce-on-plateau scale, which the PlateauCallback updates after each epoch.
-Each is the step-wise form of `components.recipe.learning_rate_at_step`, which tests compare
+Each is the step-wise form of `learning_rate_at_step` in tests/schedule_reference.py, which tests compare
 it with. Being a function of the optimizer's step counter, the rate is right at every step
 however many steps one compiled call runs, and a resumed run continues the same curve.
 """

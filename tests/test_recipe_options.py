@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from components.keras_setup import keras
-from components.recipe import TrainConfig, learning_rate_at, learning_rate_at_step
+from components.recipe import TrainConfig
 from components.train import assemble_model, compile_model, train, with_test_time_flip
+from schedule_reference import learning_rate_at, learning_rate_at_step
 from test_train import quick_config, read_history, write_dataset
 
 

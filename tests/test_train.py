@@ -25,16 +25,13 @@ from components.recipe import (
     PLATEAU_PATIENCE,
     PlateauState,
     TrainConfig,
-    cosine_learning_rate,
-    learning_rate_at,
-    learning_rate_at_step,
-    step_learning_rate,
     update_plateau,
 )
 from components.schedules import make_learning_rate
 from components.dataset import open_dataset
 from components.input_pipeline import augment_batch, make_train_dataset, shift_and_flip, shift_pixels_for, steps_per_epoch_for
 from components.train import make_optimizer, train
+from schedule_reference import cosine_learning_rate, learning_rate_at, learning_rate_at_step, step_learning_rate
 
 TINY_SHAPE = (8, 8, 1)
 TINY_CLASSES = 3
