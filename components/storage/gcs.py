@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 
 from components import atomic, progress
 from components.errors import PreconditionFailedError, StorageError, UserError
-from components.storage import retries
+from components.storage.retries import describe_error, with_retries
 from components.storage.checksums import TransferCorrupted, verify_transfer
 from components.storage.uris import split_gcs_uri
 
@@ -95,14 +95,14 @@ def _permanent_error(error: BaseException, uri: str, action: str) -> Exception:
     if code in (401, 403):
         return StorageError(
             f"permission denied to {action} {uri}; grant the service account access to bucket "
-            f"{bucket_name!r} or fix the credentials ({retries.summary(error)})"
+            f"{bucket_name!r} or fix the credentials ({describe_error(error)})"
         )
-    return StorageError(f"cannot {action} {uri}: {retries.summary(error)}")
+    return StorageError(f"cannot {action} {uri}: {describe_error(error)}")
 
 
 def _with_retries(action: str, uri: str, operation: Callable[[], Result]) -> Result:
     """Run ``operation`` with retries of transient failures; others become one-line errors."""
-    return retries.with_retries(action, uri, operation, _permanent_error)
+    return with_retries(action, uri, operation, _permanent_error)
 
 
 # --------------------------------------------------------------------------- objects

@@ -68,7 +68,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, network_errors)
 
 
-def summary(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """An exception as one short line (library messages can span lines and quote whole URLs)."""
     from google.cloud.storage import exceptions as storage_exceptions
 
@@ -107,7 +107,7 @@ def with_retries(
             if attempt == MAX_ATTEMPTS or elapsed + backoff > budget_seconds:
                 raise StorageUnavailableError(
                     f"cannot {action} {uri}: still failing after {attempt} attempts in {elapsed:.1f} s "
-                    f"({summary(error)}); check the network or the storage service, or raise "
+                    f"({describe_error(error)}); check the network or the storage service, or raise "
                     f"{RETRY_SECONDS_ENVIRONMENT_VARIABLE}"
                 ) from error
             time.sleep(backoff)
