@@ -1,7 +1,8 @@
 """Report step: turn the evaluated models of one run into report.html, report.md and summary.json.
 
     summary.py     reads and checks each result.json (+ history.csv); builds summary.json
-    tables.py      the comparison and model registry tables, shared by both pages
+    tables.py      the comparison and model registry tables, shared by both pages and by the
+                   text table `cnnpipe run` ends with
     markdown.py    report.md, the KFP Markdown artifact
     html_page.py   report.html, self-contained (inline CSS, embedded PNG plots)
     plots.py       the matplotlib figures, rendered straight to PNG bytes

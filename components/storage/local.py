@@ -1,8 +1,8 @@
 """The local back end: files on this machine's filesystem.
 
-Writes go to a temporary file beside the target and are renamed over it (components/atomic.py). A file's generation is
-derived from its content, and a conditional write (``if_generation_match``) holds an exclusive
-lock on a ``.<name>.lock`` file beside the target while it compares and writes.
+Writes go to a temporary file beside the target and are renamed over it (components/atomic.py).
+A file's generation is derived from its content, and a conditional write (``if_generation_match``)
+holds an exclusive lock on a ``.<name>.lock`` file beside the target while it compares and writes.
 """
 
 from __future__ import annotations
