@@ -44,7 +44,7 @@ from components.sources import check_source, open_source  # noqa: F401  (check_s
 from components.sources.base import SourceStream, checked_image_size
 from components.sources.keyword import KEYWORD_SOURCES
 from components.sources.splits import stratified_split
-from components.workers import process_running
+from components.processes import process_running
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import sys
 # it (pipeline/placement.py), since the same inputs fail the same way.
 USER_ERROR_EXIT_CODE = 2
 # How a step's output marks its one-line user mistake and its warnings; the pipeline's console,
-# the worker launcher and the JobSet launcher read these lines back.
+# the worker launcher and the JobSet launcher read these lines back (`reported_user_error`).
 ERROR_LINE_PREFIX = "error: "
 WARNING_LINE_PREFIX = "warning: "
 
@@ -57,6 +57,11 @@ def pipeline_step():
     finally:
         project_logger.removeHandler(handler)
         project_logger.level, project_logger.propagate = saved
+
+
+def reported_user_error(line: str) -> str | None:
+    """The user mistake a step's output line reports (its ``error: ...`` line, without the prefix), else None."""
+    return line[len(ERROR_LINE_PREFIX):] if line.startswith(ERROR_LINE_PREFIX) else None
 
 
 def one_line(error: BaseException) -> str:

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from components import checks
-from components.artifacts import TRAIN_RESULT_FILE
-from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError
+from components.errors import USER_ERROR_EXIT_CODE, UserError, reported_user_error
+from components.processes import TERMINATE_GRACE_SECONDS, die_with_parent, sigterm_as_interrupt, terminate_groups
 
 # Environment variables pipeline/jobset.py sets on every worker pod: what the JobSet spec knows
 # and the pod cannot look up by itself.
@@ -43,13 +43,8 @@ COMPLETION_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 
 # How many of a failed worker's last output lines its error shows.
 ERROR_TAIL_LINES = 20
-# How long a worker may take to exit after SIGTERM before it is killed (seconds).
-TERMINATE_GRACE_SECONDS = 10.0
 # How often the launcher checks its workers' exit status (seconds).
 POLL_SECONDS = 0.1
-# Where a JobSet worker pod puts the outputs of its train command; the train task's own pod
-# writes the real ones from the shared checkpoint.
-WORKER_SCRATCH_OUTPUT = "/tmp/cnnpipe-worker-output"
 
 
 def tf_config(worker_hosts: list[str], index: int) -> str:
@@ -107,7 +102,7 @@ def run_local_workers(worker_count: int, argv: list[str], *, env: dict | None = 
         log_dir.mkdir(parents=True, exist_ok=True)
         stack.enter_context(sigterm_as_interrupt())
         workers: list[subprocess.Popen] = []
-        stack.callback(terminate_all, workers)
+        stack.callback(terminate_groups, workers)
         chief_tail: collections.deque[str] = collections.deque(maxlen=ERROR_TAIL_LINES)
         for index in range(worker_count):
             environment = dict(base_environment, TF_CONFIG=tf_config(hosts, index))
@@ -118,7 +113,7 @@ def run_local_workers(worker_count: int, argv: list[str], *, env: dict | None = 
         if failed is None:
             relay.join(timeout=TERMINATE_GRACE_SECONDS)
             return
-        terminate_all(workers)
+        terminate_groups(workers)
         relay.join(timeout=TERMINATE_GRACE_SECONDS)
         index = workers.index(failed)
         tail = list(chief_tail) if index == 0 else last_lines(log_dir / f"worker-{index}.log")
@@ -135,19 +130,6 @@ def start_worker(argv: list[str], environment: dict, log_path: Path | None) -> s
         # The child keeps its own copy of the descriptor; ours can close at once.
         return subprocess.Popen(argv, env=environment, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent)
-
-
-def die_with_parent() -> None:
-    """In a new worker: ask Linux to SIGKILL it when the launcher dies, even by SIGKILL.
-
-    Otherwise a killed launcher leaves its workers waiting forever on each other's collectives.
-    Elsewhere than Linux this does nothing (the launcher still stops them when it can).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def relay_lines(stream, tail: collections.deque) -> None:
@@ -175,56 +157,6 @@ def wait_for_first_failure(workers: list[subprocess.Popen]) -> subprocess.Popen 
         time.sleep(POLL_SECONDS)
 
 
-def terminate_all(workers: list[subprocess.Popen]) -> None:
-    """SIGTERM to every running worker's process group, SIGKILL to those still alive after the grace."""
-    running = [worker for worker in workers if worker.poll() is None]
-    for worker in running:
-        signal_group(worker, signal.SIGTERM)
-    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-    for worker in running:
-        try:
-            worker.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            signal_group(worker, signal.SIGKILL)
-            worker.wait()
-
-
-def process_running(pid: int) -> bool:
-    """Whether process `pid` is alive on this machine and not a zombie waiting for its parent (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat_file:
-            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def signal_group(worker: subprocess.Popen, signal_number: int) -> None:
-    """Signals a worker and whatever it started (each worker leads its own process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.pid, signal_number)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Turns SIGTERM into KeyboardInterrupt meanwhile, so cleanup runs when a runner stops us.
-
-    Python's default SIGTERM ends the process at once and would leave the workers orphaned.
-    Signal handlers can only be set from the main thread; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signal_number, frame):
-        raise KeyboardInterrupt(f"signal {signal_number}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def last_lines(path: Path, count: int = ERROR_TAIL_LINES) -> list[str]:
     """The last `count` lines of a worker's log file."""
     with open(path, errors="replace") as log:
@@ -235,7 +167,7 @@ def worker_error(index: int, worker_count: int, exit_code: int, tail: list[str])
     """The error for a failed worker: a one-line UserError for a user mistake, else a RuntimeError."""
     who = f"worker {index} of {worker_count}" + (" (the chief)" if index == 0 else "")
     if exit_code == USER_ERROR_EXIT_CODE:
-        reported = [line[len(ERROR_LINE_PREFIX):] for line in tail if line.startswith(ERROR_LINE_PREFIX)]
+        reported = [mistake for mistake in map(reported_user_error, tail) if mistake is not None]
         return UserError(reported[-1] if reported else f"{who} stopped on a user mistake (exit code {exit_code})")
     how = f"was killed by {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exited with code {exit_code}"
     return RuntimeError(f"{who} {how}; its last lines:\n" + "\n".join(tail))
@@ -280,65 +212,3 @@ def exec_as_jobset_worker(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     exec_as_jobset_worker(sys.argv[1:])
-
-
-# ---------------------------------------------------------------------------------------------
-# The train step on several workers
-
-
-def train_command(dataset: str, model_name: str, output: str, config: dict, *, checkpoint_dir: str | None = None,
-                  tensorboard_dir: str | None = None) -> list[str]:
-    """The `cnnpipe` arguments that train one model as one worker (the same step a single process runs)."""
-    command = ["component", "train", "--dataset", dataset, "--model", model_name, "--output", output,
-               "--config", json.dumps(config)]
-    if checkpoint_dir:
-        command += ["--checkpoint-dir", checkpoint_dir]
-    if tensorboard_dir:
-        command += ["--tensorboard-dir", tensorboard_dir]
-    return command
-
-
-def train_on_workers(worker_count: int, dataset_dir: str, dataset_uri: str, model_name: str, output_dir: str, config,
-                     *, checkpoint_dir: str | None, tensorboard_dir: str | None, run_id: str = "",
-                     cluster_placement: str = "") -> dict:
-    """The train task: trains in this process, on N local processes, or on a JobSet of N pods.
-
-    On the cluster (`cluster_placement` set by `cnnpipe compile`) the worker pods read the
-    dataset at `dataset_uri` and share their progress through the gs:// `checkpoint_dir`; once
-    they are done, this pod writes the chief's best model and records to `output_dir` from the
-    final checkpoint (a train run whose epochs are all done only writes its outputs).
-
-    Args:
-        config: The TrainConfig.
-        run_id: Names the JobSet with the model; the same on a retry of the task, which then replaces it.
-        cluster_placement: JSON of pipeline.jobset.placement_arguments, '' off the cluster.
-    """
-    # components.train (TensorFlow) is imported only where this process trains: a launcher of
-    # local worker processes does not pay TensorFlow's start-up beside them.
-    from components import storage
-
-    check_worker_count(worker_count)
-    if worker_count == 1:
-        from components.train import train
-
-        return train(dataset_dir, model_name, output_dir, config, checkpoint_dir, tensorboard_dir=tensorboard_dir)
-    if not cluster_placement:
-        command = train_command(dataset_dir, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
-                                tensorboard_dir=tensorboard_dir)
-        run_local_workers(worker_count, [sys.executable, "-m", "pipeline.cli", *command])
-        return storage.read_json(os.path.join(output_dir, TRAIN_RESULT_FILE))
-    if not checkpoint_dir or not storage.is_gcs(checkpoint_dir):
-        raise UserError("training on several workers on the cluster needs a gs:// checkpoint_root: the worker pods "
-                        "share their progress through it; pass --param checkpoint_root=gs://BUCKET/checkpoints")
-    from pipeline.jobset import jobset_name, run_workers_on_cluster
-
-    placement = json.loads(cluster_placement)
-    max_restarts = placement.pop("max_restarts", 3)
-    if not tensorboard_dir or not storage.is_gcs(tensorboard_dir):
-        tensorboard_dir = storage.join(checkpoint_dir, "tensorboard")  # the pods cannot write into this pod
-    command = ["cnnpipe", *train_command(dataset_uri, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
-                                         checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
-    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement, max_restarts=max_restarts)
-    from components.train import train
-
-    return train(dataset_dir, model_name, output_dir, config, checkpoint_dir)

@@ -476,8 +476,8 @@ def component_prepare(args: argparse.Namespace) -> int:
 
 def component_train(args: argparse.Namespace) -> int:
     from components.recipe import TrainConfig
-    from components.workers import train_on_workers
     from pipeline.config import get_preset
+    from pipeline.launch import train_on_workers
 
     try:
         overrides = json.loads(args.config)
@@ -490,7 +490,7 @@ def component_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict({**get_preset(args.preset).train, **overrides})
     # A process started as one of several workers (TF_CONFIG set) trains as that worker.
     workers = 1 if "TF_CONFIG" in os.environ else args.workers
-    result = train_on_workers(workers, args.dataset, args.dataset, args.model, args.output, config,
+    result = train_on_workers(workers, args.dataset, args.model, args.output, config,
                               checkpoint_dir=args.checkpoint_dir, tensorboard_dir=args.tensorboard_dir)
     print(json.dumps({key: result.get(key) for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))
     return 0

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from components import workers
-from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError
+from components.errors import USER_ERROR_EXIT_CODE, UserError, reported_user_error
+from components.processes import sigterm_as_interrupt
 from pipeline.cluster import RUNNER_SERVICE_ACCOUNT
 from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
 
@@ -230,7 +231,7 @@ def run_jobset(manifest: dict, *, api_client=None, poll_seconds: float = 10.0,
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     follower = ChiefLogFollower(core, namespace, name, log, poll_seconds)
-    with workers.sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             create_jobset(custom, manifest, log)
         except UserError:
@@ -416,8 +417,9 @@ class ChiefLogFollower:
         self._followed.add(pod)
         try:
             for line in split_lines(response.stream(4096)):
-                if line.startswith(ERROR_LINE_PREFIX):
-                    self.user_mistake = line[len(ERROR_LINE_PREFIX):]
+                mistake = reported_user_error(line)
+                if mistake is not None:
+                    self.user_mistake = mistake
                 self.log(line)
         finally:
             response.release_conn()

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import time
 import warnings
 
 from pipeline.config import RunConfig
@@ -23,7 +22,7 @@ from pipeline.console import Console
 
 from components.artifacts import HISTORY_FILE, MODEL_FILE, REPORT_FILES, REPORT_HTML_FILE, TRAIN_RESULT_FILE
 from components.errors import UserError
-from components.workers import process_running
+from components.processes import descendant_processes, terminate_processes
 
 MODEL_FILES = (MODEL_FILE, HISTORY_FILE)
 
@@ -288,37 +287,3 @@ def stopping_tasks_on_exit():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-
-
-def descendant_processes(pid: int) -> list[int]:
-    """Every process below `pid` (children first), read from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat_file:
-                parent = int(stat_file.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
-        children.setdefault(parent, []).append(int(entry))
-    found, pending = [], [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def terminate_processes(pids: list[int], grace_seconds: float = 10.0) -> None:
-    """SIGTERM to each, then SIGKILL to those still running after `grace_seconds`."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and any(process_running(pid) for pid in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if process_running(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)

@@ -70,14 +70,15 @@ def train_model(
     from components import storage
     from components.errors import pipeline_step
     from components.recipe import TrainConfig
-    from components.workers import train_on_workers
+    from pipeline.launch import train_on_workers
+    from pipeline.step_inputs import checkpoint_run_id, dataset_location
 
-    run_id = run_name or pipeline_job_id
+    run_id = checkpoint_run_id(run_name, pipeline_job_id)
     checkpoint_dir = storage.join(checkpoint_root, run_id, model_name) if checkpoint_root else None
     tensorboard_dir = storage.join(tensorboard_root, model_name) if tensorboard_root else os.path.join(model.path, "tensorboard")
     with pipeline_step():
         result = train_on_workers(
-            workers, dataset.path, dataset.uri, model_name, model.path, TrainConfig.from_dict(train_config),
+            workers, dataset_location(dataset), model_name, model.path, TrainConfig.from_dict(train_config),
             checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir, run_id=run_id,
             cluster_placement=cluster_placement,
         )
@@ -108,12 +109,13 @@ def evaluate_model(
     from components.errors import pipeline_step
     from components.evaluate import evaluate
     from components.publish import publish
+    from pipeline.step_inputs import version_id
 
     with pipeline_step():
         summary = evaluate(dataset.path, model.path, result.path)
         if registry:
-            run_id = f"{run_name}-{pipeline_job_id}" if run_name else pipeline_job_id
-            decision = publish(dataset.path, model.path, result.path, registry, run_id, promotion_margin)
+            decision = publish(dataset.path, model.path, result.path, registry, version_id(run_name, pipeline_job_id),
+                               promotion_margin)
             result.metadata["promotion"] = decision["decision"]
     for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
         metrics.log_metric(key, summary[key])

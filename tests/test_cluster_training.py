@@ -9,8 +9,8 @@ import pytest
 from components import storage
 from components.errors import UserError
 from components.train import train
-from components.workers import train_on_workers
 from pipeline.jobset import placement_arguments
+from pipeline.launch import train_on_workers
 from pipeline.placement import Placement
 from tests.k8s_fake_server import FakeKubernetesServer, completed, write_kubeconfig
 from tests.test_train import quick_config, write_dataset
@@ -31,15 +31,16 @@ def kubeconfig(tmp_path, monkeypatch):
 def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared_checkpoint(
     gcs_emulator, kubeconfig, tmp_path
 ):
-    dataset = write_dataset(tmp_path / "dataset")
+    # The dataset artifact in the bucket: the worker pods and this task read it at the same location.
+    dataset = gcs_emulator.url("pipeline-root/run/prepare-data/dataset")
+    storage.upload_tree(write_dataset(tmp_path / "dataset"), dataset)
     checkpoint_dir = gcs_emulator.url("checkpoints/run-1/lenet5")
     config = quick_config(epochs=2)
     # What the worker pods leave behind: every epoch checkpointed in the bucket.
     train(dataset, "lenet5", str(tmp_path / "pods"), config, checkpoint_dir)
 
     placement = json.dumps({**placement_arguments(Placement(image=IMAGE)), "max_restarts": 2})
-    result = train_on_workers(2, dataset, "gs://pipeline-root/run/prepare-data/dataset", "lenet5",
-                              str(tmp_path / "model"), config, checkpoint_dir=checkpoint_dir,
+    result = train_on_workers(2, dataset, "lenet5", str(tmp_path / "model"), config, checkpoint_dir=checkpoint_dir,
                               tensorboard_dir=None, run_id="run-1", cluster_placement=placement)
 
     assert result["epochs"] == 2 and (tmp_path / "model" / "model.keras").is_file()
@@ -50,11 +51,12 @@ def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared
     (container,) = replicated_job["template"]["spec"]["template"]["spec"]["containers"]
     command = container["command"] + container.get("args", [])
     assert container["image"] == IMAGE
-    train_command = command[command.index("cnnpipe"):]
-    assert train_command[:3] == ["cnnpipe", "component", "train"]
-    flags = dict(zip(train_command[3::2], train_command[4::2]))
+    assert command[:3] == ["python3", "-m", "components.workers"]  # sets TF_CONFIG from the pod's place
+    worker_command = command[3:]
+    assert worker_command[:3] == ["python3", "-m", "components.train_worker"]
+    flags = dict(zip(worker_command[3::2], worker_command[4::2]))
     # The pods read the dataset from the bucket and share progress through the gs:// checkpoint.
-    assert flags["--dataset"] == "gs://pipeline-root/run/prepare-data/dataset"
+    assert flags["--dataset"] == dataset
     assert flags["--checkpoint-dir"] == checkpoint_dir
     assert flags["--tensorboard-dir"] == storage.join(checkpoint_dir, "tensorboard")
     assert json.loads(flags["--config"]) == config.to_dict()
@@ -64,7 +66,7 @@ def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared
 def test_several_workers_on_the_cluster_need_a_gcs_checkpoint(kubeconfig, tmp_path):
     placement = json.dumps(placement_arguments(Placement(image=IMAGE)))
     with pytest.raises(UserError, match="needs a gs:// checkpoint_root"):
-        train_on_workers(2, str(tmp_path), "gs://root/dataset", "lenet5", str(tmp_path / "model"), quick_config(),
+        train_on_workers(2, "gs://root/dataset", "lenet5", str(tmp_path / "model"), quick_config(),
                          checkpoint_dir=str(tmp_path / "local-checkpoints"), tensorboard_dir=None, run_id="run-1",
                          cluster_placement=placement)
     assert not kubeconfig.requests_to("POST", "/jobsets")

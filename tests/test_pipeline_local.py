@@ -95,7 +95,7 @@ def test_a_stopped_run_stops_its_tasks_and_the_same_command_resumes(tmp_path):
     import sys
     import time
 
-    from pipeline.local_run import descendant_processes
+    from components.processes import descendant_processes
 
     output = tmp_path / "run"
     command = [sys.executable, "-m", "pipeline.cli", "run", "--models", "lenet5", "--output", str(output)]

@@ -1,0 +1,79 @@
+"""Where the train step runs: in this process, on N local worker processes, or on a JobSet of N pods.
+
+The decision sits here, above the library: components/ trains (components/train.py), starts and
+watches local worker processes (components/workers.py) and is the command every worker runs
+(components/train_worker.py); the JobSet is the cluster's (pipeline/jobset.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from components import storage
+from components.artifacts import TRAIN_RESULT_FILE
+from components.errors import UserError
+from components.train_worker import worker_arguments
+from components.workers import check_worker_count, run_local_workers
+
+# Where a JobSet worker pod puts the outputs of its train command; the train task's own pod
+# writes the real ones from the shared checkpoint.
+WORKER_SCRATCH_OUTPUT = "/tmp/cnnpipe-worker-output"
+# How often the JobSet restarts its group of workers after a failure, unless the placement says.
+DEFAULT_MAX_RESTARTS = 3
+
+
+def train_on_workers(worker_count: int, dataset: str, model_name: str, output_dir: str, config, *,
+                     checkpoint_dir: str | None, tensorboard_dir: str | None, run_id: str = "",
+                     cluster_placement: str = "") -> dict:
+    """The train task: trains in this process, on N local processes, or on a JobSet of N pods.
+
+    On the cluster (`cluster_placement` set by `cnnpipe compile`) the worker pods read the
+    dataset at its gs:// location and share their progress through the gs:// `checkpoint_dir`;
+    once they are done, this pod writes the chief's best model and records to `output_dir` from
+    the final checkpoint (a train run whose epochs are all done only writes its outputs).
+
+    Args:
+        dataset: The dataset's location (a directory, or the gs:// prefix of a pipeline artifact).
+        config: The TrainConfig.
+        run_id: Names the JobSet with the model; the same on a retry of the task, which then replaces it.
+        cluster_placement: JSON of pipeline.jobset.placement_arguments, '' off the cluster.
+    """
+    check_worker_count(worker_count)
+    if worker_count == 1:
+        return train_here(dataset, model_name, output_dir, config, checkpoint_dir, tensorboard_dir)
+    if not cluster_placement:
+        arguments = worker_arguments(dataset, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
+                                     tensorboard_dir=tensorboard_dir)
+        run_local_workers(worker_count, [sys.executable, "-m", "components.train_worker", *arguments])
+        return storage.read_json(os.path.join(output_dir, TRAIN_RESULT_FILE))
+    train_on_jobset(worker_count, dataset, model_name, config, checkpoint_dir=checkpoint_dir,
+                    tensorboard_dir=tensorboard_dir, run_id=run_id, cluster_placement=cluster_placement)
+    return train_here(dataset, model_name, output_dir, config, checkpoint_dir, None)
+
+
+def train_here(dataset: str, model_name: str, output_dir: str, config, checkpoint_dir: str | None,
+               tensorboard_dir: str | None) -> dict:
+    """Trains in this process (TensorFlow is imported only here: a launcher of workers does not pay for it)."""
+    from components.train import train
+
+    return train(dataset, model_name, output_dir, config, checkpoint_dir, tensorboard_dir=tensorboard_dir)
+
+
+def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *, checkpoint_dir: str | None,
+                    tensorboard_dir: str | None, run_id: str, cluster_placement: str) -> None:
+    """Runs the workers as the pods of a JobSet and waits for them; they leave their model in `checkpoint_dir`."""
+    from pipeline.jobset import jobset_name, run_workers_on_cluster
+
+    if not checkpoint_dir or not storage.is_gcs(checkpoint_dir):
+        raise UserError("training on several workers on the cluster needs a gs:// checkpoint_root: the worker pods "
+                        "share their progress through it; pass --param checkpoint_root=gs://BUCKET/checkpoints")
+    placement = json.loads(cluster_placement)
+    max_restarts = placement.pop("max_restarts", DEFAULT_MAX_RESTARTS)
+    if not tensorboard_dir or not storage.is_gcs(tensorboard_dir):
+        tensorboard_dir = storage.join(checkpoint_dir, "tensorboard")  # the pods cannot write into this pod
+    command = ["python3", "-m", "components.train_worker",
+               *worker_arguments(dataset, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
+                                 checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
+    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement, max_restarts=max_restarts)
