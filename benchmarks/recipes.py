@@ -123,7 +123,7 @@ def main() -> int:
         "benchmark": NAME,
         "tiny": arguments.tiny,
         "model": arguments.model,
-        "dataset": {"name": manifest["name"], "image_shape": manifest["image_shape"], "splits": manifest["splits"]},
+        "dataset": {"name": manifest.name, "image_shape": manifest.image_shape, "splits": manifest.splits},
         "repeats": arguments.repeats,
         "fast_batch_size": fast_fields["batch_size"],
         "ratio": summary["time_ratio"],

@@ -26,5 +26,7 @@ REPORT_FILES = (REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, SUMMARY_FILE)
 # A local run's output folder: its resolved settings beside the report.
 RUN_CONFIG_FILE = "config.json"
 
-# Model store: a dataset/model's pointer to its serving version.
+# Model store: a dataset/model's pointer to its serving version, and each version's record of
+# what it was made from (the same file name as the dataset manifest, a different record).
 CHAMPION_FILE = "champion.json"
+VERSION_RECORD_FILE = "manifest.json"

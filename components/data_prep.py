@@ -38,8 +38,10 @@ import time
 import numpy as np
 
 from components import checks, progress, tfrecord
+from components import manifest as dataset_manifest
 from components.artifacts import MANIFEST_FILE, PIXEL_MEAN_FILE
 from components.errors import UserError
+from components.manifest import SPLITS, DatasetManifest
 from components.sources import check_source, open_source  # noqa: F401  (check_source is part of this step's API)
 from components.sources.base import SourceStream, checked_image_size
 from components.sources.keyword import KEYWORD_SOURCES
@@ -48,8 +50,6 @@ from components.processes import process_running
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-SPLITS = ("train", "test", "validation")
 SHARD_SUFFIX = ".tfrecord"
 
 # Shard sizing. Large shards keep per-file overhead (opens, GCS requests) negligible; a split
@@ -79,7 +79,7 @@ def prepare(
     *,
     image_size: int | tuple[int, int] | None = None,
     shards_location: str | None = None,
-) -> dict:
+) -> DatasetManifest:
     """Stream ``source`` into sharded TFRecords and a manifest in ``output_dir``; return the manifest.
 
     Args:
@@ -110,35 +110,8 @@ def prepare(
     with open_source(source, image_size=size, seed=seed) as stream:
         split_labels, held_out = _plan_splits(stream, validation_fraction, seed)
         manifest = _write_dataset(stream, source, output_dir, split_labels, held_out, shards_location)
-    logger.info("prepared %s: %s", manifest["name"], manifest["splits"])
+    logger.info("prepared %s: %s", manifest.name, manifest.splits)
     return manifest
-
-
-def read_manifest(dataset_dir: str) -> dict:
-    """The manifest of a prepared dataset (a local directory or a gs:// prefix)."""
-    from components import storage
-
-    path = storage.join(dataset_dir, MANIFEST_FILE)
-    if not storage.exists(path):
-        raise UserError(f"no {MANIFEST_FILE} in {dataset_dir}; run data prep (prepare) to create the dataset")
-    manifest = storage.read_json(path)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"dataset {dataset_dir} has format_version {manifest.get('format_version')!r}, expected "
-            f"{FORMAT_VERSION}; prepare the dataset again with this version"
-        )
-    return manifest
-
-
-def load_split(dataset_dir: str, split: str) -> ImagesAndLabels:
-    """Images (uint8 [N, H, W, C]) and labels (int32 [N]) of one split, in file order.
-
-    Holds the whole split in memory: for small data, evaluation galleries and tests. Training and
-    evaluation stream through components.dataset / components.input_pipeline instead.
-    """
-    from components.dataset import open_dataset
-
-    return open_dataset(dataset_dir).arrays(split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,8 +301,8 @@ def _write_dataset(
     split_labels: dict[str, np.ndarray],
     held_out: np.ndarray,
     shards_location: str | None,
-) -> dict:
-    """Streams every image into its split's shards, then writes the manifest and publishes the directory."""
+) -> DatasetManifest:
+    """Streams every image into its split's shards, then writes the manifest and moves the directory into place."""
     from components import storage
 
     output_dir = os.path.abspath(output_dir)
@@ -350,11 +323,11 @@ def _write_dataset(
     }
     try:
         statistics = _stream_into(stream, writers, split_labels, held_out)
-        manifest = _build_manifest(stream, source, split_labels, writers, statistics, shards_location and location)
         np.save(os.path.join(staging_dir, PIXEL_MEAN_FILE), statistics.pixel_mean(), allow_pickle=False)
-        manifest["sha256"][PIXEL_MEAN_FILE] = file_sha256(os.path.join(staging_dir, PIXEL_MEAN_FILE))
-        storage.write_json(os.path.join(staging_dir, MANIFEST_FILE), manifest)
-        _publish(staging_dir, output_dir)
+        manifest = _build_manifest(stream, source, split_labels, writers, statistics, shards_location and location,
+                                   file_sha256(os.path.join(staging_dir, PIXEL_MEAN_FILE)))
+        dataset_manifest.write(staging_dir, manifest)
+        _replace_directory(staging_dir, output_dir)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -407,8 +380,9 @@ def _build_manifest(
     writers: dict[str, ShardWriter],
     statistics: PixelStatistics,
     shards_location: str | None,
-) -> dict:
-    """The manifest; ``sha256`` names every shard (the dataset's identity for checkpoints)."""
+    pixel_mean_sha256: str,
+) -> DatasetManifest:
+    """The manifest; ``sha256`` names every data file (the dataset's identity for checkpoints)."""
     mean, std = statistics.channel_mean_std()
     is_local_path = source not in KEYWORD_SOURCES and not source.startswith("gs://")
     missing_test = classes_without_test_images(stream)
@@ -418,29 +392,30 @@ def _build_manifest(
             ", ".join(missing_test),
         )
     num_classes = len(stream.class_names)
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": stream.name,
-        "source": os.path.abspath(os.path.expanduser(source)) if is_local_path else source,
-        "class_names": list(stream.class_names),
-        "num_classes": num_classes,
-        "image_shape": list(stream.image_shape),
-        "splits": {split: int(len(split_labels.get(split, ()))) for split in SPLITS},
-        "class_counts": {
+    return DatasetManifest(
+        format_version=dataset_manifest.FORMAT_VERSION,
+        name=stream.name,
+        source=os.path.abspath(os.path.expanduser(source)) if is_local_path else source,
+        class_names=list(stream.class_names),
+        num_classes=num_classes,
+        image_shape=list(stream.image_shape),
+        splits={split: int(len(split_labels.get(split, ()))) for split in SPLITS},
+        class_counts={
             split: np.bincount(labels, minlength=num_classes).tolist() for split, labels in split_labels.items()
         },
-        "classes_without_test_images": missing_test,
-        "mean": mean,
-        "std": std,
-        "pixel_mean": PIXEL_MEAN_FILE,
-        "allow_horizontal_flip": stream.allow_horizontal_flip,
-        "resized_images": int(stream.resized_images),
-        "test_held_out_fraction": stream.test_held_out_fraction,
-        "record_format": {"image": "raw uint8 bytes, [height, width, channels] order", "label": "int64"},
-        "shards_location": shards_location,
-        "shards": {split: writer.shards for split, writer in writers.items()},
-        "sha256": {name: digest for writer in writers.values() for name, digest in writer.digests.items()},
-    }
+        classes_without_test_images=missing_test,
+        mean=mean,
+        std=std,
+        pixel_mean=PIXEL_MEAN_FILE,
+        allow_horizontal_flip=stream.allow_horizontal_flip,
+        resized_images=int(stream.resized_images),
+        test_held_out_fraction=stream.test_held_out_fraction,
+        record_format={"image": "raw uint8 bytes, [height, width, channels] order", "label": "int64"},
+        shards_location=shards_location,
+        shards={split: writer.shards for split, writer in writers.items()},
+        sha256={**{name: digest for writer in writers.values() for name, digest in writer.digests.items()},
+                PIXEL_MEAN_FILE: pixel_mean_sha256},
+    )
 
 
 def file_sha256(path: str) -> str:
@@ -467,7 +442,7 @@ def _remove_shards(location: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Publishing the directory
+# Moving the finished directory into place
 # ---------------------------------------------------------------------------------------------
 
 
@@ -489,7 +464,7 @@ def _remove_abandoned_staging(output_dir: str) -> None:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def _publish(staging_dir: str, output_dir: str) -> None:
+def _replace_directory(staging_dir: str, output_dir: str) -> None:
     """Rename the staging directory to ``output_dir``, replacing an existing one as a whole."""
     if not os.path.lexists(output_dir):
         os.rename(staging_dir, output_dir)

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from components import storage, tfrecord
-from components.artifacts import PIXEL_MEAN_FILE
-from components.data_prep import SPLITS, read_manifest
+from components import manifest as dataset_manifest
 from components.errors import UserError
+from components.manifest import SPLITS, DatasetManifest
 from components.keras_setup import tf
 
 # Shards read at once by parallel interleave: enough to overlap file reads and to mix the
@@ -53,34 +53,43 @@ _FEATURES = {
 
 def open_dataset(location: str) -> DatasetReader:
     """The reader of the dataset at ``location`` (a directory or gs:// prefix holding manifest.json)."""
-    return DatasetReader(location, read_manifest(location))
+    return DatasetReader(location, dataset_manifest.read(location))
+
+
+def load_split(location: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 [N, H, W, C]) and labels (int32 [N]) of one split, in file order.
+
+    Holds the whole split in memory: for small data, evaluation galleries and tests. Training and
+    evaluation stream through `DatasetReader.records` / components.input_pipeline instead.
+    """
+    return open_dataset(location).arrays(split)
 
 
 class DatasetReader:
     """A prepared dataset: its manifest's facts and its splits as tf.data streams."""
 
-    def __init__(self, location: str, manifest: dict):
+    def __init__(self, location: str, manifest: DatasetManifest):
         self.location = location
         self.manifest = manifest
-        self._shards_location = manifest.get("shards_location") or location
+        self._shards_location = manifest.shards_location or location
         self._pixel_mean = None
         self._cache_dir = None
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.manifest.name
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
+        return list(self.manifest.class_names)
 
     @property
     def num_classes(self) -> int:
-        return int(self.manifest["num_classes"])
+        return int(self.manifest.num_classes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(side) for side in self.manifest["image_shape"])
+        return tuple(int(side) for side in self.manifest.image_shape)
 
     @property
     def validation_split(self) -> str:
@@ -90,19 +99,19 @@ class DatasetReader:
     def count(self, split: str) -> int:
         """Images in ``split`` (0 for a split the dataset does not have)."""
         _check_split_name(split)
-        return int(self.manifest["splits"].get(split, 0))
+        return int(self.manifest.splits.get(split, 0))
 
     def pixel_mean(self) -> np.ndarray:
         """The train split's mean image, float [H, W, C] in 0..1 units."""
         if self._pixel_mean is None:
-            data = storage.read_bytes(storage.join(self.location, self.manifest.get("pixel_mean", PIXEL_MEAN_FILE)))
+            data = storage.read_bytes(storage.join(self.location, self.manifest.pixel_mean))
             self._pixel_mean = np.load(io.BytesIO(data), allow_pickle=False)
         return self._pixel_mean
 
     def shard_paths(self, split: str) -> list[str]:
         """Paths or gs:// URIs of the split's shards, in file order."""
         self._check_split(split)
-        return [storage.join(self._shards_location, shard["file"]) for shard in self.manifest["shards"][split]]
+        return [storage.join(self._shards_location, shard["file"]) for shard in self.manifest.shards[split]]
 
     def records(
         self,
@@ -160,7 +169,7 @@ class DatasetReader:
 
     def share_count(self, split: str, shard_index: int = 0, shard_count: int = 1) -> int:
         """Images in the share of ``split`` that records(..., shard_index, shard_count) reads."""
-        shards = self.manifest["shards"].get(split, [])
+        shards = self.manifest.shards.get(split, [])
         if shard_count > len(shards):
             return len(range(shard_index, self.count(split), shard_count))
         return sum(shard["images"] for shard in shards[shard_index::shard_count])

@@ -68,7 +68,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     labels = np.concatenate([batch_labels for _, batch_labels in test_batches.as_numpy_iterator()])
     model = load_model_for_inference(model_path)
     probabilities, seconds = timed_predict(model, test_batches.map(lambda images, _: images), len(labels), batch_size)
-    num_classes = int(manifest["num_classes"])
+    num_classes = int(manifest.num_classes)
     predictions = probabilities.argmax(axis=1)
     confusion = confusion_matrix(labels, predictions, num_classes)
     spec = models.MODELS.get(train_result.get("name"))
@@ -79,9 +79,9 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
         test_images=int(len(labels)),
         inference_images_per_second=len(labels) / seconds if seconds > 0 else None,
         inference_batch_size=batch_size,
-        class_names=list(manifest["class_names"]),
+        class_names=list(manifest.class_names),
         confusion_matrix=confusion.tolist(),
-        per_class=per_class_metrics(confusion, manifest["class_names"]),
+        per_class=per_class_metrics(confusion, manifest.class_names),
         reference_accuracy=spec.reference_accuracy if spec else None,
         seed_accuracy=spec.seed_accuracy if spec else None,
         mistakes=confident_mistakes(probabilities, labels, MISTAKES_SHOWN),

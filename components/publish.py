@@ -10,7 +10,8 @@ import os
 import shutil
 import tempfile
 
-from components import data_prep, registry, storage
+from components import manifest as dataset_manifest
+from components import registry, storage
 from components.artifacts import HISTORY_FILE, MODEL_FILE, RESULT_FILE, TRAIN_RESULT_FILE
 
 MODEL_FILES = (MODEL_FILE, HISTORY_FILE, TRAIN_RESULT_FILE)
@@ -25,7 +26,7 @@ def publish(
     Returns the registry's decision (promoted or kept, and why), also stored as the
     ``promotion`` field of ``result_dir/result.json``.
     """
-    manifest = data_prep.read_manifest(dataset_dir)
+    manifest = dataset_manifest.read(dataset_dir)
     result_path = os.path.join(result_dir, RESULT_FILE)
     result = storage.read_json(result_path)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-publish-") as staging:
@@ -33,7 +34,7 @@ def publish(
             shutil.copyfile(os.path.join(model_dir, name), os.path.join(staging, name))
         export_saved_model(os.path.join(model_dir, MODEL_FILE), os.path.join(staging, SAVED_MODEL_DIR))
         decision = registry.publish_model(
-            staging, registry_root, manifest["name"], result["name"], run_id, result, manifest, margin
+            staging, registry_root, manifest.name, result["name"], run_id, result, manifest.to_dict(), margin
         )
     storage.write_json(result_path, {**result, "promotion": decision})
     return decision

@@ -4,7 +4,7 @@ Layout under a registry root::
 
     <root>/<dataset>/<model>/<run id>/    one immutable version: the model directory's files
                                           (model.keras, a SavedModel export, history ...),
-                                          result.json, manifest.json, and _COMPLETE written last
+                                          result.json, manifest.json (the version record), and _COMPLETE last
     <root>/<dataset>/<model>/champion.json   the pointer serving reads:
         {"run_id", "uri", "test_accuracy", "promoted_at", "previous": {...} | null}
 
@@ -27,13 +27,13 @@ import platform
 from importlib import metadata
 
 from components import checks, storage
-from components.artifacts import CHAMPION_FILE, MANIFEST_FILE, RESULT_FILE
+from components.artifacts import CHAMPION_FILE, RESULT_FILE, VERSION_RECORD_FILE
 from components.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE"
 # Pointer rounds before giving up: each round is a write that a concurrent run overtook.
 MAX_PROMOTION_ROUNDS = 10
-_RESERVED_NAMES = (COMPLETE_MARKER, RESULT_FILE, MANIFEST_FILE)
+_RESERVED_NAMES = (COMPLETE_MARKER, RESULT_FILE, VERSION_RECORD_FILE)
 _RECORDED_PACKAGES = ("cnnpipe", "tensorflow", "keras", "numpy")
 
 
@@ -68,7 +68,7 @@ def publish_model(
     model_name: str,
     run_id: str,
     result: dict,
-    manifest: dict,
+    dataset_manifest: dict,
     margin: float = 0.0,
 ) -> dict:
     """Publish a trained model as a new version, then promote it if it beats the champion.
@@ -80,7 +80,7 @@ def publish_model(
         model_name: model registry key (e.g. ``resnet20_v1``).
         run_id: unique id of this run; a version is never overwritten.
         result: evaluation result with ``test_accuracy`` (a fraction); saved as result.json.
-        manifest: the dataset manifest (its ``sha256`` identifies the data).
+        dataset_manifest: the dataset manifest's fields (its ``sha256`` identifies the data).
         margin: how much (fraction) a challenger must beat the champion by; 0 means strictly better.
 
     Returns:
@@ -97,8 +97,8 @@ def publish_model(
     version = version_uri(registry_root, dataset, model_name, run_id)
     if is_complete(version):
         raise UserError(f"run id {run_id!r} is already published at {version}; publish under a new run id")
-    registry_manifest = _registry_manifest(dataset, model_name, run_id, result, manifest)
-    _upload_version(model_dir, version, run_id, accuracy, result, registry_manifest)
+    record = _version_record(dataset, model_name, run_id, result, dataset_manifest)
+    _upload_version(model_dir, version, run_id, accuracy, result, record)
     challenger = {"run_id": run_id, "uri": version, "test_accuracy": accuracy}
     return _decision(model_name, challenger, _promote(root, challenger, margin), margin)
 
@@ -136,7 +136,7 @@ def _package_versions() -> dict:
     return versions
 
 
-def _registry_manifest(dataset: str, model_name: str, run_id: str, result: dict, dataset_manifest: dict) -> dict:
+def _version_record(dataset: str, model_name: str, run_id: str, result: dict, dataset_manifest: dict) -> dict:
     """What a version was made from: data fingerprint, config, package versions, container image."""
     return {
         "format_version": 1,
@@ -153,8 +153,8 @@ def _registry_manifest(dataset: str, model_name: str, run_id: str, result: dict,
     }
 
 
-def _upload_version(model_dir: str, version: str, run_id: str, accuracy: float, result: dict, manifest: dict) -> None:
-    """Upload the model files, result.json and manifest.json, then the ``_COMPLETE`` marker last."""
+def _upload_version(model_dir: str, version: str, run_id: str, accuracy: float, result: dict, record: dict) -> None:
+    """Upload the model files, result.json and the version record (manifest.json), then the ``_COMPLETE`` marker last."""
     names = [name for name in storage.list_files(model_dir) if name not in _RESERVED_NAMES]
     if not names:
         raise UserError(f"no model files in {model_dir}; pass the train step's output directory")
@@ -164,9 +164,9 @@ def _upload_version(model_dir: str, version: str, run_id: str, accuracy: float, 
     for name in names:
         storage.copy(storage.join(model_dir, *name.split("/")), storage.join(version, name))
     storage.write_json(storage.join(version, RESULT_FILE), result)
-    storage.write_json(storage.join(version, MANIFEST_FILE), manifest)
+    storage.write_json(storage.join(version, VERSION_RECORD_FILE), record)
     marker = {"run_id": run_id, "test_accuracy": accuracy, "completed_at": _now(),
-              "files": sorted(names + [RESULT_FILE, MANIFEST_FILE])}
+              "files": sorted(names + [RESULT_FILE, VERSION_RECORD_FILE])}
     storage.write_json(storage.join(version, COMPLETE_MARKER), marker)
 
 

@@ -40,6 +40,7 @@ from components.callbacks import (
     ValidateAveragedWeights,
 )
 from components.dataset import DatasetReader, open_dataset
+from components.manifest import DatasetManifest
 from components.distributed import WorkerRole, distribution_strategy, fit_on_workers, worker_role
 from components.errors import UserError, one_line
 from components.input_pipeline import make_eval_dataset, make_train_dataset, shift_pixels_for, steps_per_epoch_for
@@ -323,9 +324,9 @@ class TrainingRun:
             checkpoints.pull(self.location, self.read_dir)
 
 
-def dataset_fingerprint(manifest: dict[str, Any]) -> str:
+def dataset_fingerprint(manifest: DatasetManifest) -> str:
     """sha256 over the manifest's per-file hashes: identifies the dataset's content."""
-    return hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(manifest.sha256, sort_keys=True).encode()).hexdigest()
 
 
 def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callbacks.Callback]) -> dict[str, Any]:
@@ -453,7 +454,7 @@ def sample_train_images(reader: DatasetReader) -> np.ndarray:
 def flips_allowed(config: TrainConfig, reader: DatasetReader) -> bool:
     """Whether a mirrored image keeps its class: horizontal_flip, or the dataset's say when it is None."""
     if config.horizontal_flip is None:
-        return bool(reader.manifest.get("allow_horizontal_flip", False))
+        return bool(reader.manifest.allow_horizontal_flip)
     return bool(config.horizontal_flip)
 
 

@@ -470,7 +470,8 @@ def component_prepare(args: argparse.Namespace) -> int:
     from components.data_prep import prepare
 
     manifest = prepare(args.source, args.output, validation_fraction=args.validation_fraction, seed=args.seed)
-    print(json.dumps({key: manifest[key] for key in ("name", "num_classes", "image_shape", "splits")}))
+    print(json.dumps({"name": manifest.name, "num_classes": manifest.num_classes, "image_shape": manifest.image_shape,
+                      "splits": manifest.splits}))
     return 0
 
 
@@ -505,11 +506,11 @@ def component_evaluate(args: argparse.Namespace) -> int:
 
 
 def component_report(args: argparse.Namespace) -> int:
-    from components.data_prep import read_manifest
+    from components import manifest as dataset_manifest
     from components.report import write_report_files
 
-    manifest = read_manifest(args.dataset)
-    write_report_files(args.results, args.output, manifest, {"preset": args.preset, "dataset": manifest["name"]})
+    manifest = dataset_manifest.read(args.dataset)
+    write_report_files(args.results, args.output, manifest.to_dict(), {"preset": args.preset, "dataset": manifest.name})
     print(os.path.join(args.output, REPORT_HTML_FILE))
     return 0
 

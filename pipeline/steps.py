@@ -35,7 +35,8 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
     with pipeline_step():
         manifest = prepare(source, dataset.path, validation_fraction=validation_fraction, seed=seed,
                            image_size=image_size or None, shards_location=shards_location)
-    dataset.metadata.update({key: manifest[key] for key in ("name", "num_classes", "image_shape", "splits")})
+    dataset.metadata.update({"name": manifest.name, "num_classes": manifest.num_classes,
+                             "image_shape": manifest.image_shape, "splits": manifest.splits})
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -144,14 +145,14 @@ def write_report(
     import shutil
 
     from components.artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
-    from components.data_prep import read_manifest
+    from components import manifest as dataset_manifest
     from components.errors import pipeline_step
     from components.report import write_report_files
 
     with pipeline_step():
-        manifest = read_manifest(dataset.path)
-        run_config = {"preset": preset, "dataset": manifest["name"], "train": train_config}
-        summary = write_report_files([item.path for item in results], report.path, manifest, run_config)
+        manifest = dataset_manifest.read(dataset.path)
+        run_config = {"preset": preset, "dataset": manifest.name, "train": train_config}
+        summary = write_report_files([item.path for item in results], report.path, manifest.to_dict(), run_config)
     shutil.copyfile(os.path.join(report.path, REPORT_HTML_FILE), report_html.path)
     shutil.copyfile(os.path.join(report.path, REPORT_MARKDOWN_FILE), report_markdown.path)
     report.metadata["models"] = [entry["name"] for entry in summary["models"]]

@@ -14,7 +14,11 @@ import pytest
 from datagen import make_cifar_binary_archive, make_image_folder, save_image
 
 from components import data_prep, progress, storage
-from components.data_prep import check_source, file_sha256, load_split, prepare, read_manifest
+from components.data_prep import check_source, file_sha256, prepare
+from components.dataset import load_split
+from components.errors import UserError
+from components.manifest import FORMAT_VERSION
+from components.manifest import read as read_manifest
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,22 +40,22 @@ def test_image_folder_round_trips_pixels_and_labels_exactly(image_folder, tmp_pa
         np.testing.assert_array_equal(images, written[split][0])
         np.testing.assert_array_equal(labels, written[split][1])
         assert images.dtype == np.uint8 and labels.dtype == np.int32
-    assert manifest["name"] == "pets"
-    assert manifest["source"] == os.path.abspath(root)
-    assert manifest["class_names"] == ["cat", "dog"]
-    assert manifest["num_classes"] == 2
-    assert manifest["image_shape"] == [12, 10, 3]
-    assert manifest["splits"] == {"train": 8, "test": 4, "validation": 0}
-    assert manifest["allow_horizontal_flip"] is True
-    assert manifest["resized_images"] == 0
-    assert manifest["test_held_out_fraction"] == 0.0
+    assert manifest.name == "pets"
+    assert manifest.source == os.path.abspath(root)
+    assert manifest.class_names == ["cat", "dog"]
+    assert manifest.num_classes == 2
+    assert manifest.image_shape == [12, 10, 3]
+    assert manifest.splits == {"train": 8, "test": 4, "validation": 0}
+    assert manifest.allow_horizontal_flip is True
+    assert manifest.resized_images == 0
+    assert manifest.test_held_out_fraction == 0.0
 
 
 def test_grayscale_folder_gives_one_channel(tmp_path):
     written = make_image_folder(tmp_path / "gray", classes=("a", "b", "c"), per_class=2, size=(9, 9), mode="L")
     manifest = prepare(str(tmp_path / "gray"), str(tmp_path / "dataset"))
     images, _ = load_split(str(tmp_path / "dataset"), "train")
-    assert manifest["image_shape"] == [9, 9, 1]
+    assert manifest.image_shape == [9, 9, 1]
     np.testing.assert_array_equal(images, written["train"][0])
 
 
@@ -62,7 +66,7 @@ def test_mixed_grayscale_and_rgb_become_rgb(image_folder, tmp_path):
 
     manifest = prepare(root, str(tmp_path / "dataset"))
     images, _ = load_split(str(tmp_path / "dataset"), "train")
-    assert manifest["image_shape"] == [12, 10, 3]
+    assert manifest.image_shape == [12, 10, 3]
     np.testing.assert_array_equal(images[0], np.repeat(gray_pixels, 3, axis=-1))
     np.testing.assert_array_equal(images[1:], written["train"][0][1:])
 
@@ -73,8 +77,8 @@ def test_odd_sized_images_are_resized_to_the_most_common_size(image_folder, tmp_
 
     manifest = prepare(root, str(tmp_path / "dataset"))
     images, _ = load_split(str(tmp_path / "dataset"), "test")
-    assert manifest["image_shape"] == [12, 10, 3]
-    assert manifest["resized_images"] == 1
+    assert manifest.image_shape == [12, 10, 3]
+    assert manifest.resized_images == 1
     assert images.shape == (4, 12, 10, 3)
 
 
@@ -82,7 +86,7 @@ def test_jpeg_folder_loads_with_its_shape_and_labels(tmp_path):
     written = make_image_folder(tmp_path / "photos", per_class=(3, 1), size=(16, 16), image_format="jpg")
     manifest = prepare(str(tmp_path / "photos"), str(tmp_path / "dataset"))
     images, labels = load_split(str(tmp_path / "dataset"), "train")
-    assert manifest["image_shape"] == [16, 16, 3]
+    assert manifest.image_shape == [16, 16, 3]
     np.testing.assert_array_equal(labels, written["train"][1])
 
 
@@ -94,11 +98,11 @@ def test_cifar_binary_archive_round_trips_exactly(cifar_archive, tmp_path):
         images, labels = load_split(str(tmp_path / "dataset"), split)
         np.testing.assert_array_equal(images, written[split][0])
         np.testing.assert_array_equal(labels, written[split][1])
-    assert manifest["name"] == "cifar10"
-    assert manifest["class_names"] == written["class_names"]
-    assert manifest["image_shape"] == [32, 32, 3]
-    assert manifest["splits"] == {"train": 15, "test": 4, "validation": 0}
-    assert manifest["allow_horizontal_flip"] is True
+    assert manifest.name == "cifar10"
+    assert manifest.class_names == written["class_names"]
+    assert manifest.image_shape == [32, 32, 3]
+    assert manifest.splits == {"train": 15, "test": 4, "validation": 0}
+    assert manifest.allow_horizontal_flip is True
 
 
 def test_digits_are_8x8x1_with_ten_classes_and_a_stratified_split(tmp_path):
@@ -106,15 +110,15 @@ def test_digits_are_8x8x1_with_ten_classes_and_a_stratified_split(tmp_path):
     train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
     test_images, test_labels = load_split(str(tmp_path / "dataset"), "test")
 
-    assert manifest["name"] == "digits" and manifest["source"] == "digits"
-    assert manifest["image_shape"] == [8, 8, 1]
-    assert manifest["class_names"] == [str(digit) for digit in range(10)]
-    assert manifest["allow_horizontal_flip"] is False
+    assert manifest.name == "digits" and manifest.source == "digits"
+    assert manifest.image_shape == [8, 8, 1]
+    assert manifest.class_names == [str(digit) for digit in range(10)]
+    assert manifest.allow_horizontal_flip is False
     assert len(train_labels) + len(test_labels) == 1797
     assert train_images.max() == 255 and train_images.min() == 0
     test_share = np.bincount(test_labels) / (np.bincount(train_labels) + np.bincount(test_labels))
     assert np.all(np.abs(test_share - 0.2) < 0.01)
-    assert manifest["test_held_out_fraction"] == 0.2
+    assert manifest.test_held_out_fraction == 0.2
 
 
 def test_digits_split_follows_the_seed(tmp_path):
@@ -136,7 +140,7 @@ def test_validation_split_is_stratified_disjoint_and_seeded(tmp_path):
 
     train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
     validation_images, validation_labels = load_split(str(tmp_path / "dataset"), "validation")
-    assert manifest["splits"] == {"train": 24, "test": 6, "validation": 6}
+    assert manifest.splits == {"train": 24, "test": 6, "validation": 6}
     assert np.bincount(validation_labels).tolist() == [2, 2, 2]
     assert np.bincount(train_labels).tolist() == [8, 8, 8]
 
@@ -175,23 +179,23 @@ def test_manifest_hashes_match_the_files_and_statistics_match_train(cifar_archiv
     manifest = prepare(path, dataset_dir, validation_fraction=0.3)
 
     assert manifest == read_manifest(dataset_dir)
-    assert manifest["format_version"] == data_prep.FORMAT_VERSION
+    assert manifest.format_version == FORMAT_VERSION
     data_files = sorted(name for name in os.listdir(dataset_dir) if name != "manifest.json")
-    assert sorted(manifest["sha256"]) == data_files
+    assert sorted(manifest.sha256) == data_files
     assert data_files == ["pixel_mean.npy", "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
                           "validation-00000-of-00001.tfrecord"]
-    for name, digest in manifest["sha256"].items():
+    for name, digest in manifest.sha256.items():
         assert file_sha256(os.path.join(dataset_dir, name)) == digest
-    assert {split: [shard["images"] for shard in shards] for split, shards in manifest["shards"].items()} == {
-        "train": [manifest["splits"]["train"]], "test": [4], "validation": [manifest["splits"]["validation"]],
+    assert {split: [shard["images"] for shard in shards] for split, shards in manifest.shards.items()} == {
+        "train": [manifest.splits["train"]], "test": [4], "validation": [manifest.splits["validation"]],
     }
 
     train_images, train_labels = load_split(dataset_dir, "train")
     scaled = train_images / 255.0
-    np.testing.assert_allclose(manifest["mean"], scaled.mean(axis=(0, 1, 2)), rtol=1e-9)
-    np.testing.assert_allclose(manifest["std"], scaled.std(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(manifest.mean, scaled.mean(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(manifest.std, scaled.std(axis=(0, 1, 2)), rtol=1e-9)
     np.testing.assert_allclose(np.load(os.path.join(dataset_dir, "pixel_mean.npy")), scaled.mean(axis=0), rtol=1e-12)
-    assert manifest["class_counts"]["train"] == np.bincount(train_labels, minlength=10).tolist()
+    assert manifest.class_counts["train"] == np.bincount(train_labels, minlength=10).tolist()
 
 
 def test_existing_output_dir_is_replaced_as_a_whole(image_folder, tmp_path):
@@ -200,7 +204,7 @@ def test_existing_output_dir_is_replaced_as_a_whole(image_folder, tmp_path):
     prepare(root, dataset_dir, validation_fraction=0.5)
     prepare(root, dataset_dir)
     assert not [name for name in os.listdir(dataset_dir) if name.startswith("validation")]
-    assert read_manifest(dataset_dir)["splits"]["validation"] == 0
+    assert read_manifest(dataset_dir).splits["validation"] == 0
     assert leftovers(tmp_path) == ["dataset"]
 
 
@@ -208,7 +212,7 @@ def test_empty_output_dir_is_filled(image_folder, tmp_path):
     root, _ = image_folder
     os.makedirs(tmp_path / "dataset")
     prepare(root, str(tmp_path / "dataset"))
-    assert read_manifest(str(tmp_path / "dataset"))["name"] == "pets"
+    assert read_manifest(str(tmp_path / "dataset")).name == "pets"
 
 
 def test_failed_prepare_leaves_nothing_behind(image_folder, tmp_path):
@@ -230,7 +234,7 @@ def test_failed_write_removes_staging_and_keeps_the_previous_dataset(image_folde
         assert os.path.isfile(os.path.join(staging_dir, "manifest.json"))
         raise OSError("disk full")
 
-    monkeypatch.setattr(data_prep, "_publish", fail_after_writing)
+    monkeypatch.setattr(data_prep, "_replace_directory", fail_after_writing)
     with pytest.raises(OSError, match="disk full"):
         prepare(root, dataset_dir, validation_fraction=0.5)
     assert leftovers(tmp_path) == ["dataset"]
@@ -260,7 +264,7 @@ def test_a_killed_prep_leaves_no_dataset_and_the_next_prep_removes_its_staging(t
     live.mkdir()
 
     manifest = prepare(str(tmp_path / "big"), str(dataset_dir))
-    assert manifest["splits"]["train"] == 1200 and read_manifest(str(dataset_dir)) == manifest
+    assert manifest.splits["train"] == 1200 and read_manifest(str(dataset_dir)) == manifest
     assert sorted(path.name for path in tmp_path.glob(".dataset*")) == [live.name]
 
 
@@ -334,7 +338,7 @@ def test_files_that_are_not_images_are_skipped_with_one_warning(image_folder, tm
         with open(path, "w") as other:
             other.write("not an image")
     manifest = prepare(root, str(tmp_path / "dataset"))
-    assert manifest["splits"] == {"train": 8, "test": 4, "validation": 0}
+    assert manifest.splits == {"train": 8, "test": 4, "validation": 0}
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert [message for message in warnings if "skipped 2 file(s) that are not" in message and "notes.txt" in message]
 
@@ -343,7 +347,7 @@ def test_hidden_files_are_ignored(image_folder, tmp_path):
     root, _ = image_folder
     with open(os.path.join(root, "train", "cat", ".DS_Store"), "wb") as hidden:
         hidden.write(b"\0\0")
-    assert prepare(root, str(tmp_path / "dataset"))["splits"]["train"] == 8
+    assert prepare(root, str(tmp_path / "dataset")).splits["train"] == 8
 
 
 def test_test_class_without_training_images_is_named(image_folder):
@@ -504,8 +508,8 @@ def test_gcs_image_folder_round_trips(gcs_emulator, image_folder, tmp_path):
     images, labels = load_split(str(tmp_path / "dataset"), "train")
     np.testing.assert_array_equal(images, written["train"][0])
     np.testing.assert_array_equal(labels, written["train"][1])
-    assert manifest["name"] == "pets"
-    assert manifest["source"] == gcs_emulator.url("datasets/pets/")
+    assert manifest.name == "pets"
+    assert manifest.source == gcs_emulator.url("datasets/pets/")
 
 
 def test_gcs_archive_round_trips(gcs_emulator, cifar_archive, tmp_path):
@@ -513,7 +517,7 @@ def test_gcs_archive_round_trips(gcs_emulator, cifar_archive, tmp_path):
     storage.upload(path, gcs_emulator.url("cifar-10-binary.tar.gz"))
     manifest = prepare(gcs_emulator.url("cifar-10-binary.tar.gz"), str(tmp_path / "dataset"))
     np.testing.assert_array_equal(load_split(str(tmp_path / "dataset"), "test")[0], written["test"][0])
-    assert manifest["name"] == "cifar10"
+    assert manifest.name == "cifar10"
 
 
 def test_gcs_errors_name_the_gcs_location(gcs_emulator, image_folder, tmp_path):
@@ -539,11 +543,11 @@ def test_gcs_source_without_bucket_is_named():
 def test_image_size_resizes_every_image(image_folder, cifar_archive, tmp_path):
     root, _ = image_folder
     manifest = prepare(root, str(tmp_path / "folder"), image_size=(6, 5))
-    assert manifest["image_shape"] == [6, 5, 3] and manifest["resized_images"] == 12
+    assert manifest.image_shape == [6, 5, 3] and manifest.resized_images == 12
     assert load_split(str(tmp_path / "folder"), "train")[0].shape == (8, 6, 5, 3)
 
     manifest = prepare(cifar_archive[0], str(tmp_path / "archive"), image_size=16)
-    assert manifest["image_shape"] == [16, 16, 3] and manifest["resized_images"] == 19
+    assert manifest.image_shape == [16, 16, 3] and manifest.resized_images == 19
     with pytest.raises(ValueError, match="image_size must be a positive integer or \\(height, width\\), got 0"):
         prepare(root, str(tmp_path / "bad"), image_size=0)
 
@@ -553,8 +557,8 @@ def test_class_without_test_images_is_warned_about_and_recorded(image_folder, tm
     make_image_folder(os.path.join(root, "extra"), classes=("fox",), per_class=1)
     os.rename(os.path.join(root, "extra", "train", "fox"), os.path.join(root, "train", "fox"))
     manifest = prepare(root, str(tmp_path / "dataset"))
-    assert manifest["classes_without_test_images"] == ["fox"]
-    assert manifest["class_counts"]["test"] == [2, 2, 0]
+    assert manifest.classes_without_test_images == ["fox"]
+    assert manifest.class_counts["test"] == [2, 2, 0]
     assert any("fox" in record.getMessage() and record.levelname == "WARNING" for record in caplog.records)
 
 
@@ -617,7 +621,7 @@ def test_a_format_added_to_the_table_is_prepared(tmp_path, monkeypatch):
              test_images=generator.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8),
              test_labels=np.array([0, 1], dtype=np.int32))
     manifest = prepare(str(path), str(tmp_path / "dataset"))
-    assert manifest["splits"] == {"train": 6, "test": 2, "validation": 0} and manifest["class_names"] == ["a", "b"]
+    assert manifest.splits == {"train": 6, "test": 2, "validation": 0} and manifest.class_names == ["a", "b"]
     images, labels = open_dataset(str(tmp_path / "dataset")).arrays("test")
     np.testing.assert_array_equal(images, np.load(path)["test_images"])
     np.testing.assert_array_equal(labels, [0, 1])
@@ -633,10 +637,10 @@ def test_folder_of_class_folders_holds_out_a_seeded_fifth_of_each_class_as_test(
     original = labelled_pixels_under(root)
 
     manifest = prepare(str(root), str(tmp_path / "dataset"), seed=3)
-    assert manifest["name"] == "flowers"
-    assert manifest["class_counts"]["train"] == [8, 8, 8]
-    assert manifest["class_counts"]["test"] == [2, 2, 2]
-    assert manifest["test_held_out_fraction"] == 0.2
+    assert manifest.name == "flowers"
+    assert manifest.class_counts["train"] == [8, 8, 8]
+    assert manifest.class_counts["test"] == [2, 2, 2]
+    assert manifest.test_held_out_fraction == 0.2
     train_images, train_labels = load_split(str(tmp_path / "dataset"), "train")
     test_images, test_labels = load_split(str(tmp_path / "dataset"), "test")
     # Every image lands in exactly one split, with its class.
@@ -647,9 +651,9 @@ def test_folder_of_class_folders_holds_out_a_seeded_fifth_of_each_class_as_test(
     again = prepare(str(root), str(tmp_path / "again"), seed=3)
     other = prepare(str(root), str(tmp_path / "other"), seed=4)
     np.testing.assert_array_equal(load_split(str(tmp_path / "again"), "test")[0], test_images)
-    assert again["sha256"] == manifest["sha256"]
+    assert again.sha256 == manifest.sha256
     assert not np.array_equal(load_split(str(tmp_path / "other"), "test")[0], test_images)
-    assert other["class_counts"] == manifest["class_counts"]
+    assert other.class_counts == manifest.class_counts
 
 
 def test_class_folders_too_small_to_hold_out_a_test_split_are_named(tmp_path):
@@ -682,7 +686,7 @@ def test_sub_folders_of_a_class_and_more_image_formats_are_read(image_folder, tm
     save_image(np.zeros((12, 10, 3), np.uint8), os.path.join(hidden_album, "x.png"))
 
     manifest = prepare(root, str(tmp_path / "dataset"))
-    assert manifest["class_counts"]["train"] == [4, 4 + 3]
+    assert manifest.class_counts["train"] == [4, 4 + 3]
     images, labels = load_split(str(tmp_path / "dataset"), "train")
     for pixels in extra.values():
         assert any(np.array_equal(image, pixels) and label == 1 for image, label in zip(images, labels))
@@ -706,18 +710,18 @@ def test_sixteen_bit_grayscale_keeps_its_top_eight_bits(tmp_path):
     assert Image.open(tmp_path / "scans" / "train" / "x" / "scan.png").mode.startswith("I;16")
     manifest = prepare(str(tmp_path / "scans"), str(tmp_path / "dataset"))
     images, _ = load_split(str(tmp_path / "dataset"), "train")
-    assert manifest["image_shape"] == [16, 16, 1]
+    assert manifest.image_shape == [16, 16, 1]
     np.testing.assert_array_equal(images[0, ..., 0], (deep >> 8).astype(np.uint8))
 
 
 def test_large_photos_are_scaled_to_the_default_longer_side_unless_image_size_is_given(tmp_path):
     make_image_folder(tmp_path / "camera", per_class=(2, 1), size=(200, 300), image_format="jpg")
     manifest = prepare(str(tmp_path / "camera"), str(tmp_path / "dataset"))
-    assert manifest["image_shape"] == [85, 128, 3]  # 300x200 scaled to a longer side of 128
-    assert manifest["resized_images"] == 6
+    assert manifest.image_shape == [85, 128, 3]  # 300x200 scaled to a longer side of 128
+    assert manifest.resized_images == 6
     assert load_split(str(tmp_path / "dataset"), "train")[0].shape == (4, 85, 128, 3)
     kept = prepare(str(tmp_path / "camera"), str(tmp_path / "kept"), image_size=(200, 300))
-    assert kept["image_shape"] == [200, 300, 3] and kept["resized_images"] == 0
+    assert kept.image_shape == [200, 300, 3] and kept.resized_images == 0
 
 
 def test_a_camera_rotated_photo_is_read_upright(tmp_path):
@@ -738,11 +742,29 @@ def test_a_camera_rotated_photo_is_read_upright(tmp_path):
 
     full = prepare(str(tmp_path / "trip"), str(tmp_path / "full"), image_size=(300, 400))
     images, _ = load_split(str(tmp_path / "full"), "train")
-    assert full["resized_images"] == 0
+    assert full.resized_images == 0
     np.testing.assert_array_equal(images[1], landscape)  # b.png, lossless
     assert np.abs(images[2].astype(int) - landscape).mean() < 3  # c.jpg
 
     scaled = prepare(str(tmp_path / "trip"), str(tmp_path / "scaled"))
     images, _ = load_split(str(tmp_path / "scaled"), "train")
-    assert scaled["image_shape"] == [96, 128, 3]
+    assert scaled.image_shape == [96, 128, 3]
     assert np.abs(images[2].astype(int) - images[0]).mean() < 3
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda fields: fields.pop("class_names"), "lacks class_names"),
+    (lambda fields: fields.update(colour_space="sRGB"), "has unknown colour_space"),
+])
+def test_a_manifest_with_a_field_missing_or_unknown_names_the_file(image_folder, tmp_path, change, named):
+    root, _ = image_folder
+    dataset_dir = str(tmp_path / "dataset")
+    prepare(root, dataset_dir)
+    path = os.path.join(dataset_dir, "manifest.json")
+    with open(path) as manifest_file:
+        fields = json.load(manifest_file)
+    change(fields)
+    with open(path, "w") as manifest_file:
+        json.dump(fields, manifest_file)
+    with pytest.raises(UserError, match=f"^{path} {named}; prepare the dataset again"):
+        read_manifest(dataset_dir)

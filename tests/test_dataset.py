@@ -34,7 +34,7 @@ def test_reader_facts_and_pixel_mean(numbered):
     assert reader.image_shape == (4, 4, 3)
     assert (reader.count("train"), reader.count("test"), reader.count("validation")) == (18, 6, 0)
     assert reader.validation_split == "test"
-    assert len(reader.manifest["shards"]["train"]) == 4
+    assert len(reader.manifest.shards["train"]) == 4
     np.testing.assert_allclose(reader.pixel_mean(), written["train"][0].mean(axis=0) / 255.0)
     with pytest.raises(ValueError, match="no validation split"):
         reader.examples("validation")
@@ -98,9 +98,9 @@ def test_shards_location_keeps_the_artifact_small(tmp_path, gcs_emulator, many_s
     manifest = prepare(str(tmp_path / "numbers"), str(tmp_path / "artifact"), shards_location=gcs_emulator.url("shards"))
 
     assert sorted(os.listdir(tmp_path / "artifact")) == ["manifest.json", "pixel_mean.npy"]
-    assert manifest["shards_location"].startswith(gcs_emulator.url("shards/numbers-"))
-    uploaded = storage.list_files(manifest["shards_location"])
-    assert uploaded == sorted(shard["file"] for shards in manifest["shards"].values() for shard in shards)
+    assert manifest.shards_location.startswith(gcs_emulator.url("shards/numbers-"))
+    uploaded = storage.list_files(manifest.shards_location)
+    assert uploaded == sorted(shard["file"] for shards in manifest.shards.values() for shard in shards)
     reader = open_dataset(str(tmp_path / "artifact"))
     images, labels = reader.arrays("train")
     np.testing.assert_array_equal(images, written["train"][0])
@@ -108,13 +108,13 @@ def test_shards_location_keeps_the_artifact_small(tmp_path, gcs_emulator, many_s
 
     # A second prep goes to its own sub-folder: the first dataset stays readable.
     second = prepare(str(tmp_path / "numbers"), str(tmp_path / "again"), shards_location=gcs_emulator.url("shards"))
-    assert second["shards_location"] != manifest["shards_location"]
+    assert second.shards_location != manifest.shards_location
     np.testing.assert_array_equal(reader.arrays("test")[1], written["test"][1])
 
 
 def test_local_shards_location(tmp_path, many_shards):
     written = make_numbered_folder(tmp_path / "numbers")
     manifest = prepare(str(tmp_path / "numbers"), str(tmp_path / "artifact"), shards_location=str(tmp_path / "bulk"))
-    assert os.path.dirname(manifest["shards_location"]) == str(tmp_path / "bulk")
+    assert os.path.dirname(manifest.shards_location) == str(tmp_path / "bulk")
     assert not [name for name in os.listdir(tmp_path / "artifact") if name.endswith(".tfrecord")]
-    np.testing.assert_array_equal(data_prep.load_split(str(tmp_path / "artifact"), "test")[0], written["test"][0])
+    np.testing.assert_array_equal(dataset.load_split(str(tmp_path / "artifact"), "test")[0], written["test"][0])

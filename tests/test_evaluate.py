@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from components.data_prep import load_split
+from components.dataset import load_split
 from components.evaluate import (
     confident_mistakes,
     confusion_matrix,

@@ -28,7 +28,7 @@ from components.recipe import (
     update_plateau,
 )
 from components.schedules import make_learning_rate
-from components.dataset import open_dataset
+from components.dataset import load_split, open_dataset
 from components.input_pipeline import augment_batch, make_train_dataset, shift_and_flip, shift_pixels_for, steps_per_epoch_for
 from components.train import make_optimizer, train
 from schedule_reference import cosine_learning_rate, learning_rate_at, learning_rate_at_step, step_learning_rate
@@ -323,11 +323,11 @@ def test_saved_model_takes_raw_uint8_images_and_includes_preprocessing(trained_r
     layer_names = [layer.name for layer in model.layers]
     assert layer_names[1:4] == ["scale_to_unit", "subtract_pixel_mean", "resize_to_min_input"]
     assert model.input_shape == (None, *TINY_SHAPE)
-    images, _ = data_prep.load_split(tiny_dataset, "test")
+    images, _ = load_split(tiny_dataset, "test")
     probabilities = model.predict(images.astype(np.float32), verbose=0)
     assert probabilities.shape == (12, TINY_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    train_images, _ = data_prep.load_split(tiny_dataset, "train")
+    train_images, _ = load_split(tiny_dataset, "train")
     mean_layer = model.get_layer("subtract_pixel_mean")
     np.testing.assert_allclose(-np.asarray(mean_layer.offset), train_images.mean(axis=0) / 255.0, rtol=1e-5)
 
