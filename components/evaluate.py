@@ -7,7 +7,6 @@ evaluation only casts the stored test images to float32 and runs one timed predi
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -17,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from components import checks, models, storage
-from components.artifacts import HISTORY_FILE, MISTAKES_FILE, MODEL_FILE, RESULT_FILE, TRAIN_RESULT_FILE
+from components.artifacts import HISTORY_FILE, MISTAKES_FILE, MODEL_FILE, TRAIN_RESULT_FILE
 from components.dataset import open_dataset
 from components.errors import UserError
 from components.keras_setup import keras, tf
+from components.results import EvaluationResult, read_train_result, write_evaluation_result
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ MISTAKES_SHOWN = 12
 THUMBNAIL_MAX_SIZE = 64
 
 
-def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int = 256) -> dict[str, Any]:
+def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int = 256) -> EvaluationResult:
     """Evaluates model_dir/model.keras on the dataset's test split and writes output_dir/result.json.
 
     result.json holds train_result.json's fields plus test_accuracy, test_loss (plain categorical
@@ -57,10 +57,9 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     for required in (model_path, train_result_path):
         if not os.path.isfile(required):
             raise UserError(f"no {os.path.basename(required)} in {model_dir}; pass the training step's output directory")
+    train_result = read_train_result(model_dir)
     reader = open_dataset(dataset_dir)
     manifest = reader.manifest
-    with open(train_result_path) as train_result_file:
-        train_result = json.load(train_result_file)
 
     # The test split is streamed from its shards, never held whole: the pixels pass through the
     # model once, the labels are read on their own, and only the mistakes shown keep an image.
@@ -71,9 +70,9 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     num_classes = int(manifest.num_classes)
     predictions = probabilities.argmax(axis=1)
     confusion = confusion_matrix(labels, predictions, num_classes)
-    spec = models.MODELS.get(train_result.get("name"))
-    result = dict(
-        train_result,
+    spec = models.MODELS.get(train_result.name)
+    result = EvaluationResult(
+        **train_result.to_dict(),
         test_accuracy=float(np.mean(predictions == labels)),
         test_loss=cross_entropy(probabilities, labels),
         test_images=int(len(labels)),
@@ -88,15 +87,15 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     )
     logger.info(
         "%s: test accuracy %.4f, loss %.4f, %.0f images/s inference",
-        result.get("name"), result["test_accuracy"], result["test_loss"], result["inference_images_per_second"] or 0,
+        result.name, result.test_accuracy, result.test_loss, result.inference_images_per_second or 0,
     )
     os.makedirs(output_dir, exist_ok=True)
     history_path = os.path.join(model_dir, HISTORY_FILE)
     if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
         shutil.copyfile(history_path, os.path.join(output_dir, HISTORY_FILE))
-    mistaken_images = images_at(reader, "test", [mistake["index"] for mistake in result["mistakes"]])
+    mistaken_images = images_at(reader, "test", [mistake["index"] for mistake in result.mistakes])
     write_thumbnails(mistaken_images, os.path.join(output_dir, MISTAKES_FILE))
-    storage.write_json(os.path.join(output_dir, RESULT_FILE), result)
+    write_evaluation_result(output_dir, result)
     return result
 
 

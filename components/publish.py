@@ -6,13 +6,15 @@ that serving systems load without Keras. The decision is written back into the e
 ``result.json`` so the report shows champion against challenger.
 """
 
+import dataclasses
 import os
 import shutil
 import tempfile
 
 from components import manifest as dataset_manifest
-from components import registry, storage
-from components.artifacts import HISTORY_FILE, MODEL_FILE, RESULT_FILE, TRAIN_RESULT_FILE
+from components import registry
+from components.artifacts import HISTORY_FILE, MODEL_FILE, TRAIN_RESULT_FILE
+from components.results import read_evaluation_result, write_evaluation_result
 
 MODEL_FILES = (MODEL_FILE, HISTORY_FILE, TRAIN_RESULT_FILE)
 SAVED_MODEL_DIR = "saved_model"
@@ -27,16 +29,15 @@ def publish(
     ``promotion`` field of ``result_dir/result.json``.
     """
     manifest = dataset_manifest.read(dataset_dir)
-    result_path = os.path.join(result_dir, RESULT_FILE)
-    result = storage.read_json(result_path)
+    result = read_evaluation_result(result_dir)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-publish-") as staging:
         for name in MODEL_FILES:
             shutil.copyfile(os.path.join(model_dir, name), os.path.join(staging, name))
         export_saved_model(os.path.join(model_dir, MODEL_FILE), os.path.join(staging, SAVED_MODEL_DIR))
         decision = registry.publish_model(
-            staging, registry_root, manifest.name, result["name"], run_id, result, manifest.to_dict(), margin
+            staging, registry_root, manifest.name, result.name, run_id, result.to_dict(), manifest.to_dict(), margin
         )
-    storage.write_json(result_path, {**result, "promotion": decision})
+    write_evaluation_result(result_dir, dataclasses.replace(result, promotion=decision))
     return decision
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from components import checkpoints, models, storage
-from components.artifacts import HISTORY_FILE, MODEL_FILE, TRAIN_RESULT_FILE
+from components.artifacts import HISTORY_FILE, MODEL_FILE
 from components.callbacks import (
     EpochCheckpointer,
     PlateauCallback,
@@ -41,6 +41,8 @@ from components.callbacks import (
 )
 from components.dataset import DatasetReader, open_dataset
 from components.manifest import DatasetManifest
+from components.results import FORMAT_VERSION as RESULTS_FORMAT_VERSION
+from components.results import TrainResult, write_train_result
 from components.distributed import WorkerRole, distribution_strategy, fit_on_workers, worker_role
 from components.errors import UserError, one_line
 from components.input_pipeline import make_eval_dataset, make_train_dataset, shift_pixels_for, steps_per_epoch_for
@@ -236,12 +238,12 @@ def train(
     *,
     tensorboard_dir: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> dict[str, Any]:
+) -> TrainResult | None:
     """Trains `model_name` on the dataset artifact and writes the best model and its records.
 
     Writes output_dir/model.keras (best by validation accuracy, without optimizer state; takes
     raw uint8-valued images), output_dir/history.csv and output_dir/train_result.json, and
-    returns the result dict. Validation uses the dataset's validation split when it has one,
+    returns the TrainResult (None on a worker other than the chief). Validation uses the dataset's validation split when it has one,
     else its test split. An epoch is exactly ceil(train images / batch_size) optimizer steps.
 
     With `checkpoint_dir` (local or gs://), every epoch is checkpointed there (model with
@@ -283,7 +285,7 @@ def train(
                 checkpoints.record_failure(run.location, run.fingerprint, one_line(error))
             raise
         if not role.is_chief:  # the chief writes the outputs
-            return {"name": spec.name, "epochs": int(state["epoch"]), "workers": role.count, "worker_index": role.index}
+            return None
         return _write_outputs(output_dir, spec, reader, config, state, role)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -498,7 +500,7 @@ def averaged_weights(checkpoint_path: str) -> list[np.ndarray]:
 
 def _write_outputs(
     output_dir: str, spec: models.ModelSpec, reader: DatasetReader, config: TrainConfig, state: dict[str, Any], role: WorkerRole
-) -> dict[str, Any]:
+) -> TrainResult:
     """Writes the best model (for inference: no optimizer state, loads with plain Keras),
     history.csv, and train_result.json last, as the commit point."""
     models.allow_deep_graphs()
@@ -515,23 +517,24 @@ def _write_outputs(
     storage.write_text(os.path.join(output_dir, HISTORY_FILE), history.getvalue())
     train_seconds = float(state["train_seconds"])
     optimizer_steps = int(state["optimizer_steps"])
-    result = {
-        "name": spec.name,
-        "family": spec.family,
-        "params": int(state["params"]),
-        "epochs": int(state["epoch"]),
-        "train_seconds": train_seconds,
-        "train_images_per_second": optimizer_steps * config.batch_size / train_seconds if train_seconds > 0 else None,
-        "best_validation_accuracy": state["best_validation_accuracy"],
-        "best_epoch": state["best_epoch"],
-        "resumed_from_epoch": int(state["resumed_from_epoch"]),
-        "optimizer_steps": optimizer_steps,
-        "steps_per_epoch": steps_per_epoch_for(reader.count("train"), config.batch_size),
-        "images_seen": optimizer_steps * config.batch_size,  # every batch is full
-        "validation_split": state["validation_split"],
-        "dataset": reader.name,
-        "workers": role.count,
-        "config": config.to_dict(),
-    }
-    storage.write_json(os.path.join(output_dir, TRAIN_RESULT_FILE), result)
+    result = TrainResult(
+        format_version=RESULTS_FORMAT_VERSION,
+        name=spec.name,
+        family=spec.family,
+        params=int(state["params"]),
+        epochs=int(state["epoch"]),
+        train_seconds=train_seconds,
+        train_images_per_second=optimizer_steps * config.batch_size / train_seconds if train_seconds > 0 else None,
+        best_validation_accuracy=state["best_validation_accuracy"],
+        best_epoch=state["best_epoch"],
+        resumed_from_epoch=int(state["resumed_from_epoch"]),
+        optimizer_steps=optimizer_steps,
+        steps_per_epoch=steps_per_epoch_for(reader.count("train"), config.batch_size),
+        images_seen=optimizer_steps * config.batch_size,  # every batch is full
+        validation_split=state["validation_split"],
+        dataset=reader.name,
+        workers=role.count,
+        config=config.to_dict(),
+    )
+    write_train_result(output_dir, result)
     return result

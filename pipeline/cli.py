@@ -493,7 +493,8 @@ def component_train(args: argparse.Namespace) -> int:
     workers = 1 if "TF_CONFIG" in os.environ else args.workers
     result = train_on_workers(workers, args.dataset, args.model, args.output, config,
                               checkpoint_dir=args.checkpoint_dir, tensorboard_dir=args.tensorboard_dir)
-    print(json.dumps({key: result.get(key) for key in ("name", "epochs", "train_seconds", "train_images_per_second")}))
+    print(json.dumps({"name": result.name, "epochs": result.epochs, "train_seconds": result.train_seconds,
+                      "train_images_per_second": result.train_images_per_second}))
     return 0
 
 
@@ -501,7 +502,7 @@ def component_evaluate(args: argparse.Namespace) -> int:
     from components.evaluate import evaluate
 
     result = evaluate(args.dataset, args.model_dir, args.output)
-    print(json.dumps({key: result[key] for key in ("name", "test_accuracy", "test_loss")}))
+    print(json.dumps({"name": result.name, "test_accuracy": result.test_accuracy, "test_loss": result.test_loss}))
     return 0
 
 

@@ -8,12 +8,11 @@ watches local worker processes (components/workers.py) and is the command every 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from components import storage
-from components.artifacts import TRAIN_RESULT_FILE
 from components.errors import UserError
+from components.results import TrainResult, read_train_result
 from components.train_worker import worker_arguments
 from components.workers import check_worker_count, run_local_workers
 
@@ -26,7 +25,7 @@ DEFAULT_MAX_RESTARTS = 3
 
 def train_on_workers(worker_count: int, dataset: str, model_name: str, output_dir: str, config, *,
                      checkpoint_dir: str | None, tensorboard_dir: str | None, run_id: str = "",
-                     cluster_placement: str = "") -> dict:
+                     cluster_placement: str = "") -> TrainResult:
     """The train task: trains in this process, on N local processes, or on a JobSet of N pods.
 
     On the cluster (`cluster_placement` set by `cnnpipe compile`) the worker pods read the
@@ -47,14 +46,14 @@ def train_on_workers(worker_count: int, dataset: str, model_name: str, output_di
         arguments = worker_arguments(dataset, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
                                      tensorboard_dir=tensorboard_dir)
         run_local_workers(worker_count, [sys.executable, "-m", "components.train_worker", *arguments])
-        return storage.read_json(os.path.join(output_dir, TRAIN_RESULT_FILE))
+        return read_train_result(output_dir)
     train_on_jobset(worker_count, dataset, model_name, config, checkpoint_dir=checkpoint_dir,
                     tensorboard_dir=tensorboard_dir, run_id=run_id, cluster_placement=cluster_placement)
     return train_here(dataset, model_name, output_dir, config, checkpoint_dir, None)
 
 
 def train_here(dataset: str, model_name: str, output_dir: str, config, checkpoint_dir: str | None,
-               tensorboard_dir: str | None) -> dict:
+               tensorboard_dir: str | None) -> TrainResult:
     """Trains in this process (TensorFlow is imported only here: a launcher of workers does not pay for it)."""
     from components.train import train
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import re
 import shutil
@@ -20,9 +19,10 @@ import warnings
 from pipeline.config import RunConfig
 from pipeline.console import Console
 
-from components.artifacts import HISTORY_FILE, MODEL_FILE, REPORT_FILES, REPORT_HTML_FILE, TRAIN_RESULT_FILE
+from components.artifacts import HISTORY_FILE, MODEL_FILE, REPORT_FILES, REPORT_HTML_FILE
 from components.errors import UserError
 from components.processes import descendant_processes, terminate_processes
+from components.results import read_train_result
 
 MODEL_FILES = (MODEL_FILE, HISTORY_FILE)
 
@@ -248,8 +248,7 @@ def collect_outputs(run_dir: str, output_dir: str) -> str:
     for name in REPORT_FILES:
         shutil.copyfile(os.path.join(reports[0], name), os.path.join(output_dir, name))
     for model_dir in glob.glob(os.path.join(run_dir, "**", "train-model", "model"), recursive=True):
-        with open(os.path.join(model_dir, TRAIN_RESULT_FILE)) as handle:
-            name = json.load(handle)["name"]
+        name = read_train_result(model_dir).name
         destination = os.path.join(output_dir, "models", name)
         os.makedirs(destination, exist_ok=True)
         for file_name in MODEL_FILES:

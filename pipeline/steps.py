@@ -83,7 +83,8 @@ def train_model(
             checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir, run_id=run_id,
             cluster_placement=cluster_placement,
         )
-    model.metadata.update({key: result[key] for key in ("name", "params", "epochs", "train_seconds", "workers")})
+    model.metadata.update({"name": result.name, "params": result.params, "epochs": result.epochs,
+                           "train_seconds": result.train_seconds, "workers": result.workers})
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -119,9 +120,9 @@ def evaluate_model(
                                promotion_margin)
             result.metadata["promotion"] = decision["decision"]
     for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
-        metrics.log_metric(key, summary[key])
-    classification.log_confusion_matrix(summary["class_names"], summary["confusion_matrix"])
-    result.metadata.update({"name": summary["name"], "test_accuracy": summary["test_accuracy"]})
+        metrics.log_metric(key, getattr(summary, key))
+    classification.log_confusion_matrix(summary.class_names, summary.confusion_matrix)
+    result.metadata.update({"name": summary.name, "test_accuracy": summary.test_accuracy})
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)

@@ -43,7 +43,7 @@ def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared
     result = train_on_workers(2, dataset, "lenet5", str(tmp_path / "model"), config, checkpoint_dir=checkpoint_dir,
                               tensorboard_dir=None, run_id="run-1", cluster_placement=placement)
 
-    assert result["epochs"] == 2 and (tmp_path / "model" / "model.keras").is_file()
+    assert result.epochs == 2 and (tmp_path / "model" / "model.keras").is_file()
     (create,) = kubeconfig.requests_to("POST", "/jobsets")
     assert create.body["spec"]["failurePolicy"]["maxRestarts"] == 2
     (replicated_job,) = create.body["spec"]["replicatedJobs"]

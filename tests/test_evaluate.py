@@ -58,39 +58,39 @@ def test_evaluate_writes_result_with_metrics_consistent_with_the_model(trained, 
     output_dir = str(tmp_path / "evaluation")
     result = evaluate(dataset_dir, model_dir, output_dir, batch_size=5)
     with open(os.path.join(output_dir, "result.json")) as result_file:
-        assert json.load(result_file) == result
+        assert json.load(result_file) == result.to_dict()
     with open(os.path.join(model_dir, "history.csv")) as original, open(os.path.join(output_dir, "history.csv")) as copied:
         assert copied.read() == original.read()
     with open(os.path.join(model_dir, "train_result.json")) as train_result_file:
         train_result = json.load(train_result_file)
-    assert {key: result[key] for key in train_result} == train_result
+    assert {key: result.to_dict()[key] for key in train_result} == train_result
 
     images, labels = load_split(dataset_dir, "test")
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False)
     probabilities = model.predict(images.astype(np.float32), verbose=0)
-    assert 0 <= result["test_accuracy"] <= 1
-    assert result["test_accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
+    assert 0 <= result.test_accuracy <= 1
+    assert result.test_accuracy == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
     expected_loss = keras.losses.CategoricalCrossentropy()(keras.utils.to_categorical(labels, TINY_CLASSES), probabilities)
-    assert result["test_loss"] == pytest.approx(float(expected_loss), rel=1e-4)
+    assert result.test_loss == pytest.approx(float(expected_loss), rel=1e-4)
 
-    confusion = np.array(result["confusion_matrix"])
-    assert confusion.shape == (TINY_CLASSES, TINY_CLASSES) and confusion.sum() == len(labels) == result["test_images"]
-    assert np.trace(confusion) / confusion.sum() == pytest.approx(result["test_accuracy"])
-    assert [row["support"] for row in result["per_class"]] == np.bincount(labels).tolist()
-    assert [row["class"] for row in result["per_class"]] == result["class_names"] == ["class0", "class1", "class2"]
-    assert result["inference_images_per_second"] > 0
+    confusion = np.array(result.confusion_matrix)
+    assert confusion.shape == (TINY_CLASSES, TINY_CLASSES) and confusion.sum() == len(labels) == result.test_images
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(result.test_accuracy)
+    assert [row["support"] for row in result.per_class] == np.bincount(labels).tolist()
+    assert [row["class"] for row in result.per_class] == result.class_names == ["class0", "class1", "class2"]
+    assert result.inference_images_per_second > 0
     spec = MODELS["lenet5"]
-    assert (result["reference_accuracy"], result["seed_accuracy"]) == (spec.reference_accuracy, spec.seed_accuracy)
+    assert (result.reference_accuracy, result.seed_accuracy) == (spec.reference_accuracy, spec.seed_accuracy)
 
     predictions = probabilities.argmax(axis=1)
     wrong = int(np.sum(predictions != labels))
-    assert len(result["mistakes"]) == min(wrong, 12)
-    for mistake in result["mistakes"]:
+    assert len(result.mistakes) == min(wrong, 12)
+    for mistake in result.mistakes:
         assert mistake["true_class"] == labels[mistake["index"]] != mistake["predicted_class"]
         assert mistake["confidence"] == pytest.approx(float(probabilities[mistake["index"]].max()), rel=1e-4)
     thumbnails = np.load(os.path.join(output_dir, MISTAKES_FILE))
-    assert thumbnails.dtype == np.uint8 and len(thumbnails) == len(result["mistakes"])
-    for mistake, picture in zip(result["mistakes"], thumbnails):
+    assert thumbnails.dtype == np.uint8 and len(thumbnails) == len(result.mistakes)
+    for mistake, picture in zip(result.mistakes, thumbnails):
         np.testing.assert_array_equal(picture, images[mistake["index"]])
 
 

@@ -75,6 +75,6 @@ def test_interrupted_training_resumes_from_gcs_checkpoint(gcs_emulator, tmp_path
     assert set(storage.list_files(checkpoint_uri)) == {"state.json", state["checkpoint"], state["best_checkpoint"]}
 
     result = train(dataset, "lenet5", str(tmp_path / "second"), config, checkpoint_uri)
-    assert result["resumed_from_epoch"] == 1 and result["epochs"] == 2
+    assert result.resumed_from_epoch == 1 and result.epochs == 2
     assert storage.read_json(storage.join(checkpoint_uri, "state.json"))["epoch"] == 2
     assert load_checkpoint(str(tmp_path / "second")) is None  # the local mirror is scratch, not output

@@ -147,7 +147,7 @@ def test_weight_averaging_validates_and_saves_the_average_and_checkpoints_both(t
     # The best epoch's validation loss and accuracy are the averaged model's, as saved, not the
     # trained weights'.
     images, labels = open_dataset(dataset).arrays("validation")
-    best_row = read_history(tmp_path / "model")[result["best_epoch"] - 1]
+    best_row = read_history(tmp_path / "model")[result.best_epoch - 1]
 
     def loss_and_accuracy(model):
         probabilities = model.predict(images.astype(np.float32), verbose=0)
@@ -156,6 +156,6 @@ def test_weight_averaging_validates_and_saves_the_average_and_checkpoints_both(t
 
     saved_loss, saved_accuracy = loss_and_accuracy(saved)
     assert saved_loss == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
-    assert saved_accuracy == pytest.approx(result["best_validation_accuracy"])
+    assert saved_accuracy == pytest.approx(result.best_validation_accuracy)
     assert loss_and_accuracy(trained)[0] != pytest.approx(saved_loss, rel=1e-3)
-    assert result["config"]["weight_average_momentum"] == 0.6
+    assert result.config["weight_average_momentum"] == 0.6

@@ -302,24 +302,24 @@ def trained_run(tiny_dataset, tmp_path_factory):
 def test_train_writes_model_history_and_result(trained_run, tiny_dataset):
     output_dir, _, result = trained_run
     assert sorted(os.listdir(output_dir)) == ["history.csv", "model.keras", "train_result.json"]
-    assert read_result(output_dir) == result
+    assert read_result(output_dir) == result.to_dict()
     history = read_history(output_dir)
     assert [row["epoch"] for row in history] == ["1", "2"]
     assert list(history[0]) == list(train_module.HISTORY_COLUMNS)
     assert all(0 <= float(row["val_accuracy"]) <= 1 and float(row["loss"]) > 0 and float(row["seconds"]) > 0 for row in history)
-    assert result["name"] == "lenet5" and result["family"] == "lenet" and result["epochs"] == 2
-    assert result["resumed_from_epoch"] == 0
-    assert result["optimizer_steps"] == 2 * math.ceil(24 / 8)
-    assert result["train_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in history))
-    assert result["train_images_per_second"] == pytest.approx(2 * 24 / result["train_seconds"])
-    assert result["best_validation_accuracy"] == max(float(row["val_accuracy"]) for row in history)
-    assert result["config"] == quick_config().to_dict() and result["validation_split"] == "test"
+    assert result.name == "lenet5" and result.family == "lenet" and result.epochs == 2
+    assert result.resumed_from_epoch == 0
+    assert result.optimizer_steps == 2 * math.ceil(24 / 8)
+    assert result.train_seconds == pytest.approx(sum(float(row["seconds"]) for row in history))
+    assert result.train_images_per_second == pytest.approx(2 * 24 / result.train_seconds)
+    assert result.best_validation_accuracy == max(float(row["val_accuracy"]) for row in history)
+    assert result.config == quick_config().to_dict() and result.validation_split == "test"
 
 
 def test_saved_model_takes_raw_uint8_images_and_includes_preprocessing(trained_run, tiny_dataset, tmp_path):
     output_dir, _, result = trained_run
     model = keras.models.load_model(os.path.join(output_dir, "model.keras"), compile=False)
-    assert model.count_params() == result["params"]
+    assert model.count_params() == result.params
     layer_names = [layer.name for layer in model.layers]
     assert layer_names[1:4] == ["scale_to_unit", "subtract_pixel_mean", "resize_to_min_input"]
     assert model.input_shape == (None, *TINY_SHAPE)
@@ -338,12 +338,12 @@ def test_rerun_with_more_epochs_resumes_and_continues_the_optimizer(trained_run,
     shutil.copytree(checkpoint_dir, extended_checkpoints)
     output_dir = str(tmp_path / "output")
     result = train(tiny_dataset, "lenet5", output_dir, quick_config(epochs=3), checkpoint_dir=extended_checkpoints)
-    assert result["resumed_from_epoch"] == 2 and result["epochs"] == 3
-    assert result["optimizer_steps"] == 3 * math.ceil(24 / 8), "the restored optimizer kept counting"
+    assert result.resumed_from_epoch == 2 and result.epochs == 3
+    assert result.optimizer_steps == 3 * math.ceil(24 / 8), "the restored optimizer kept counting"
     history = read_history(output_dir)
     assert [row["epoch"] for row in history] == ["1", "2", "3"]
     assert [row["seconds"] for row in history[:2]] == [str(row["seconds"]) for row in load_checkpoint(checkpoint_dir)["history"]]
-    assert result["train_seconds"] > first["train_seconds"]
+    assert result.train_seconds > first.train_seconds
     state = load_checkpoint(extended_checkpoints)
     assert state["epoch"] == 3 and sorted(os.listdir(extended_checkpoints)) == sorted(
         {"state.json", "epoch-0003.keras", state["best_checkpoint"]}
@@ -356,7 +356,7 @@ def test_rerun_when_all_epochs_are_done_only_writes_outputs(trained_run, tiny_da
     _, checkpoint_dir, first = trained_run
     before = load_checkpoint(checkpoint_dir)
     result = train(tiny_dataset, "lenet5", str(tmp_path / "again"), quick_config(), checkpoint_dir=checkpoint_dir)
-    assert result["resumed_from_epoch"] == 2 and result["train_seconds"] == first["train_seconds"]
+    assert result.resumed_from_epoch == 2 and result.train_seconds == first.train_seconds
     assert load_checkpoint(checkpoint_dir) == before
     assert os.path.exists(tmp_path / "again" / "model.keras")
 
@@ -377,7 +377,7 @@ def test_interrupted_run_resumes_at_the_next_epoch(tiny_dataset, tmp_path):
     assert load_checkpoint(checkpoint_dir)["epoch"] == 1
     assert not os.path.exists(os.path.join(output_dir, "train_result.json"))
     result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
-    assert result["resumed_from_epoch"] == 1 and result["epochs"] == 2 and result["optimizer_steps"] == 6
+    assert result.resumed_from_epoch == 1 and result.epochs == 2 and result.optimizer_steps == 6
     history = read_history(output_dir)
     # The resumed run continues the same per-step curve: each row holds its epoch's last step's rate.
     expected = [learning_rate_at_step(step, 3, config) for step in (2, 5)]
@@ -409,7 +409,7 @@ def test_train_without_checkpoint_dir_removes_its_temporary_checkpoints_and_uses
     dataset = write_dataset(tmp_path / "dataset", validation_count=6)
     result = train(dataset, "lenet5", str(tmp_path / "output"), quick_config(epochs=1, steps_per_execution="auto"))
     assert sorted(os.listdir(tmp_path)) == ["dataset", "output"]
-    assert result["validation_split"] == "validation" and result["epochs"] == 1
+    assert result.validation_split == "validation" and result.epochs == 1
 
 
 def test_unknown_model_is_refused_before_any_work(tiny_dataset, tmp_path):
@@ -451,7 +451,7 @@ def test_killed_process_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path)
     assert 1 <= killed_at < 6 and not os.path.exists(os.path.join(output_dir, "train_result.json"))
     config = TrainConfig(epochs=6, batch_size=8, steps_per_execution=1, seed=1, schedule="cosine")
     result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
-    assert result["resumed_from_epoch"] == killed_at and result["epochs"] == 6
+    assert result.resumed_from_epoch == killed_at and result.epochs == 6
     assert [row["epoch"] for row in read_history(output_dir)] == [str(epoch) for epoch in range(1, 7)]
 
 
@@ -469,8 +469,8 @@ def test_an_epoch_is_exactly_one_pass_of_optimizer_steps(image_count, batch_size
     config = quick_config(epochs=2, batch_size=batch_size, steps_per_execution=steps_per_execution)
     result = train(dataset, "lenet5", str(tmp_path / "output"), config)
     steps_per_epoch = math.ceil(image_count / batch_size)
-    assert result["optimizer_steps"] == 2 * steps_per_epoch == 2 * result["steps_per_epoch"]
-    assert result["images_seen"] == 2 * steps_per_epoch * batch_size
+    assert result.optimizer_steps == 2 * steps_per_epoch == 2 * result.steps_per_epoch
+    assert result.images_seen == 2 * steps_per_epoch * batch_size
     history = read_history(str(tmp_path / "output"))
     assert [int(row["steps"]) for row in history] == [steps_per_epoch] * 2
     assert [int(row["images"]) for row in history] == [steps_per_epoch * batch_size] * 2
