@@ -25,7 +25,6 @@ place at the end, so a failed prep leaves nothing half-written where a later ste
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os

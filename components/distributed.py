@@ -1,6 +1,6 @@
 """Training across several worker processes with tf.distribute.MultiWorkerMirroredStrategy.
 
-Each worker is one process (components/workers.py starts them locally, pipeline/jobset.py on
+Each worker is one process (components/workers.py starts them locally, pipeline/jobset_spec.py on
 the cluster) that finds its peers through TF_CONFIG. Gradients are all-reduced by TensorFlow's
 collectives; the global batch is split evenly over the workers, each reading its own shards.
 

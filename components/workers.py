@@ -6,7 +6,7 @@ and the results). This module only builds that variable and starts or wraps proc
 training itself is the same command a single process runs.
 
 - Locally, `run_local_workers` starts N copies of a command on 127.0.0.1, one free port each.
-- On the cluster every worker is a pod of a JobSet (pipeline/jobset.py) whose container runs
+- On the cluster every worker is a pod of a JobSet (pipeline/jobset_spec.py) whose container runs
   `python3 -m components.workers COMMAND...`: `tf_config_from_jobset_environment` derives
   TF_CONFIG from the JobSet's stable host names, then COMMAND replaces this process.
 
@@ -32,7 +32,7 @@ from components import checks
 from components.errors import USER_ERROR_EXIT_CODE, UserError, reported_user_error
 from components.processes import TERMINATE_GRACE_SECONDS, die_with_parent, sigterm_as_interrupt, terminate_groups
 
-# Environment variables pipeline/jobset.py sets on every worker pod: what the JobSet spec knows
+# Environment variables pipeline/jobset_spec.py sets on every worker pod: what the JobSet spec knows
 # and the pod cannot look up by itself.
 JOBSET_NAME_VARIABLE = "CNNPIPE_JOBSET_NAME"
 REPLICATED_JOB_VARIABLE = "CNNPIPE_REPLICATED_JOB"
@@ -180,7 +180,7 @@ def tf_config_from_jobset_environment(environ: dict | None = None) -> str | None
     JobSet gives every pod of an Indexed Job the stable DNS name
     `<jobset>-<replicated job>-<job index>-<completion index>.<subdomain>`; cnnpipe's JobSet has
     one replicated job with one Job (job index 0) and the subdomain is the JobSet's name. The
-    Job controller sets JOB_COMPLETION_INDEX; pipeline/jobset.py sets the rest.
+    Job controller sets JOB_COMPLETION_INDEX; pipeline/jobset_spec.py sets the rest.
     """
     environ = os.environ if environ is None else environ
     jobset = environ.get(JOBSET_NAME_VARIABLE)
@@ -190,7 +190,7 @@ def tf_config_from_jobset_environment(environ: dict | None = None) -> str | None
                                  COMPLETION_INDEX_VARIABLE) if not environ.get(name)]
     if missing:
         raise RuntimeError(f"JobSet worker {jobset!r} lacks the environment variables {', '.join(missing)}; "
-                           f"its pod template is not the one pipeline/jobset.py writes")
+                           f"its pod template is not the one pipeline/jobset_spec.py writes")
     replicated_job = environ[REPLICATED_JOB_VARIABLE]
     port = int(environ[WORKER_PORT_VARIABLE])
     hosts = [f"{jobset}-{replicated_job}-0-{index}.{jobset}:{port}"

@@ -2,7 +2,7 @@
 
 The decision sits here, above the library: components/ trains (components/train.py), starts and
 watches local worker processes (components/workers.py) and is the command every worker runs
-(components/train_worker.py); the JobSet is the cluster's (pipeline/jobset.py).
+(components/train_worker.py); the JobSet is the cluster's (pipeline/jobset_spec.py, pipeline/jobset_run.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def train_on_workers(worker_count: int, dataset: str, model_name: str, output_di
         dataset: The dataset's location (a directory, or the gs:// prefix of a pipeline artifact).
         config: The TrainConfig.
         run_id: Names the JobSet with the model; the same on a retry of the task, which then replaces it.
-        cluster_placement: JSON of pipeline.jobset.placement_arguments, '' off the cluster.
+        cluster_placement: JSON of the worker pods' settings (pipeline.jobset_spec.worker_pod_settings)
+            plus the JobSet's max_restarts, set by `cnnpipe compile`; '' off the cluster.
     """
     check_worker_count(worker_count)
     if worker_count == 1:
@@ -63,16 +64,18 @@ def train_here(dataset: str, model_name: str, output_dir: str, config, checkpoin
 def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *, checkpoint_dir: str | None,
                     tensorboard_dir: str | None, run_id: str, cluster_placement: str) -> None:
     """Runs the workers as the pods of a JobSet and waits for them; they leave their model in `checkpoint_dir`."""
-    from pipeline.jobset import jobset_name, run_workers_on_cluster
+    from pipeline.jobset_run import run_workers_on_cluster
+    from pipeline.jobset_spec import jobset_name
 
     if not checkpoint_dir or not storage.is_gcs(checkpoint_dir):
         raise UserError("training on several workers on the cluster needs a gs:// checkpoint_root: the worker pods "
                         "share their progress through it; pass --param checkpoint_root=gs://BUCKET/checkpoints")
-    placement = json.loads(cluster_placement)
-    max_restarts = placement.pop("max_restarts", DEFAULT_MAX_RESTARTS)
+    pod_settings = json.loads(cluster_placement)
+    max_restarts = pod_settings.pop("max_restarts", DEFAULT_MAX_RESTARTS)
     if not tensorboard_dir or not storage.is_gcs(tensorboard_dir):
         tensorboard_dir = storage.join(checkpoint_dir, "tensorboard")  # the pods cannot write into this pod
     command = ["python3", "-m", "components.train_worker",
                *worker_arguments(dataset, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
                                  checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
-    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, placement, max_restarts=max_restarts)
+    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, pod_settings,
+                           max_restarts=max_restarts)

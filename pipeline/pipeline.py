@@ -12,7 +12,7 @@ from typing import Callable
 from kfp import dsl
 
 from pipeline.config import RunConfig, resolve
-from pipeline.jobset import placement_arguments
+from pipeline.jobset_spec import worker_pod_settings
 from pipeline.placement import (
     Placement,
     disable_cache_for_mutable_source,
@@ -77,7 +77,7 @@ def build_pipeline(
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 workers=workers,
                 tensorboard_root=tensorboard_root,
-                cluster_placement=json.dumps({**placement_arguments(placement), "max_restarts": placement.train_retries})
+                cluster_placement=json.dumps({**worker_pod_settings(placement), "max_restarts": placement.train_retries})
                 if placement else "",
             )
             evaluation = evaluate_model(

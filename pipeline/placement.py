@@ -171,7 +171,7 @@ def disable_cache_for_mutable_source(task):
 
 
 def gpu_tolerations(placement: Placement) -> list[dict[str, str]]:
-    """Taints a GPU pod tolerates, as Kubernetes toleration objects (also used by pipeline/jobset.py)."""
+    """Taints a GPU pod tolerates, as Kubernetes toleration objects (also used by pipeline/jobset_spec.py)."""
     # GKE taints GPU nodes so that CPU-only pods stay off them; GPU pods must tolerate it.
     tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     if placement.spot:

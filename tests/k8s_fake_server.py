@@ -1,4 +1,4 @@
-"""A loopback HTTP server on 127.0.0.1 speaking the subset of the Kubernetes API that pipeline/jobset.py uses.
+"""A loopback HTTP server on 127.0.0.1 speaking the subset of the Kubernetes API that pipeline/jobset_run.py uses.
 
 It lets tests drive the real `kubernetes` Python client through `run_jobset` without a cluster.
 Implemented endpoints (paths as the Kubernetes API server serves them):

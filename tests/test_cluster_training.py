@@ -9,7 +9,7 @@ import pytest
 from components import storage
 from components.errors import UserError
 from components.train import train
-from pipeline.jobset import placement_arguments
+from pipeline.jobset_spec import worker_pod_settings
 from pipeline.launch import train_on_workers
 from pipeline.placement import Placement
 from tests.k8s_fake_server import FakeKubernetesServer, completed, write_kubeconfig
@@ -39,7 +39,7 @@ def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared
     # What the worker pods leave behind: every epoch checkpointed in the bucket.
     train(dataset, "lenet5", str(tmp_path / "pods"), config, checkpoint_dir)
 
-    placement = json.dumps({**placement_arguments(Placement(image=IMAGE)), "max_restarts": 2})
+    placement = json.dumps({**worker_pod_settings(Placement(image=IMAGE)), "max_restarts": 2})
     result = train_on_workers(2, dataset, "lenet5", str(tmp_path / "model"), config, checkpoint_dir=checkpoint_dir,
                               tensorboard_dir=None, run_id="run-1", cluster_placement=placement)
 
@@ -64,7 +64,7 @@ def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared
 
 
 def test_several_workers_on_the_cluster_need_a_gcs_checkpoint(kubeconfig, tmp_path):
-    placement = json.dumps(placement_arguments(Placement(image=IMAGE)))
+    placement = json.dumps(worker_pod_settings(Placement(image=IMAGE)))
     with pytest.raises(UserError, match="needs a gs:// checkpoint_root"):
         train_on_workers(2, "gs://root/dataset", "lenet5", str(tmp_path / "model"), quick_config(),
                          checkpoint_dir=str(tmp_path / "local-checkpoints"), tensorboard_dir=None, run_id="run-1",

@@ -1,4 +1,4 @@
-"""pipeline.jobset: the JobSet against the CRD's schema, run_jobset against a loopback Kubernetes API."""
+"""pipeline.jobset_spec and pipeline.jobset_run: the JobSet against the CRD's schema, run_jobset against a loopback Kubernetes API."""
 
 import _thread
 import copy
@@ -16,7 +16,7 @@ from kubernetes import client
 
 from components import workers
 from components.errors import UserError
-from pipeline import jobset
+from pipeline import jobset_run, jobset_spec
 from pipeline.placement import Placement
 from tests.k8s_fake_server import (
     FakeKubernetesServer, completed, failed, jobset_schema, running, unavailable, write_kubeconfig,
@@ -55,10 +55,10 @@ def validator():
     return jsonschema.Draft7Validator(strict(jobset_schema()))
 
 
-def manifest(worker_count=2, placement=None, **arguments):
+def spec_document(worker_count=2, placement=None, **arguments):
     placement = placement or Placement(image=IMAGE)
-    return jobset.jobset_manifest("train-resnet", "kubeflow", command=COMMAND, worker_count=worker_count,
-                                  **jobset.placement_arguments(placement), **arguments)
+    return jobset_spec.jobset_spec("train-resnet", "kubeflow", command=COMMAND, worker_count=worker_count,
+                                  **jobset_spec.worker_pod_settings(placement), **arguments)
 
 
 def worker_pod(document):
@@ -66,17 +66,17 @@ def worker_pod(document):
     return replicated_job["template"]["spec"]["template"]["spec"]
 
 
-# ---- the manifest --------------------------------------------------------------------------
+# ---- the spec ------------------------------------------------------------------------------
 @pytest.mark.parametrize("placement", [Placement(image=IMAGE), Placement(image=IMAGE, spot=True, gpus_per_task=2),
                                        Placement(image=IMAGE, gpus_per_task=0)])
-def test_manifest_matches_the_jobset_crd_schema(validator, placement):
-    errors = [f"{list(error.path)}: {error.message}" for error in validator.iter_errors(manifest(4, placement))]
+def test_spec_matches_the_jobset_crd_schema(validator, placement):
+    errors = [f"{list(error.path)}: {error.message}" for error in validator.iter_errors(spec_document(4, placement))]
     assert errors == []
 
 
 def test_strict_schema_refuses_a_misspelt_field(validator):
     """Guards the check above: unknown and mistyped fields must fail."""
-    document = manifest()
+    document = spec_document()
     document["spec"]["failurePolicy"]["maxRestart"] = 3
     worker_pod(document)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = [1]
     messages = " ".join(error.message for error in validator.iter_errors(document))
@@ -84,8 +84,8 @@ def test_strict_schema_refuses_a_misspelt_field(validator):
     assert "is not valid under any of the given schemas" in messages
 
 
-def test_manifest_is_one_indexed_job_of_all_workers_with_stable_host_names():
-    document = manifest(worker_count=3, max_restarts=5)
+def test_spec_is_one_indexed_job_of_all_workers_with_stable_host_names():
+    document = spec_document(worker_count=3, max_restarts=5)
     assert (document["apiVersion"], document["kind"]) == ("jobset.x-k8s.io/v1alpha2", "JobSet")
     assert document["metadata"]["namespace"] == "kubeflow"
     spec = document["spec"]
@@ -103,7 +103,7 @@ def test_manifest_is_one_indexed_job_of_all_workers_with_stable_host_names():
 
 
 def test_a_user_mistake_fails_the_group_without_restarts():
-    document = manifest()
+    document = spec_document()
     container_name = worker_pod(document)["containers"][0]["name"]
     (pod_rule,) = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
     assert pod_rule == {"action": "FailJob",
@@ -113,7 +113,7 @@ def test_a_user_mistake_fails_the_group_without_restarts():
 
 
 def test_every_pod_builds_the_same_tf_config_from_the_jobset_host_names():
-    document = manifest(worker_count=3, port=2345, env={"STORAGE_EMULATOR_HOST": "http://gcs:9023"})
+    document = spec_document(worker_count=3, port=2345, env={"STORAGE_EMULATOR_HOST": "http://gcs:9023"})
     environment = {variable["name"]: variable["value"] for variable in worker_pod(document)["containers"][0]["env"]}
     assert environment["STORAGE_EMULATOR_HOST"] == "http://gcs:9023"
     configs = [json.loads(workers.tf_config_from_jobset_environment(dict(environment, JOB_COMPLETION_INDEX=str(index))))
@@ -128,7 +128,7 @@ def test_every_pod_builds_the_same_tf_config_from_the_jobset_host_names():
 @pytest.mark.parametrize("spot", [False, True])
 def test_workers_are_placed_like_the_single_pod_train_task(spot):
     placement = Placement(image=IMAGE, gpu_type="nvidia-l4", gpus_per_task=2, spot=spot)
-    pod = worker_pod(manifest(placement=placement))
+    pod = worker_pod(spec_document(placement=placement))
     assert pod["nodeSelector"] == placement.gpu_node_selector()
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     spot_toleration = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
@@ -142,30 +142,30 @@ def test_workers_are_placed_like_the_single_pod_train_task(spot):
 
 def test_cpu_only_workers_stay_off_the_gpu_pool():
     placement = Placement(image=IMAGE, gpus_per_task=0)
-    pod = worker_pod(manifest(placement=placement))
+    pod = worker_pod(spec_document(placement=placement))
     assert pod["nodeSelector"] == {} and pod["tolerations"] == []
     assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
 
 
-def test_manifest_refuses_a_bad_worker_count():
+def test_spec_refuses_a_bad_worker_count():
     with pytest.raises(UserError, match=r"--workers must be an integer >= 1 \(1 = one process\), got 0$"):
-        manifest(worker_count=0)
+        spec_document(worker_count=0)
 
 
 def test_jobset_names_are_stable_short_dns_labels():
-    name = jobset.jobset_name("Run 7f3a/2026-01-01", "ResNet20_v1")
-    assert name == jobset.jobset_name("Run 7f3a/2026-01-01", "ResNet20_v1")
-    assert name != jobset.jobset_name("Run 7f3a/2026-01-01", "resnet32_v1")
+    name = jobset_spec.jobset_name("Run 7f3a/2026-01-01", "ResNet20_v1")
+    assert name == jobset_spec.jobset_name("Run 7f3a/2026-01-01", "ResNet20_v1")
+    assert name != jobset_spec.jobset_name("Run 7f3a/2026-01-01", "resnet32_v1")
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and name.startswith("run-7f3a-2026")
-    long_name = jobset.jobset_name("x" * 200, "9model")
+    long_name = jobset_spec.jobset_name("x" * 200, "9model")
     # The longest pod host name, <name>-worker-0-<index>, stays a valid 63-character DNS label.
-    assert len(long_name) <= jobset.MAX_NAME_LENGTH and len(f"{long_name}-worker-0-999") <= 63
-    assert re.fullmatch(r"cnnpipe-[0-9a-f]{8}", jobset.jobset_name("123", "_"))
+    assert len(long_name) <= jobset_spec.MAX_NAME_LENGTH and len(f"{long_name}-worker-0-999") <= 63
+    assert re.fullmatch(r"cnnpipe-[0-9a-f]{8}", jobset_spec.jobset_name("123", "_"))
 
 
 def test_log_lines_are_whole_even_when_chunks_cut_them():
     chunks = [b"epoch 1\nep", b"och 2 \xc3", b"\xa9\r\n", b"last"]
-    assert list(jobset.split_lines(chunks)) == ["epoch 1", "epoch 2 \u00e9", "last"]
+    assert list(jobset_run.split_lines(chunks)) == ["epoch 1", "epoch 2 \u00e9", "last"]
 
 
 # ---- run_jobset against the loopback API server -------------------------------------------
@@ -178,7 +178,7 @@ def api_client(server):
 def run(server, document=None, **arguments):
     lines = []
     arguments.setdefault("poll_seconds", 0.02)
-    jobset.run_jobset(document or manifest(), api_client=api_client(server), log=lines.append, **arguments)
+    jobset_run.run_jobset(document or spec_document(), api_client=api_client(server), log=lines.append, **arguments)
     return lines
 
 
@@ -190,7 +190,7 @@ def assert_deleted(server):
 
 def test_run_creates_follows_the_chief_and_deletes_on_success():
     with FakeKubernetesServer(chief_logs=[["cnnpipe-progress {\"phase\": \"epoch\", \"epoch\": 1}", "é done"]]) as server:
-        document = manifest(worker_count=2)
+        document = spec_document(worker_count=2)
         lines = run(server, document)
     (create,) = server.requests_to("POST", "/namespaces/kubeflow/jobsets")
     assert create.body == document
@@ -239,7 +239,7 @@ def test_a_passing_api_server_outage_does_not_end_the_run():
 
 
 def test_an_api_server_outage_longer_than_allowed_ends_the_run(monkeypatch):
-    monkeypatch.setattr(jobset, "UNREACHABLE_SECONDS", 0.1)
+    monkeypatch.setattr(jobset_run, "UNREACHABLE_SECONDS", 0.1)
     with FakeKubernetesServer(status_script=[running(), unavailable()]) as server:
         with pytest.raises(client.exceptions.ApiException) as raised:
             run(server)
@@ -279,7 +279,7 @@ def interrupt_during_run():
 
 def test_a_jobset_left_by_an_earlier_attempt_is_replaced():
     with FakeKubernetesServer() as server:
-        document = manifest()
+        document = spec_document()
         server.jobsets[("kubeflow", "train-resnet")] = {"metadata": {"name": "train-resnet"}, "stale": True}
         lines = run(server, document)
     assert lines[0] == "replacing JobSet kubeflow/train-resnet left by an earlier attempt"
@@ -296,7 +296,7 @@ def test_a_cluster_without_jobset_is_a_user_error():
 
 def test_the_fake_server_refuses_what_the_api_server_would():
     """The loopback server checks JobSets against the same CRD schema as the API server."""
-    document = manifest()
+    document = spec_document()
     document["spec"]["replicatedJobs"][0]["replicas"] = "one"
     with FakeKubernetesServer() as server:
         with pytest.raises(client.exceptions.ApiException) as raised:
@@ -309,14 +309,14 @@ def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, mon
         write_kubeconfig(tmp_path / "config", server, "team-a")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        assert jobset.kubernetes_client()[1] == "team-a"
+        assert jobset_run.kubernetes_client()[1] == "team-a"
         # What a train task calls; the placement travels through the compiled pipeline as JSON.
-        placement = json.loads(json.dumps(jobset.placement_arguments(Placement(image=IMAGE, spot=True))))
+        placement = json.loads(json.dumps(jobset_spec.worker_pod_settings(Placement(image=IMAGE, spot=True))))
         lines = []
-        jobset.run_workers_on_cluster("train-resnet", COMMAND, 2, placement, log=lines.append)
+        jobset_run.run_workers_on_cluster("train-resnet", COMMAND, 2, placement, log=lines.append)
     (create,) = server.requests_to("POST", "/jobsets")
     assert create.path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
-    assert worker_pod(create.body)["tolerations"] == jobset.gpu_tolerations(Placement(image=IMAGE, spot=True))
+    assert worker_pod(create.body)["tolerations"] == jobset_spec.gpu_tolerations(Placement(image=IMAGE, spot=True))
     assert lines[0] == "created JobSet team-a/train-resnet: 2 workers"
     assert_deleted(server)
 

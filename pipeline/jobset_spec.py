@@ -1,0 +1,168 @@
+"""The JobSet (kubernetes-sigs/jobset) that trains one model on several worker pods: its spec.
+
+A JobSet runs a group of pods as one unit: stable host names for every pod (a headless
+service), a success policy over the group, and restarts of the *whole* group on failure, which
+is what a collective needs, since MultiWorkerMirroredStrategy cannot continue when one peer is
+lost. cnnpipe's JobSet has one replicated job, `worker`: one Indexed Job whose N pods are the N
+workers. Every pod runs `python3 -m components.workers COMMAND...`, which builds TF_CONFIG from
+the pod's completion index and the JobSet's host names (components/workers.py), then runs the
+worker's command (`python3 -m components.train_worker ...`). Training resumes from its last
+epoch checkpoint after a group restart.
+
+`jobset_spec` writes the JobSet; pipeline/jobset_run.py creates and follows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from components import workers
+from components.errors import USER_ERROR_EXIT_CODE
+from pipeline.cluster import RUNNER_SERVICE_ACCOUNT
+from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
+
+GROUP = "jobset.x-k8s.io"
+VERSION = "v1alpha2"
+PLURAL = "jobsets"
+REPLICATED_JOB = "worker"
+CONTAINER = "worker"
+# Port of TensorFlow's collective service in every worker pod (any free port works; pods do
+# not share a network namespace).
+DEFAULT_WORKER_PORT = 2222
+# A finished JobSet that nobody deleted (its launcher was killed) is removed after this long (seconds).
+FINISHED_TTL_SECONDS = 3600
+# JobSet's pod host names are `<name>-worker-0-<index>`; DNS labels are at most 63 characters.
+MAX_NAME_LENGTH = 40
+
+
+def jobset_name(*parts: str) -> str:
+    """A valid, stable JobSet name for these parts (e.g. a run id and a model name).
+
+    The same parts give the same name, so a retried task finds (and replaces) the JobSet of
+    its failed attempt instead of leaving it running beside a new one.
+    """
+    text = "-".join(parts)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    readable = re.sub(r"^[^a-z]+", "", readable)[:MAX_NAME_LENGTH - len(digest) - 1].rstrip("-")
+    return f"{readable}-{digest}" if readable else f"cnnpipe-{digest}"
+
+
+def jobset_spec(name: str, namespace: str, image: str, command: list[str], worker_count: int, *,
+                    gpus_per_worker: int = 1, node_selector: dict[str, str] | None = None,
+                    tolerations: list[dict] | None = None, env: dict[str, str] | None = None,
+                    service_account: str = RUNNER_SERVICE_ACCOUNT, max_restarts: int = 3,
+                    port: int = DEFAULT_WORKER_PORT, cpu: str = "4", memory: str = "16G",
+                    cpu_limit: str | None = None, memory_limit: str | None = None) -> dict:
+    """The JobSet that runs `command` on `worker_count` pods as one MultiWorkerMirroredStrategy cluster.
+
+    Args:
+        name: JobSet name (see `jobset_name`); also the pods' DNS subdomain.
+        namespace: where it runs (the KFP pod's own namespace on the cluster).
+        image: the project image.
+        command: the training command each worker runs, e.g. ["cnnpipe", "component", "train", ...].
+        worker_count: number of worker pods (>= 1).
+        gpus_per_worker: `nvidia.com/gpu` each pod requests; 0 for CPU-only pods.
+        node_selector, tolerations: where the pods may run (see `worker_pod_settings`).
+        env: extra environment variables of every worker.
+        service_account: the pods' Kubernetes service account (Workload Identity for gs://).
+        max_restarts: how often the whole group is restarted after a worker fails.
+        port: the collective's port in every pod.
+        cpu, memory, cpu_limit, memory_limit: each pod's requests and limits (Kubernetes quantities).
+    """
+    workers.check_worker_count(worker_count)
+    if not command:
+        raise ValueError("command must name the training command the workers run")
+    worker_environment = dict(env or {})
+    # What a pod cannot find out by itself; JOB_COMPLETION_INDEX comes from the Job controller.
+    worker_environment.update({
+        workers.JOBSET_NAME_VARIABLE: name,
+        workers.REPLICATED_JOB_VARIABLE: REPLICATED_JOB,
+        workers.WORKER_COUNT_VARIABLE: str(worker_count),
+        workers.WORKER_PORT_VARIABLE: str(port),
+    })
+    labels = {"app.kubernetes.io/part-of": "cnnpipe", "app.kubernetes.io/component": "train"}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "JobSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            # Stable host names <name>-worker-0-<index>.<name> for TF_CONFIG.
+            "network": {"enableDNSHostnames": True, "subdomain": name},
+            "failurePolicy": {
+                "maxRestarts": max_restarts,
+                # A worker that reported a user mistake fails the same way after a restart.
+                "rules": [{"name": "user-mistake", "action": "FailJobSet",
+                           "onJobFailureReasons": ["PodFailurePolicy"]}],
+            },
+            "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
+            "ttlSecondsAfterFinished": FINISHED_TTL_SECONDS,
+            "replicatedJobs": [{
+                "name": REPLICATED_JOB,
+                "replicas": 1,
+                "template": {"spec": worker_job_spec(
+                    image, command, worker_count, worker_environment, labels, gpus_per_worker=gpus_per_worker,
+                    node_selector=node_selector or {}, tolerations=tolerations or [],
+                    service_account=service_account, port=port,
+                    resources=worker_resources(gpus_per_worker, cpu, memory, cpu_limit, memory_limit))},
+            }],
+        },
+    }
+
+
+def worker_job_spec(image: str, command: list[str], worker_count: int, environment: dict[str, str],
+                    labels: dict[str, str], *, gpus_per_worker: int, node_selector: dict[str, str],
+                    tolerations: list[dict], service_account: str, port: int, resources: dict) -> dict:
+    """The Indexed Job of the N workers: pod i is worker i (the chief is 0)."""
+    return {
+        "completionMode": "Indexed",
+        "completions": worker_count,
+        "parallelism": worker_count,
+        # One failed pod fails the Job, and the JobSet restarts the whole group: a collective
+        # cannot take back a single replaced peer.
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [{
+            "action": "FailJob",
+            "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT_CODE]},
+        }]},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": service_account,
+                "nodeSelector": node_selector,
+                "tolerations": tolerations,
+                "containers": [{
+                    "name": CONTAINER,
+                    "image": image,
+                    "command": ["python3", "-m", "components.workers", *command],
+                    "env": [{"name": key, "value": value} for key, value in environment.items()],
+                    "ports": [{"name": "collective", "containerPort": port, "protocol": "TCP"}],
+                    "resources": resources,
+                }],
+            },
+        },
+    }
+
+
+def worker_resources(gpus: int, cpu: str, memory: str, cpu_limit: str | None, memory_limit: str | None) -> dict:
+    """Requests and limits of one worker container; GPUs are requested through their limit."""
+    limits = {key: value for key, value in (("cpu", cpu_limit), ("memory", memory_limit)) if value}
+    if gpus:
+        limits[GPU_RESOURCE] = gpus
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
+def worker_pod_settings(placement: Placement) -> dict:
+    """The `jobset_spec` keyword arguments that place and size worker pods like a single-pod train task
+    (plain JSON: `cnnpipe compile` hands them to the train task)."""
+    if not placement.uses_gpu:
+        # Like place_gpu_task with gpus_per_task=0: ordinary CPU nodes and requests.
+        return {"image": placement.image, "gpus_per_worker": 0, "node_selector": {}, "tolerations": [],
+                "cpu": placement.cpu_task_cpu, "memory": placement.cpu_task_memory,
+                "cpu_limit": placement.cpu_task_cpu_limit, "memory_limit": placement.cpu_task_memory_limit}
+    return {"image": placement.image, "gpus_per_worker": placement.gpus_per_task,
+            "node_selector": placement.gpu_node_selector(), "tolerations": gpu_tolerations(placement),
+            "cpu": placement.gpu_task_cpu, "memory": placement.gpu_task_memory,
+            "cpu_limit": placement.gpu_task_cpu_limit, "memory_limit": placement.gpu_task_memory_limit}
