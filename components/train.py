@@ -1,4 +1,9 @@
-"""Training step: assemble a zoo model, feed it augmented batches, checkpoint every epoch.
+"""Training step: build or restore a model, train the missing epochs, write the best model.
+
+The step's three jobs live in three modules: this one resumes or starts the run and writes its
+outputs (checkpoint identity, state, train_result.json); components/model_assembly.py builds a
+zoo model or restores a checkpointed one; components/fit.py makes the datasets and callbacks and
+runs the epochs in one process or on several workers.
 
 `train()` reads a dataset artifact written by `data_prep.prepare`, trains one model from the
 zoo and writes the best model (by validation accuracy), its history and a result record.
@@ -22,207 +27,35 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from components import checkpoints, models, storage
 from components.artifacts import HISTORY_FILE, MODEL_FILE
-from components.callbacks import (
-    EpochCheckpointer,
-    PlateauCallback,
-    ProgressReporter,
-    StopOnDivergence,
-    TensorBoardWriter,
-    ValidateAveragedWeights,
-)
 from components.dataset import DatasetReader, open_dataset
+from components.distributed import WorkerRole, distribution_strategy, worker_role
+from components.errors import UserError, one_line
+from components.fit import fit_epochs, flips_allowed
+from components.input_pipeline import steps_per_epoch_for
+from components.keras_setup import keras, tf
 from components.manifest import DatasetManifest
+from components.model_assembly import (
+    averaged_weights,
+    build_model,
+    resolve_device_settings,
+    restore_model,
+    with_test_time_flip,
+)
+from components.recipe import PlateauState, TrainConfig
 from components.results import FORMAT_VERSION as RESULTS_FORMAT_VERSION
 from components.results import TrainResult, write_train_result
-from components.distributed import WorkerRole, distribution_strategy, fit_on_workers, worker_role
-from components.errors import UserError, one_line
-from components.input_pipeline import make_eval_dataset, make_train_dataset, shift_pixels_for, steps_per_epoch_for
-from components.keras_setup import keras, tf
-from components.recipe import PlateauState, TrainConfig
 from components.schedules import make_learning_rate
 
 logger = logging.getLogger(__name__)
 
-# Train images a data-fitted first layer is computed from (see ModelSpec.fit_to_images): enough
-# for a stable patch covariance, a second or so to read; fewer for big images, whose bytes
-# (uint8, before preprocessing makes them float32) are capped.
-FIT_SAMPLE_IMAGES = 5000
-FIT_SAMPLE_BYTES = 64 * 1024 * 1024
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "steps", "images", "seconds")
-
-
-# ---------------------------------------------------------------------------------------------
-# Model assembly and compilation
-
-
-def assemble_model(
-    model_name: str,
-    image_shape: Sequence[int],
-    num_classes: int,
-    pixel_mean: np.ndarray | None = None,
-    sample_images: np.ndarray | None = None,
-) -> keras.Model:
-    """Wraps the zoo body in the preprocessing layers so the model takes raw uint8-valued images.
-
-    raw float32 input -> /255 -> minus `pixel_mean` (an [H, W, C] image in [0, 1] units, if given)
-    -> bilinear resize up to the architecture's min_input_size (only when the images are smaller)
-    -> zoo body (ends in a float32 softmax). With `sample_images` (raw, [N, H, W, C]) a zoo
-    entry that has fit_to_images sets its data-dependent weights from them, preprocessed as above.
-    """
-    spec = models.get_spec(model_name)
-    height, width, channels = (int(size) for size in image_shape)
-    inputs = keras.Input(shape=(height, width, channels), dtype="float32", name="images")
-    features = keras.layers.Rescaling(1.0 / 255.0, name="scale_to_unit")(inputs)
-    if pixel_mean is not None:
-        mean_image = np.asarray(pixel_mean, dtype=np.float32)
-        features = keras.layers.Rescaling(1.0, offset=-mean_image, name="subtract_pixel_mean")(features)
-    if height < spec.min_input_size or width < spec.min_input_size:
-        height, width = max(height, spec.min_input_size), max(width, spec.min_input_size)
-        features = keras.layers.Resizing(height, width, interpolation="bilinear", name="resize_to_min_input")(features)
-    body = models.build_model(model_name, (height, width, channels), num_classes)
-    if spec.fit_to_images is not None and sample_images is not None:
-        preprocess = keras.Model(inputs, features)
-        spec.fit_to_images(body, preprocess.predict(np.asarray(sample_images, dtype=np.float32), batch_size=256, verbose=0))
-    return keras.Model(inputs, body(features), name=model_name)
-
-
-def mirror_images(width: int, name: str = "mirror_images") -> keras.Sequential:
-    """A fixed layer stack that mirrors [batch, height, width, channels] images left-right.
-
-    Built from stock Keras layers (a non-trainable Dense holding the anti-diagonal permutation,
-    applied along the width axis) rather than a custom layer, so a model holding it still loads
-    with plain `keras.models.load_model`.
-    """
-    reverse = keras.layers.Dense(width, use_bias=False, trainable=False, name=f"{name}_reverse_columns")
-    stack = keras.Sequential(
-        [keras.layers.Permute((1, 3, 2)), reverse, keras.layers.Permute((1, 3, 2))], name=name
-    )
-    reverse.build((None, None, None, width))
-    reverse.kernel.assign(np.eye(width, dtype=np.float32)[::-1])
-    return stack
-
-
-def with_test_time_flip(model: keras.Model) -> keras.Model:
-    """`model` averaging its class probabilities for each image and the image's mirror."""
-    inputs = keras.Input(shape=model.input_shape[1:], dtype="float32", name="images")
-    mirrored = mirror_images(int(model.input_shape[2]))(inputs)
-    probabilities = keras.layers.Average(name="flip_averaged_probabilities")([model(inputs), model(mirrored)])
-    return keras.Model(inputs, probabilities, name=model.name)
-
-
-def make_optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
-    """Adam (AdamW with weight decay) or Nesterov SGD at `learning_rate` (a float or a schedule),
-    keeping a moving average of the weights when the recipe asks for one."""
-    average = {"use_ema": True, "ema_momentum": config.weight_average_momentum} if config.weight_average_momentum else {}
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=learning_rate,
-            momentum=config.momentum,
-            nesterov=True,
-            weight_decay=config.weight_decay or None,
-            **average,
-        )
-    if config.weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **average)
-    return keras.optimizers.Adam(learning_rate=learning_rate, **average)
-
-
-def shorten_batch_norm_momentum(model: keras.Model, steps_per_epoch: int) -> None:
-    """Shortens the window of every BatchNormalization's moving statistics.
-
-    Keras' momentum 0.99 averages over the last ~100 steps. While the weights still move fast
-    (a short run, a small dataset: 23 steps an epoch for the bundled digits) the statistics then
-    describe older weights, and inference-mode accuracy stays near chance while training accuracy
-    is high. 0.9 (PyTorch's default), or one epoch when that is shorter, keeps them current. The
-    momentum is saved with the model, so a resumed run keeps it.
-    """
-    momentum = max(0.5, min(0.9, 1.0 - 1.0 / steps_per_epoch))
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.momentum > momentum:
-            layer.momentum = momentum
-
-
-def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool, steps_per_execution: int, learning_rate) -> None:
-    """Compiles with categorical cross-entropy (label smoothing) and accuracy.
-
-    The optimizer's slot variables are created here rather than inside the first train step:
-    a tf.function that creates variables is traced twice, doubling the first epoch's graph building.
-    """
-    model.compile(
-        optimizer=make_optimizer(config, learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
-    )
-    if config.weight_decay > 0 and not config.weight_decay_on_norm_and_bias:
-        exclude_norm_and_bias_from_weight_decay(model)
-    model.optimizer.build(model.trainable_variables)
-
-
-def exclude_norm_and_bias_from_weight_decay(model: keras.Model) -> None:
-    """Leaves batch-norm parameters and biases (every trainable variable of rank 0 or 1) out of
-    the optimizer's weight decay, which then shrinks only kernels.
-
-    Keras neither saves this choice with the optimizer nor accepts it once the optimizer is built
-    (as a restored one is), so the exclusion set is written where `exclude_from_weight_decay`
-    keeps it, and again on every resume.
-    """
-    optimizer = model.optimizer
-    optimizer._exclude_from_weight_decay = {optimizer._var_key(variable) for variable in model.trainable_variables if len(variable.shape) <= 1}
-    optimizer._exclude_from_weight_decay_pattern = None
-    optimizer._exclude_from_weight_decay_cache = {}
-
-
-@dataclass(frozen=True)
-class DeviceSettings:
-    """How this machine runs the model: resolved from the config's 'auto' values."""
-
-    gpus: int
-    mixed_precision: str
-    jit_compile: bool
-
-
-def resolve_device_settings(config: TrainConfig) -> DeviceSettings:
-    """Resolves 'auto' precision and XLA for the visible devices.
-
-    On GPU: XLA on, bfloat16 on compute capability >= 8 (no loss scaling needed), float16 before.
-    On CPU: float32 and no XLA (slower there for ResNet20, BENCHMARKS.md).
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    if config.mixed_precision != "auto":
-        mixed_precision = config.mixed_precision
-    elif not gpus:
-        mixed_precision = "float32"
-    else:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
-        mixed_precision = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
-    jit_compile = bool(gpus) if config.jit_compile == "auto" else bool(config.jit_compile)
-    return DeviceSettings(gpus=len(gpus), mixed_precision=mixed_precision, jit_compile=jit_compile)
-
-
-def resolve_steps_per_execution(setting: int | str, params: int, steps_per_epoch: int, replicas: int = 1) -> int:
-    """Steps per compiled call: 'auto' is 32 for models under 1M parameters (where per-step
-    dispatch dominates), 8 otherwise; never more than one epoch's steps.
-
-    With several replicas (MirroredStrategy over GPUs) it is 1: Keras 3.15's multi-step loop
-    fails on a distributed iterator that ends with the epoch (checked on two logical CPU devices
-    in tests/test_device_paths.py), and the per-step dispatch it saves matters least there.
-    """
-    if replicas > 1:
-        return 1
-    if setting == "auto":
-        setting = 32 if params < 1_000_000 else 8
-    return max(1, min(int(setting), steps_per_epoch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,107 +190,21 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
     with strategy.scope():
         learning_rate = make_learning_rate(config, steps_per_epoch, plateau.scale)
         if state is None:
-            pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
-            sample = sample_train_images(reader) if config.fit_stem_to_data and models.get_spec(run.model_name).fit_to_images else None
-            model = assemble_model(run.model_name, reader.image_shape, reader.num_classes, pixel_mean, sample)
-            steps_per_execution = resolve_steps_per_execution(
-                config.steps_per_execution, model.count_params(), steps_per_epoch, strategy.num_replicas_in_sync
-            )
-            shorten_batch_norm_momentum(model, steps_per_epoch)
-            compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
+            model, steps_per_execution = build_model(run.model_name, reader, config, device, learning_rate,
+                                                     steps_per_epoch, strategy.num_replicas_in_sync)
             state = _new_state(run.model_name, run.fingerprint, run.fingerprint_inputs, model.count_params(), validation_split)
         else:
-            models.allow_deep_graphs()
-            model = keras.models.load_model(state["checkpoint_path"])
-            steps_per_execution = resolve_steps_per_execution(
-                config.steps_per_execution, model.count_params(), steps_per_epoch, strategy.num_replicas_in_sync
-            )
-            # Keep the restored optimizer (its step counter and moments) and the saved precision
-            # policy of the layers; the schedule is rebuilt, since --epochs may have grown, and
-            # the execution knobs follow this machine.
-            model.optimizer.learning_rate = learning_rate
-            if config.weight_decay > 0 and not config.weight_decay_on_norm_and_bias:
-                exclude_norm_and_bias_from_weight_decay(model)
-            model.jit_compile = device.jit_compile
-            model.steps_per_execution = steps_per_execution
+            model, steps_per_execution = restore_model(state["checkpoint_path"], config, device, learning_rate,
+                                                       steps_per_epoch, strategy.num_replicas_in_sync)
             logger.info("resuming %s from %s after epoch %d", run.model_name, location, resumed_from_epoch)
 
-    shift_pixels = shift_pixels_for(reader.image_shape, config.shift_fraction) if config.augment else (0, 0)
-    flip = flips_allowed(config, reader) and config.augment
-    logger.info(
-        "training %s (%d params) for epochs %d..%d: %d train / %d %s images, batch %d, %d steps/epoch, "
-        "peak learning rate %g (%s schedule), steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), "
-        "%s on %d worker(s), shift %s px, flip %s",
-        run.model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, reader.count("train"),
-        reader.count(validation_split), validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate,
-        config.schedule, steps_per_execution, device.jit_compile, device.mixed_precision, device.gpus,
-        type(strategy).__name__, run.role.count, shift_pixels, flip,
+    fit_epochs(
+        model, strategy, reader, config, run.role, model_name=run.model_name, state=state, plateau=plateau,
+        resumed_from_epoch=resumed_from_epoch, validation_split=validation_split, steps_per_epoch=steps_per_epoch,
+        steps_per_execution=steps_per_execution, device=device, write_dir=run.write_dir, remote_dir=run.remote_dir, scratch=run.scratch,
+        tensorboard_dir=run.tensorboard_dir, extra_callbacks=extra_callbacks,
     )
-    # A resumed run reshuffles with a different seed so it does not replay the first epochs' order.
-    seed = config.seed + resumed_from_epoch
-
-    def train_dataset(batch_size: int, shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
-        # Exactly one epoch's steps per pass over this dataset: Keras ends the epoch when it runs
-        # out, even inside a compiled call of `steps_per_execution` steps, and starts it anew.
-        return make_train_dataset(
-            reader, batch_size, seed, shift_pixels=shift_pixels, flip=flip, cache=config.cache,
-            shard_index=shard_index, shard_count=shard_count,
-        ).take(steps_per_epoch).apply(tf.data.experimental.assert_cardinality(steps_per_epoch))  # known even when streamed
-
-    validation_dataset = make_eval_dataset(reader, validation_split, config.batch_size, cache=config.cache)
-    plateau_callback = PlateauCallback(plateau)
-    step_callbacks = [
-        StopOnDivergence(config),
-        plateau_callback,
-        *([ValidateAveragedWeights()] if config.weight_average_momentum else []),
-        EpochCheckpointer(run.write_dir, state, plateau_callback, config.batch_size, run.remote_dir),
-    ]
-    if run.role.is_chief:
-        step_callbacks.append(ProgressReporter(run.model_name, config.epochs, steps_per_epoch, config.batch_size))
-    if run.tensorboard_dir:
-        local_tensorboard = os.path.join(run.scratch, "tensorboard") if storage.is_gcs(run.tensorboard_dir) else run.tensorboard_dir
-        step_callbacks.append(TensorBoardWriter(run.tensorboard_dir, local_tensorboard, config.batch_size))
-    if run.role.count > 1:
-        fit_on_workers(
-            model, strategy,
-            lambda context: train_dataset(context.get_per_replica_batch_size(config.batch_size),
-                                          context.input_pipeline_id, context.num_input_pipelines),
-            validation_dataset,
-            global_batch_size=config.batch_size, label_smoothing=config.label_smoothing, epochs=config.epochs,
-            initial_epoch=resumed_from_epoch, steps_per_epoch=steps_per_epoch, callbacks=[*step_callbacks, *extra_callbacks],
-        )
-    else:
-        # The last compiled call of an epoch whose steps are not a multiple of steps_per_execution
-        # stops at the end of the epoch's batches on purpose; Keras warns about that every time.
-        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
-        model.fit(
-            train_dataset(config.batch_size),
-            validation_data=validation_dataset,
-            epochs=config.epochs,
-            initial_epoch=resumed_from_epoch,
-            callbacks=[*step_callbacks, *extra_callbacks],
-            shuffle=False,  # the dataset shuffles itself
-            verbose=0,  # ProgressReporter reports
-        )
     return dict(checkpoints.load(run.write_dir), resumed_from_epoch=resumed_from_epoch)
-
-
-def sample_train_images(reader: DatasetReader) -> np.ndarray:
-    """Up to FIT_SAMPLE_IMAGES train images (FIT_SAMPLE_BYTES at most) spread evenly over the
-    split (every k-th record, so a split stored class by class still gives every class), uint8
-    [N, H, W, C]."""
-    count = max(1, min(FIT_SAMPLE_IMAGES, FIT_SAMPLE_BYTES // int(np.prod(reader.image_shape))))
-    stride = max(1, reader.count("train") // count)
-    examples = reader.examples("train", ordered=True).shard(stride, 0).take(count).batch(count)
-    images, _ = next(examples.as_numpy_iterator())
-    return images
-
-
-def flips_allowed(config: TrainConfig, reader: DatasetReader) -> bool:
-    """Whether a mirrored image keeps its class: horizontal_flip, or the dataset's say when it is None."""
-    if config.horizontal_flip is None:
-        return bool(reader.manifest.allow_horizontal_flip)
-    return bool(config.horizontal_flip)
 
 
 def _new_state(
@@ -488,14 +235,6 @@ def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
     keys = sorted(set(saved) | set(current))
     changes = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in keys if saved.get(key) != current.get(key)]
     return "changed: " + ", ".join(changes) if changes else "fingerprints differ"
-
-
-def averaged_weights(checkpoint_path: str) -> list[np.ndarray]:
-    """The checkpointed model's weights with the optimizer's moving average in place of each
-    trainable variable (non-trainable ones, such as batch-norm statistics, as trained)."""
-    model = keras.models.load_model(checkpoint_path)
-    model.optimizer.finalize_variable_values(model.trainable_variables)
-    return model.get_weights()
 
 
 def _write_outputs(

@@ -205,7 +205,7 @@ def tiny_cnn(input_shape, num_classes, name):
 
 
 def test_a_model_registered_beside_its_builder_joins_the_zoo_and_trains(restored_zoo):
-    from components.train import assemble_model
+    from components.model_assembly import assemble_model
 
     # The README's recipe: decorate the builder; 4 * (3*3*3 + 1) + (4 + 1) * 3 = 127 parameters.
     register_model(min_input_size=3, params=127, description="two-layer test network")(tiny_cnn)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from components.keras_setup import keras
+from components.model_assembly import assemble_model, compile_model, with_test_time_flip
 from components.recipe import TrainConfig
-from components.train import assemble_model, compile_model, train, with_test_time_flip
+from components.train import train
 from schedule_reference import learning_rate_at, learning_rate_at_step
 from test_train import quick_config, read_history, write_dataset
 
@@ -129,7 +130,7 @@ def test_the_report_states_the_recipe_in_one_line():
 def test_weight_averaging_validates_and_saves_the_average_and_checkpoints_both(tmp_path):
     from components import checkpoints
     from components.dataset import open_dataset
-    from components.train import averaged_weights
+    from components.model_assembly import averaged_weights
 
     dataset = write_dataset(tmp_path / "dataset", image_shape=(12, 12, 3), validation_count=12)
     checkpoint_dir = str(tmp_path / "checkpoint")

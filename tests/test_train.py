@@ -30,7 +30,8 @@ from components.recipe import (
 from components.schedules import make_learning_rate
 from components.dataset import load_split, open_dataset
 from components.input_pipeline import augment_batch, make_train_dataset, shift_and_flip, shift_pixels_for, steps_per_epoch_for
-from components.train import make_optimizer, train
+from components.model_assembly import make_optimizer
+from components.train import train
 from schedule_reference import cosine_learning_rate, learning_rate_at, learning_rate_at_step, step_learning_rate
 
 TINY_SHAPE = (8, 8, 1)

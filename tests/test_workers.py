@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from components import workers
-from components.errors import UserError
+from components.errors import USER_ERROR_EXIT_CODE, UserError, reported_user_error
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -188,3 +188,16 @@ def test_jobset_entry_point_sets_tf_config_and_runs_the_command():
         env=dict(os.environ, PYTHONPATH=str(REPOSITORY), **JOBSET_ENVIRONMENT))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == json.loads(workers.tf_config_from_jobset_environment(JOBSET_ENVIRONMENT))
+
+
+def test_a_train_worker_reports_a_user_mistake_as_one_error_line(tmp_path):
+    """The worker command the launchers start: a user mistake is one `error:` line and exit code 2,
+    which run_local_workers and the JobSet's log follower read back."""
+    worker = subprocess.run(
+        [sys.executable, "-m", "components.train_worker", "--dataset", str(tmp_path / "absent"), "--model", "lenet5",
+         "--output", str(tmp_path / "model"), "--config", "{}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert worker.returncode == USER_ERROR_EXIT_CODE
+    (last_line,) = worker.stderr.strip().splitlines()[-1:]
+    assert reported_user_error(last_line).startswith(f"no manifest.json in {tmp_path / 'absent'}")
