@@ -55,10 +55,20 @@ def write_result_dir(directory, name, values, epochs=2):
     """An evaluate output directory: result.json plus history.csv."""
     os.makedirs(directory)
     result = {
+        "format_version": 1,
         "name": name,
         "epochs": epochs,
         "best_validation_accuracy": values["test_accuracy"],
-        "resumed_from_epoch": None,
+        "best_epoch": epochs,
+        "resumed_from_epoch": 0,
+        "optimizer_steps": 4 * epochs,
+        "steps_per_epoch": 4,
+        "images_seen": 64 * epochs,
+        "validation_split": "test",
+        "dataset": "shapes",
+        "workers": 1,
+        "test_images": 30,
+        "inference_batch_size": 256,
         "config": {"epochs": epochs, "batch_size": 16.0, "optimizer": "adam"},
         "mistakes": [
             {"index": index, "true_class": true, "predicted_class": predicted, "confidence": confidence,
@@ -266,7 +276,7 @@ def test_invalid_result_json_names_the_directory(tmp_path):
     broken = tmp_path / "half_written"
     broken.mkdir()
     (broken / "result.json").write_text('{"name": "lenet5", "test_acc')
-    with pytest.raises(ValueError, match="invalid result.json in .*half_written"):
+    with pytest.raises(ValueError, match="half_written/result.json is not valid JSON"):
         write_report_files([str(broken)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
 
 
@@ -274,7 +284,7 @@ def test_result_json_without_required_fields_is_rejected(tmp_path):
     result_dir = tmp_path / "lenet5"
     result_dir.mkdir()
     (result_dir / "result.json").write_text(json.dumps({"name": "lenet5", "test_accuracy": 0.5}))
-    with pytest.raises(ValueError, match="lacks params"):
+    with pytest.raises(ValueError, match="result.json lacks .*params"):
         write_report_files([str(result_dir)], str(tmp_path / "out"), MANIFEST, RUN_CONFIG)
 
 

@@ -7,14 +7,14 @@ that nightly promotion and scripts read (field names fixed by DESIGN.md)."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
 
-from components.artifacts import HISTORY_FILE, RESULT_FILE
+from components.artifacts import HISTORY_FILE
 from components.errors import UserError
 from components.formatting import MISSING, is_number
+from components.results import read_evaluation_result
 
 # Fields every result.json must carry; they make up the comparison table and summary.json.
 REQUIRED_NUMBER_FIELDS = (
@@ -48,26 +48,8 @@ class ModelResult:
 
 
 def read_result(result_dir: str) -> ModelResult:
-    """Read and check one evaluate output directory."""
-    result_path = os.path.join(result_dir, RESULT_FILE)
-    if not os.path.isfile(result_path):
-        raise UserError(f"no result.json in {result_dir!r}; pass directories written by the evaluate step")
-    try:
-        with open(result_path, encoding="utf-8") as file:
-            result = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(
-            f"invalid result.json in {result_dir!r} ({error}); rerun the evaluate step for this model"
-        ) from error
-    if not isinstance(result, dict):
-        raise UserError(
-            f"result.json in {result_dir!r} holds a {type(result).__name__}, not an object; rerun the evaluate step"
-        )
-    missing = [field for field in ("name", *REQUIRED_NUMBER_FIELDS) if field not in result]
-    if missing:
-        raise UserError(
-            f"result.json in {result_dir!r} lacks {', '.join(missing)}; rerun the evaluate step for this model"
-        )
+    """Read and check one evaluate output directory (its record: components/results.py)."""
+    result = read_evaluation_result(str(result_dir)).to_dict()
     not_numbers = [field for field in REQUIRED_NUMBER_FIELDS if not is_number(result[field])]
     if not_numbers:
         raise UserError(
