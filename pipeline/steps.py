@@ -111,18 +111,18 @@ def evaluate_model(
     from components.errors import pipeline_step
     from components.evaluate import evaluate
     from components.publish import publish
-    from pipeline.step_inputs import version_id
+    from pipeline.step_inputs import dataset_location, version_id
 
     with pipeline_step():
-        summary = evaluate(dataset.path, model.path, result.path)
+        evaluation = evaluate(dataset_location(dataset), model.path, result.path)
         if registry:
-            decision = publish(dataset.path, model.path, result.path, registry, version_id(run_name, pipeline_job_id),
-                               promotion_margin)
+            decision = publish(dataset_location(dataset), model.path, result.path, registry,
+                               version_id(run_name, pipeline_job_id), promotion_margin)
             result.metadata["promotion"] = decision["decision"]
     for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
-        metrics.log_metric(key, getattr(summary, key))
-    classification.log_confusion_matrix(summary.class_names, summary.confusion_matrix)
-    result.metadata.update({"name": summary.name, "test_accuracy": summary.test_accuracy})
+        metrics.log_metric(key, getattr(evaluation, key))
+    classification.log_confusion_matrix(evaluation.class_names, evaluation.confusion_matrix)
+    result.metadata.update({"name": evaluation.name, "test_accuracy": evaluation.test_accuracy})
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -149,9 +149,10 @@ def write_report(
     from components import manifest as dataset_manifest
     from components.errors import pipeline_step
     from components.report import write_report_files
+    from pipeline.step_inputs import dataset_location
 
     with pipeline_step():
-        manifest = dataset_manifest.read(dataset.path)
+        manifest = dataset_manifest.read(dataset_location(dataset))
         run_config = {"preset": preset, "dataset": manifest.name, "train": train_config}
         summary = write_report_files([item.path for item in results], report.path, manifest.to_dict(), run_config)
     shutil.copyfile(os.path.join(report.path, REPORT_HTML_FILE), report_html.path)
