@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, TextIO
 
 from components import progress
-from components.errors import ERROR_LINE_PREFIX, WARNING_LINE_PREFIX
+from components.errors import WARNING_LINE_PREFIX, reported_user_error
 from components.formatting import format_clock_duration, format_count, format_percent
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -176,8 +176,9 @@ class Console:
             self._print(f"[{task.name}] {text}")
         if text.strip() and not kfp_status:
             task.tail.append(text)
-        if text.startswith(ERROR_LINE_PREFIX):
-            task.error = text[len(ERROR_LINE_PREFIX):].strip()
+        mistake = reported_user_error(text)
+        if mistake is not None:
+            task.error = mistake.strip()
         if text.startswith(WARNING_LINE_PREFIX):  # shown in the terminal too
             self._print(f"{clock()}  {task.name or task.kfp_name} {text}")
         event = progress.parse(text)
