@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Sequence
 
-from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError, one_line
+from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, StorageUnavailableError, UserError, one_line
 
 
 def worker_arguments(dataset: str, model_name: str, output: str, config: dict, *,
@@ -59,10 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(ERROR_LINE_PREFIX + one_line(error), file=sys.stderr)
         return USER_ERROR_EXIT_CODE
-    except RuntimeError as error:
-        # A storage outage: not a bug, already one line.
-        if type(error).__name__ != "StorageUnavailableError":
-            raise
+    except StorageUnavailableError as error:  # an outage, not a bug: already one line
         print(ERROR_LINE_PREFIX + one_line(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

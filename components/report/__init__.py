@@ -32,7 +32,7 @@ def write_report_files(result_dirs: list[str], output_dir: str, manifest: dict, 
     Args:
         result_dirs: evaluate output directories, each holding result.json and history.csv.
         output_dir: directory for the three report files (created if missing).
-        manifest: the dataset manifest (data_prep.read_manifest) the models were trained on.
+        manifest: the dataset manifest (components.manifest.read(...).to_dict()) the models were trained on.
         run_config: the resolved run settings; at least {"preset", "dataset"}, optionally
             "promotion": [{"model", "decision", "champion_accuracy", "challenger_accuracy", "reason"}].
             Without it, the registry decisions that the publish step stored in each result.json
