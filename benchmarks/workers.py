@@ -59,7 +59,6 @@ def train_images_per_second(dataset: str, output_dir: str, workers: int, batch_s
 
 def all_reduce_seconds(reductions: int) -> float:
     """Median seconds of one all-reduce of RESNET20_PARAMS floats between two local workers."""
-    from components.workers import run_local_workers
 
     script = textwrap.dedent(f"""
         import json, os, statistics, time

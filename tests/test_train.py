@@ -1,7 +1,6 @@
 """Training step: config validation, schedules, augmentation, and real short Keras runs with checkpoints."""
 
 import csv
-import hashlib
 import json
 import math
 import os
