@@ -98,13 +98,14 @@ def work_group(nodeid: str) -> str:
 
 def expected_cost_rank(name: str, members: list) -> tuple:
     """Sort key, longest first: groups with end-to-end tests (marked slow or docker; the more the
-    longer), then the zoo models by parameter count (bigger builds take longer), then the rest in
-    file order (a stable sort keeps it)."""
-    end_to_end = sum(1 for item in members if item.get_closest_marker("slow") or item.get_closest_marker("docker"))
-    if end_to_end:
-        return (0, -end_to_end)
+    longer), then the zoo models by parameter count (bigger builds take longer; the deepest are
+    marked slow too, but a build is shorter than an end-to-end run), then the rest in file order
+    (a stable sort keeps it)."""
     if name.startswith(ZOO_TEST_MODULE + ":"):
         from components.models import MODELS
 
         return (1, -MODELS[name.split(":", 1)[1]].params)
+    end_to_end = sum(1 for item in members if item.get_closest_marker("slow") or item.get_closest_marker("docker"))
+    if end_to_end:
+        return (0, -end_to_end)
     return (2, 0)

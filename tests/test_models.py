@@ -3,7 +3,8 @@
 The tests are parametrized over the zoo's table, so a model registered with `@register_model` is
 tested the moment it exists. Each model is built once per test run for 32x32x3 images (the
 `cifar_model` fixture) and the checks that need a build share it; building dominates this module's
-time, and for the 1000-layer ResNets it is mostly the creation of some 7,000 weight variables.
+time, and for the 1000-layer ResNets it is mostly the creation of some 7,000 weight variables: their
+builds are marked slow (the full suite runs them, `make check` does not).
 """
 
 import functools
@@ -38,7 +39,11 @@ PUBLISHED_V1_PARAMS = {
     "resnet1202_v1": 19.4e6,
 }
 
+# The 1000-layer ResNets: each build takes tens of seconds, more than the rest of the zoo together.
+DEEPEST = ("resnet1001_v2", "resnet1202_v1")
 ZOO = list(MODELS)
+# The zoo for the tests that build each model: the deepest ones marked slow.
+ZOO_BUILDS = [pytest.param(name, marks=pytest.mark.slow) if name in DEEPEST else name for name in ZOO]
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +105,7 @@ def size_problem(model, size, channels=3):
     return None
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_BUILDS)
 def test_builds_for_cifar_images(name, cifar_model):
     model = cifar_model(name)
     assert model.name == name
@@ -110,20 +115,20 @@ def test_builds_for_cifar_images(name, cifar_model):
     assert_probabilities(predict_untrained(model, TABLE_INPUT_SHAPE), 2, TABLE_NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_BUILDS)
 def test_recorded_parameter_count_is_the_built_one(name, cifar_model):
     built = cifar_model(name).count_params()
     assert MODELS[name].params == built, f"{name} has {built:_} parameters: record params={built:_}"
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_BUILDS)
 def test_min_input_size_is_the_smallest_that_works(name, cifar_model):
     size = MODELS[name].min_input_size
     assert size_problem(cifar_model(name), size) is None
     assert size_problem(cifar_model(name), size - 1) is not None, f"{name} also works at {size - 1}x{size - 1}"
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_BUILDS)
 def test_builds_for_grayscale_images_of_min_input_size(name):
     # Weights are left uninitialized (StatelessScope): creating them is most of a build's time, and
     # this build is about shapes; test_builds_for_cifar_images runs every model's weights.
@@ -247,8 +252,6 @@ def test_mixed_precision_keeps_float32_probabilities():
         keras.config.set_dtype_policy("float32")
 
 
-# Keras' own saving code converts variables with a numpy 1.x call that numpy 2 warns about.
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_saved_model_round_trips(tmp_path):
     model = build_model("resnet20_v1", (16, 16, 1), 5)
     path = tmp_path / "model.keras"

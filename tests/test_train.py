@@ -522,7 +522,7 @@ def test_the_optimizer_uses_the_scheduled_rate_at_every_step_inside_compiled_cal
         steps_per_execution=3,  # does not divide the epoch's 5 steps
     )
     ones = tf.data.Dataset.from_tensors((tf.ones([1, 1]), tf.zeros([1, 1]))).repeat().take(steps_per_epoch)
-    model.fit(ones, epochs=config.epochs, verbose=0)
+    model.fit(ones, epochs=config.epochs, verbose=0, shuffle=False)  # fit shuffles arrays, not datasets
     steps = config.epochs * steps_per_epoch
     assert int(model.optimizer.iterations) == steps
     expected = 1.0 - sum(learning_rate_at_step(step, steps_per_epoch, config) for step in range(steps))
