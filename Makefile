@@ -9,8 +9,10 @@ PYTEST_ARGS ?=
 # Much of the suite waits on child processes (pipeline steps, workers, containers), so two test
 # processes keep both cores of a 2-core machine busy.
 TEST_WORKERS ?= 2
+# pytest-xdist's options for TEST_WORKERS processes; none for TEST_WORKERS=0 (this one process).
+PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-.PHONY: run test image image-local compile clean
+.PHONY: run check test image image-local compile clean
 
 # The virtual environment, rebuilt when the dependencies change; constraints.txt pins every
 # transitive version the pipeline was tested with.
@@ -28,7 +30,13 @@ run: $(STAMP)
 ## in TEST_WORKERS processes (pytest-xdist; tests/conftest.py groups the tests and hands out the longest first);
 ## TEST_WORKERS=0 runs it in this one process; the 15 slowest tests are listed at the end
 test: $(STAMP)
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder) --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
+
+## check: the inner loop, before each commit: lint (ruff, the rules in pyproject.toml) and every test
+## not marked slow or docker (the tests a change most likely breaks), in TEST_WORKERS processes
+check: $(STAMP)
+	$(BIN)/ruff check --quiet .
+	$(BIN)/python -m pytest $(PARALLEL) -q -m "not slow and not docker" $(PYTEST_ARGS)
 
 ## image: the one container image every step runs in, on TensorFlow's GPU base (needs a Docker
 ## engine with BuildKit and Docker Hub); the image for the cluster
@@ -45,4 +53,4 @@ compile: $(STAMP)
 	$(BIN)/cnnpipe compile --output pipeline.yaml --image $(IMAGE)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
