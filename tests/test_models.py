@@ -4,12 +4,14 @@ The tests are parametrized over the zoo's table, so a model registered with `@re
 tested the moment it exists. Each model is built once per test run for 32x32x3 images (the
 `cifar_model` fixture) and the checks that need a build share it; building dominates this module's
 time, and for the 1000-layer ResNets it is mostly the creation of some 7,000 weight variables: their
-builds are marked slow (the full suite runs them, `make check` does not).
+builds and those of the 110- and 164-layer ones are marked slow (the full suite runs them,
+`make check` does not).
 """
 
 import functools
 import os
 import pkgutil
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,11 +41,19 @@ PUBLISHED_V1_PARAMS = {
     "resnet1202_v1": 19.4e6,
 }
 
-# The 1000-layer ResNets: each build takes tens of seconds, more than the rest of the zoo together.
-DEEPEST = ("resnet1001_v2", "resnet1202_v1")
 ZOO = list(MODELS)
-# The zoo for the tests that build each model: the deepest ones marked slow.
-ZOO_BUILDS = [pytest.param(name, marks=pytest.mark.slow) if name in DEEPEST else name for name in ZOO]
+
+
+def is_deep_resnet(name: str) -> bool:
+    """A CIFAR ResNet of 110 layers or more (resnet110_v1 ... resnet1202_v1): the 1000-layer ones
+    take tens of seconds to build, more than the rest of the zoo together, and the 110- and
+    164-layer ones seconds; the shallower ResNets of the same families run the same code."""
+    depth = re.fullmatch(r"resnet(\d+)_v\d", name)
+    return bool(depth) and int(depth.group(1)) >= 110
+
+
+# The zoo for the tests that build each model: the deep ResNets marked slow.
+ZOO_BUILDS = [pytest.param(name, marks=pytest.mark.slow) if is_deep_resnet(name) else name for name in ZOO]
 
 
 @pytest.fixture(scope="session")

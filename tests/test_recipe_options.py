@@ -66,13 +66,36 @@ def test_flip_averaged_model_equals_the_mean_of_both_views_and_loads_with_plain_
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
 
 
-def test_test_time_flip_is_saved_only_where_flips_keep_the_class(tmp_path):
-    dataset = write_dataset(tmp_path / "dataset", image_shape=(12, 12, 3))
-    images = np.random.default_rng(1).uniform(0, 255, size=(3, 12, 12, 3)).astype(np.float32)
+@pytest.fixture(scope="module")
+def flip_and_stem_runs(tmp_path_factory):
+    """horizontal_flip -> the output directory of a one-epoch run of fastnet8_small with
+    test_time_flip on; the run with flips also fits its stem to the data, the other does not.
+    Two runs serve both tests below: each training run costs seconds."""
+    root = tmp_path_factory.mktemp("flip_and_stem")
+    dataset = write_dataset(root / "dataset", image_shape=(12, 12, 3))
+    outputs = {}
     for horizontal_flip in (True, False):
-        output = tmp_path / f"flip-{horizontal_flip}"
-        config = quick_config(epochs=1, test_time_flip=True, horizontal_flip=horizontal_flip)
-        train(dataset, "fastnet8_small", str(output), config)
+        outputs[horizontal_flip] = root / f"flip-{horizontal_flip}"
+        config = quick_config(epochs=1, test_time_flip=True, horizontal_flip=horizontal_flip, fit_stem_to_data=horizontal_flip)
+        train(dataset, "fastnet8_small", str(outputs[horizontal_flip]), config)
+    return outputs
+
+
+def find_layer(model, name):
+    """The layer called `name` in `model` or in the models nested in it."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def test_test_time_flip_is_saved_only_where_flips_keep_the_class(flip_and_stem_runs):
+    images = np.random.default_rng(1).uniform(0, 255, size=(3, 12, 12, 3)).astype(np.float32)
+    for horizontal_flip, output in flip_and_stem_runs.items():
         model = keras.models.load_model(output / "model.keras", compile=False)
         symmetric = np.allclose(model.predict(images, verbose=0), model.predict(images[:, :, ::-1], verbose=0), atol=1e-6)
         assert symmetric == horizontal_flip
@@ -100,14 +123,13 @@ def test_whitened_stem_decorrelates_patches_and_stays_fixed():
     assert np.allclose(np.diag(moments), 1.0, atol=0.05)  # unit variance along every direction
 
 
-def test_training_fits_the_stem_only_when_the_recipe_asks(tmp_path):
-    dataset = write_dataset(tmp_path / "dataset", image_shape=(12, 12, 3))
+def test_training_fits_the_stem_only_when_the_recipe_asks(flip_and_stem_runs):
     stems = {}
-    for fit in (True, False):
-        output = tmp_path / f"fit-{fit}"
-        train(dataset, "fastnet8_small", str(output), quick_config(epochs=1, fit_stem_to_data=fit))
+    for fit, output in flip_and_stem_runs.items():  # the run with flips fitted its stem
+        with open(output / "train_result.json") as result_file:
+            assert json.load(result_file)["config"]["fit_stem_to_data"] is fit
         model = keras.models.load_model(output / "model.keras", compile=False)
-        stems[fit] = model.get_layer("fastnet8_small").get_layer("stem")
+        stems[fit] = find_layer(model, "stem")
     assert not stems[True].trainable and stems[False].trainable
 
 
