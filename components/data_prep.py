@@ -78,6 +78,7 @@ def prepare(
     *,
     image_size: int | tuple[int, int] | None = None,
     shards_location: str | None = None,
+    max_image_pixels: int | None = None,
 ) -> DatasetManifest:
     """Stream ``source`` into sharded TFRecords and a manifest in ``output_dir``; return the manifest.
 
@@ -93,6 +94,8 @@ def prepare(
         shards_location: a gs:// prefix or local directory to write the shards under (in a new
             sub-folder per prep, so no earlier dataset's shards are overwritten); then
             ``output_dir`` holds only the manifest and the mean image.
+        max_image_pixels: the largest image (width x height) an image folder may hold; a larger
+            one is refused from its header, before decoding (None: 64 Mi pixels).
 
     Raises:
         UserError: a user mistake, with a one-line message naming it and the fix.
@@ -106,7 +109,7 @@ def prepare(
         raise UserError(f"shards_location must be a gs:// prefix or a directory, got {shards_location!r}")
     check_source(source)
 
-    with open_source(source, image_size=size, seed=seed) as stream:
+    with open_source(source, image_size=size, seed=seed, max_image_pixels=max_image_pixels) as stream:
         split_labels, held_out = _plan_splits(stream, validation_fraction, seed)
         manifest = _write_dataset(stream, source, output_dir, split_labels, held_out, shards_location)
     logger.info("prepared %s: %s", manifest.name, manifest.splits)

@@ -439,6 +439,8 @@ def add_component_commands(parser: argparse.ArgumentParser) -> None:
     prepare.add_argument("--validation-fraction", type=float, default=0.0,
                          help="train share held out for validation (default: 0, none)")
     prepare.add_argument("--seed", type=int, default=0, help="random seed of the splits (default: 0)")
+    prepare.add_argument("--max-image-pixels", type=int, metavar="N",
+                         help="refuse an image larger than N pixels (width x height) before decoding it (default: 64 Mi = 67,108,864)")
     prepare.set_defaults(handler=component_prepare)
 
     train = steps.add_parser("train", help="train one model on a prepared dataset directory")
@@ -469,7 +471,8 @@ def add_component_commands(parser: argparse.ArgumentParser) -> None:
 def component_prepare(args: argparse.Namespace) -> int:
     from components.data_prep import prepare
 
-    manifest = prepare(args.source, args.output, validation_fraction=args.validation_fraction, seed=args.seed)
+    manifest = prepare(args.source, args.output, validation_fraction=args.validation_fraction, seed=args.seed,
+                       max_image_pixels=args.max_image_pixels)
     print(json.dumps({"name": manifest.name, "num_classes": manifest.num_classes, "image_shape": manifest.image_shape,
                       "splits": manifest.splits}))
     return 0

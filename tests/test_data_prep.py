@@ -574,7 +574,8 @@ def test_progress_events_report_images_and_rate(image_folder, tmp_path, capsys, 
     monkeypatch.setattr(data_prep, "PROGRESS_INTERVAL_SECONDS", 0.0)
     prepare(root, str(tmp_path / "dataset"))
     events = [event for event in map(progress.parse, capsys.readouterr().out.splitlines()) if event]
-    assert [event["images"] for event in events if event["phase"] == "images"] == list(range(1, 13))
+    # An event per decoded chunk (here each split's images are one chunk): 8 train, then 12.
+    assert [event["images"] for event in events if event["phase"] == "images"] == [8, 12]
     done = events[-1]
     assert done["task"] == "prepare" and done["phase"] == "done" and done["total"] == 12
     assert done["images_per_second"] > 0 and done["eta_seconds"] == 0

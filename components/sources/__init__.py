@@ -4,7 +4,8 @@ A source string is matched against the formats in table order; the first whose `
 says yes handles it. A gs:// source is copied into a scratch directory first and then matched
 like a local path. Adding a format: write a module with ``recognizes(source)``, ``check(source)``
 (cheap: no decoding) and ``read(source, *, name=None, seed=0) -> SourceStream`` (see base.py),
-then add it to FORMATS.
+then add it to FORMATS. A format that decodes encoded images (PNG, JPEG ...) also takes
+``image_size`` and ``max_image_pixels`` and refuses an image over that cap before decoding it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from components.errors import UserError
 from components.sources import cifar_archive, image_folder, keyword
-from components.sources.base import ImageSize, SourceStream, resized_stream
+from components.sources.base import ImageSize, SourceStream, checked_max_image_pixels, resized_stream
 from components.sources.keyword import KEYWORD_SOURCES
 
 
@@ -29,13 +30,14 @@ class SourceFormat:
     recognizes: Callable[[str], bool]
     check: Callable[[str], None]
     read: Callable[..., SourceStream]
-    # Whether the format resizes while decoding (else resized_stream resizes its output).
-    resizes_itself: bool = False
+    # Whether the format decodes encoded images itself: it then resizes while decoding and
+    # enforces max_image_pixels (else resized_stream resizes its output).
+    decodes_images: bool = False
 
 
 FORMATS: dict[str, SourceFormat] = {
     "keyword": SourceFormat(keyword.recognizes, keyword.check, keyword.read),
-    "image_folder": SourceFormat(image_folder.recognizes, image_folder.check, image_folder.read, resizes_itself=True),
+    "image_folder": SourceFormat(image_folder.recognizes, image_folder.check, image_folder.read, decodes_images=True),
     "cifar_archive": SourceFormat(cifar_archive.recognizes, cifar_archive.check, cifar_archive.read),
 }
 
@@ -72,12 +74,16 @@ def format_for(source: str) -> SourceFormat:
 
 
 @contextlib.contextmanager
-def open_source(source: str, *, image_size: ImageSize | None = None, seed: int = 0) -> Iterator[SourceStream]:
-    """The source as a stream, valid inside the ``with`` (a gs:// source's scratch copy lives that long)."""
+def open_source(
+    source: str, *, image_size: ImageSize | None = None, seed: int = 0, max_image_pixels: int | None = None
+) -> Iterator[SourceStream]:
+    """The source as a stream, valid inside the ``with`` (a gs:// source's scratch copy lives that
+    long); ``max_image_pixels`` caps each decoded image (None: DEFAULT_MAX_IMAGE_PIXELS)."""
+    max_image_pixels = checked_max_image_pixels(max_image_pixels)
     if source.startswith("gs://"):
         with _scratch_copy(source) as (local_path, name):
             try:
-                yield _read(local_path, image_size, seed, name=name)
+                yield _read(local_path, image_size, seed, max_image_pixels, name=name)
             except (ValueError, FileNotFoundError) as error:
                 # Name the gs:// location rather than the scratch copy.
                 raise type(error)(str(error).replace(local_path, source.rstrip("/"))) from error
@@ -85,13 +91,13 @@ def open_source(source: str, *, image_size: ImageSize | None = None, seed: int =
     path = source if keyword.recognizes(source) else os.path.expanduser(source)
     if not keyword.recognizes(source) and not os.path.exists(path):
         raise UserError(f"source path {path} does not exist; check the path")
-    yield _read(path, image_size, seed)
+    yield _read(path, image_size, seed, max_image_pixels)
 
 
-def _read(source: str, image_size: ImageSize | None, seed: int, name: str | None = None) -> SourceStream:
+def _read(source: str, image_size: ImageSize | None, seed: int, max_image_pixels: int, name: str | None = None) -> SourceStream:
     source_format = format_for(source)
-    if source_format.resizes_itself:
-        return source_format.read(source, name=name, seed=seed, image_size=image_size)
+    if source_format.decodes_images:
+        return source_format.read(source, name=name, seed=seed, image_size=image_size, max_image_pixels=max_image_pixels)
     return resized_stream(source_format.read(source, name=name, seed=seed), image_size)
 
 

@@ -23,8 +23,14 @@ SOURCE_SPLITS = ("train", "test")
 # (height, width) in pixels.
 ImageSize = tuple[int, int]
 
+# The largest image (width x height, in pixels) a source decodes unless max_image_pixels says
+# otherwise: a 64-megapixel camera photo passes; a decompression bomb (a small PNG that claims
+# 50,000 x 50,000 pixels) is refused from its header, before its pixels are decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_IMAGE_PIXELS_SETTING = "max_image_pixels (--max-image-pixels)"
 
-@dataclass(frozen=True, eq=False)
+
+@dataclass(eq=False)
 class SourceStream:
     """An opened source.
 
@@ -34,7 +40,8 @@ class SourceStream:
         image_shape: (height, width, channels) of every streamed image.
         labels: int32 labels per source split ("train", "test"), in stream order.
         allow_horizontal_flip: whether mirrored images are still valid examples.
-        resized_images: how many images were (or will be, while streaming) resized to image_shape.
+        resized_images: how many images were resized to image_shape; final once chunks() is
+            exhausted (an image folder counts them while decoding).
         test_held_out_fraction: the share of each class the reader held out as the test split
             (seeded), for sources without one of their own; 0 when the source gave the test split.
         chunks: yields (split, uint8 images [k, H, W, C]) in label order, split by split or mixed.
@@ -62,6 +69,13 @@ def checked_image_size(image_size) -> ImageSize | None:
     if not all(checks.is_integer(side) and side > 0 for side in (height, width)):
         raise UserError(f"image_size must be a positive integer or (height, width), got {image_size!r}; e.g. 32 or (224, 224)")
     return int(height), int(width)
+
+
+def checked_max_image_pixels(max_image_pixels) -> int:
+    """``max_image_pixels`` (None for DEFAULT_MAX_IMAGE_PIXELS) as a positive int, else a UserError."""
+    if max_image_pixels is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    return checks.integer(MAX_IMAGE_PIXELS_SETTING, max_image_pixels, minimum=1, hint=f"e.g. {DEFAULT_MAX_IMAGE_PIXELS}")
 
 
 def resize_images(images: np.ndarray, size: ImageSize) -> np.ndarray:

@@ -3,31 +3,49 @@
     * ``<root>/<class>/...`` (no train/ or test/ folder, as photo collections come): a seeded
       HELD_OUT_TEST_FRACTION of each class becomes the test split.
 A class folder may hold images in sub-folders (albums); files that are not images (notes,
-Thumbs.db) are skipped with one warning, hidden files and folders silently.
+Thumbs.db) are skipped with one warning, hidden files and folders silently. A symbolic link is
+followed only when it points inside the folder: one leading out of it is refused (a dataset
+folder from elsewhere must not make prep read other files of the machine).
 
-Files are decoded with Pillow in a fixed order (classes sorted by name, files sorted by path
-within a class), a few at a time. All images end up with one size and one channel count:
-    * size: ``image_size`` when given, else the most common size (found by a first pass that
-      reads only image headers); other images are resized (bilinear) and counted in
-      ``resized_images``, so a surprising number is visible; without ``image_size`` a size
-      whose longer side is over DEFAULT_MAX_SIDE is scaled down to it;
+Each file is read and decoded once, with Pillow, in a fixed order (classes sorted by name, files
+sorted by path within a class). All images end up with one size and one channel count:
+    * size: ``image_size`` when given, else the most common size among the headers of up to
+      SIZE_SAMPLE_IMAGES images spread evenly over the folder (all of them in a smaller folder);
+      other images are resized (bilinear) and counted in ``resized_images``, so a surprising
+      number is visible; without ``image_size`` a size whose longer side is over
+      DEFAULT_MAX_SIDE is scaled down to it;
     * channels: one channel when every image is grayscale, otherwise RGB (grayscale images are
       replicated into three channels, alpha is dropped; 16-bit images keep their top 8 bits).
+      One colour image makes a folder RGB, so when the sample is all grayscale every other
+      file's header is read too (a second read, only for grayscale folders).
+Decoding refuses an image over ``max_image_pixels`` (width x height, from its header, before
+any pixel is decoded) and runs in worker processes, as many as the cores this process may use
+and the memory for that many images at the cap allow.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from components import resources
 from components.errors import UserError
-from components.sources.base import SOURCE_SPLITS, ImageSize, SourceStream, check_labels
+from components.sources.base import (
+    MAX_IMAGE_PIXELS_SETTING,
+    SOURCE_SPLITS,
+    ImageSize,
+    SourceStream,
+    check_labels,
+    checked_max_image_pixels,
+)
 from components.sources.splits import stratified_split
 
 logger = logging.getLogger(__name__)
@@ -38,18 +56,35 @@ HELD_OUT_TEST_FRACTION = 0.2
 # kept): the zoo's networks are CIFAR-sized, and at a camera's resolution every epoch would be
 # thousands of times slower and the shards gigabytes.
 DEFAULT_MAX_SIDE = 128
+# Headers read (a second read of those files) to find the most common size before decoding:
+# enough to find the size of any folder whose images mostly share one; the whole folder's sizes
+# are tallied while decoding, and a sample that chose differently is reported.
+SIZE_SAMPLE_IMAGES = 1000
 
 # Pillow modes that carry no colour; any other mode makes the dataset RGB.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # 16-bit grayscale, which Pillow's convert("L") would clip to white above 255.
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
-# Files are opened and decoded by a few threads: file reads and Pillow's decoders release the
-# GIL, so the disk and every core stay busy; results are used in file order.
-READ_THREADS = 8
-READ_AHEAD = 256  # images decoded ahead of the shard writer at most
 # EXIF orientations that turn the stored image by 90 degrees, swapping width and height.
 EXIF_ORIENTATION_TAG = 0x0112
 SWAPPED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+# Decoding runs in worker processes, not threads: for small images Pillow's per-image Python
+# work (parsing the file's markers, setting up the decoder) outweighs the decoding itself and
+# holds the GIL, so threads do not use a second core (measured in BENCHMARKS.md, "Data prep").
+# A folder this small is decoded in the calling process: starting the workers would cost more.
+IN_PROCESS_IMAGES = 512
+# Files per task sent to a worker: up to MAX_CHUNK_IMAGES, fewer when their decoded pixels would
+# pass CHUNK_BYTES; each worker has at most CHUNKS_AHEAD_PER_DECODER tasks queued or done ahead
+# of the shard writer, so memory stays bounded on any folder size.
+MAX_CHUNK_IMAGES = 256
+CHUNK_BYTES = 4 * 1024 * 1024
+CHUNKS_AHEAD_PER_DECODER = 2
+# Workers are also limited by memory: each may hold an image at max_image_pixels in up to three
+# copies at once (decoded, turned upright, converted) of up to 4 bytes a pixel (RGBA, CMYK and
+# 32-bit modes), and together they may use this share of the memory available to the step.
+DECODED_BYTES_PER_PIXEL = 3 * 4
+DECODER_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,17 +97,34 @@ class FolderListing:
     test_held_out_fraction: float
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How every image is decoded: Pillow's (width, height) and mode, and the pixel cap."""
+
+    size: tuple[int, int]
+    mode: str
+    max_image_pixels: int
+
+
 def recognizes(path: str) -> bool:
     return os.path.isdir(path)
 
 
 def check(root: str) -> None:
-    """The folder layout (splits, class folders, image extensions), without decoding anything."""
+    """The folder layout (splits, class folders, image extensions, links), without decoding anything."""
     list_image_folder(root)
 
 
-def read(root: str, *, image_size: ImageSize | None = None, name: str | None = None, seed: int = 0) -> SourceStream:
-    """Lists the folder and reads every image header; the pixels are decoded while streaming."""
+def read(
+    root: str,
+    *,
+    image_size: ImageSize | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    max_image_pixels: int | None = None,
+) -> SourceStream:
+    """Lists the folder and chooses the images' size and mode; the pixels are decoded while streaming."""
+    max_image_pixels = checked_max_image_pixels(max_image_pixels)
     listing = list_image_folder(root, seed)
     if listing.skipped_files:
         logger.warning(
@@ -96,53 +148,82 @@ def read(root: str, *, image_size: ImageSize | None = None, name: str | None = N
     }
     check_labels(name or root, class_names, labels)
 
-    sizes, modes = collections.Counter(), set()
-    for size, mode in ordered_map(read_header, [path for split_paths in paths.values() for path in split_paths]):
-        sizes[size] += 1
-        modes.add(mode)
+    all_paths = [path for split in SOURCE_SPLITS for path in paths[split]]
+    decoders = decoder_count(len(all_paths), max_image_pixels)
+    sample = sampled(all_paths, SIZE_SAMPLE_IMAGES)
+    sample_sizes, sample_modes = collections.Counter(), set()
+    for path in sample:
+        with pillow_pixel_limit(max_image_pixels):
+            size, mode = read_header(path, max_image_pixels)
+        sample_sizes[size] += 1
+        sample_modes.add(mode)
+    if sample_modes <= GRAYSCALE_MODES and len(sample) < len(all_paths):
+        mode_tasks = [(chunk, max_image_pixels) for chunk in chunked(all_paths, MAX_CHUNK_IMAGES)]
+        for modes in in_order(read_modes, mode_tasks, decoders, max_image_pixels):
+            sample_modes |= modes
     # Pillow speaks (width, height); the manifest and image_size speak (height, width).
-    common_size = most_common_size(sizes)
-    target_size = (image_size[1], image_size[0]) if image_size else within_default_side(common_size)
-    target_mode = "L" if modes <= GRAYSCALE_MODES else "RGB"
-    resized = sum(count for size, count in sizes.items() if size != target_size)
-    if resized:
-        if image_size:
-            reason = "the requested image_size"
-        elif target_size != common_size:
-            reason = "the most common size %dx%d scaled to a longer side of %d (--image-size or image_size chooses another)" % (
-                *common_size, DEFAULT_MAX_SIDE)
-        else:
-            reason = "the most common size"
-        logger.warning("resizing %d of %d images to %dx%d, %s", resized, sum(sizes.values()), *target_size, reason)
+    decoding = Decoding(
+        size=(image_size[1], image_size[0]) if image_size else within_default_side(most_common_size(sample_sizes)),
+        mode="L" if sample_modes <= GRAYSCALE_MODES else "RGB",
+        max_image_pixels=max_image_pixels,
+    )
+    width, height = decoding.size
+    channels = 1 if decoding.mode == "L" else 3
+    chunk_images = max(1, min(MAX_CHUNK_IMAGES, CHUNK_BYTES // (width * height * channels)))
+    tasks = [(split, chunk) for split in SOURCE_SPLITS for chunk in chunked(paths[split], chunk_images)]
 
     def chunks() -> Iterator[tuple[str, np.ndarray]]:
-        for split in SOURCE_SPLITS:
-            for pixels in ordered_map(lambda path: decode_image(path, target_size, target_mode), paths[split]):
-                yield split, pixels[np.newaxis]
+        sizes: collections.Counter = collections.Counter()
+        decoded = in_order(decode_chunk, [(chunk, decoding) for _, chunk in tasks], decoders, max_image_pixels)
+        for (split, _), (pixels, chunk_sizes) in zip(tasks, decoded):
+            sizes.update(chunk_sizes)
+            yield split, pixels
+        stream.resized_images = report_resizing(sizes, decoding.size, image_size is not None)
 
-    width, height = target_size
-    return SourceStream(
+    stream = SourceStream(
         name=name or os.path.basename(os.path.normpath(root)),
         class_names=tuple(class_names),
-        image_shape=(height, width, 1 if target_mode == "L" else 3),
+        image_shape=(height, width, channels),
         labels=labels,
         allow_horizontal_flip=True,
         chunks=chunks,
-        resized_images=resized,
         test_held_out_fraction=listing.test_held_out_fraction,
     )
+    return stream
+
+
+def report_resizing(sizes: collections.Counter, target_size: tuple[int, int], size_given: bool) -> int:
+    """Warns about the images that were resized (and a sample that chose another size than the
+    whole folder would have); returns how many were resized."""
+    resized = sum(count for size, count in sizes.items() if size != target_size)
+    if not size_given and within_default_side(most_common_size(sizes)) != target_size:
+        logger.warning(
+            "the sampled headers chose %dx%d, but the folder's most common size is %dx%d; pass image_size to choose",
+            *target_size, *most_common_size(sizes),
+        )
+    if resized:
+        if size_given:
+            reason = "the requested image_size"
+        elif target_size != most_common_size(sizes):
+            reason = "the most common size %dx%d scaled to a longer side of %d (--image-size or image_size chooses another)" % (
+                *most_common_size(sizes), DEFAULT_MAX_SIDE)
+        else:
+            reason = "the most common size"
+        logger.warning("resized %d of %d images to %dx%d, %s", resized, sum(sizes.values()), *target_size, reason)
+    return resized
 
 
 def list_image_folder(root: str, seed: int = 0) -> FolderListing:
-    """The folder's images per split and class, checking the layout without decoding anything."""
+    """The folder's images per split and class, checking the layout and links without decoding anything."""
     layout_hint = f"lay it out as {root}/<class>/*.jpg, or as {root}/train/<class>/ and {root}/test/<class>/"
+    folder = DatasetFolder(root)
     skipped: list[str] = []
     present = [split for split in SOURCE_SPLITS if os.path.isdir(os.path.join(root, split))]
     if len(present) == 1:
         missing = next(split for split in SOURCE_SPLITS if split not in present)
         raise UserError(f"image folder {root} has no {missing}/ subfolder; {layout_hint}")
     if not present:
-        by_class = _list_classes(root, layout_hint, skipped)
+        by_class = _list_classes(folder, root, layout_hint, skipped)
         labels = np.repeat(np.arange(len(by_class)), [len(paths) for paths in by_class.values()])
         paths = [path for class_paths in by_class.values() for path in class_paths]
         kept, held_out = stratified_split(labels, HELD_OUT_TEST_FRACTION, seed)
@@ -158,7 +239,9 @@ def list_image_folder(root: str, seed: int = 0) -> FolderListing:
                 files_by_split[split][class_names[labels[index]]].append(paths[index])
         return FolderListing(files_by_split, skipped, test_held_out_fraction=HELD_OUT_TEST_FRACTION)
 
-    files_by_split = {split: _list_classes(os.path.join(root, split), layout_hint, skipped) for split in SOURCE_SPLITS}
+    for split in SOURCE_SPLITS:
+        folder.check_link(os.path.join(root, split))
+    files_by_split = {split: _list_classes(folder, os.path.join(root, split), layout_hint, skipped) for split in SOURCE_SPLITS}
     missing_in_train = sorted(set(files_by_split["test"]) - set(files_by_split["train"]))
     if missing_in_train:
         raise UserError(
@@ -168,14 +251,36 @@ def list_image_folder(root: str, seed: int = 0) -> FolderListing:
     return FolderListing(files_by_split, skipped, test_held_out_fraction=0.0)
 
 
-def _list_classes(directory: str, layout_hint: str, skipped: list[str]) -> dict[str, list[str]]:
+class DatasetFolder:
+    """The dataset folder's boundary: a symbolic link inside it may point anywhere inside it, not out."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.real_root = os.path.realpath(root)
+
+    def check_link(self, path: str) -> str:
+        """``path``, or for a symbolic link the file it points to; a link leading out of the folder
+        is a UserError naming it."""
+        if not os.path.islink(path):
+            return path
+        target = os.path.realpath(path)
+        if os.path.commonpath([self.real_root, target]) != self.real_root:
+            raise UserError(
+                f"{path} is a symbolic link to {target}, outside the image folder {self.root}; "
+                "copy the file into the folder or remove the link"
+            )
+        return target
+
+
+def _list_classes(folder: DatasetFolder, directory: str, layout_hint: str, skipped: list[str]) -> dict[str, list[str]]:
     """Sorted image paths of each class folder in ``directory``; files that are not images are
     appended to ``skipped``, an image outside a class folder or a class without images is an error."""
     classes = {}
     for entry in _visible_entries(directory):
         path = os.path.join(directory, entry)
+        folder.check_link(path)
         if os.path.isdir(path):
-            classes[entry] = _list_class_folder(path, skipped)
+            classes[entry] = _list_class_folder(folder, path, skipped)
         elif entry.lower().endswith(IMAGE_EXTENSIONS):
             raise UserError(f"{path} is not inside a class folder; move it into {directory}/<class>/")
         else:
@@ -185,18 +290,21 @@ def _list_classes(directory: str, layout_hint: str, skipped: list[str]) -> dict[
     return classes
 
 
-def _list_class_folder(class_dir: str, skipped: list[str]) -> list[str]:
-    """Sorted image paths under one class folder, its sub-folders included."""
+def _list_class_folder(folder: DatasetFolder, class_dir: str, skipped: list[str]) -> list[str]:
+    """Sorted image paths under one class folder, its sub-folders included (a link to a file
+    inside the dataset folder listed as that file; linked sub-folders are not walked)."""
     images = []
     for directory, subdirectories, files in os.walk(class_dir):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        for name in subdirectories:
+            folder.check_link(os.path.join(directory, name))
         for name in files:
             if not name.startswith("."):
                 path = os.path.join(directory, name)
                 (images if name.lower().endswith(IMAGE_EXTENSIONS) else skipped).append(path)
     if not images:
         raise UserError(f"class folder {class_dir} has no images; add images to it or remove it")
-    return sorted(images)
+    return [folder.check_link(path) for path in sorted(images)]
 
 
 def _visible_entries(directory: str) -> list[str]:
@@ -204,33 +312,146 @@ def _visible_entries(directory: str) -> list[str]:
     return sorted(entry for entry in os.listdir(directory) if not entry.startswith("."))
 
 
-def ordered_map(function: Callable, items: list) -> Iterator:
-    """function(item) for each item, in order, computed by READ_THREADS threads at most
-    READ_AHEAD items ahead of the consumer (so memory stays bounded on any folder size)."""
-    with ThreadPoolExecutor(READ_THREADS) as pool:
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def sampled(items: list, count: int) -> list:
+    """``count`` items spread evenly over ``items`` (all of them when there are no more)."""
+    if len(items) <= count:
+        return items
+    return [items[index] for index in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+def chunked(items: list, size: int) -> list[list]:
+    """``items`` cut into consecutive lists of ``size`` (the last one shorter)."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def decoder_count(image_count: int, max_image_pixels: int) -> int:
+    """Worker processes to decode ``image_count`` images with: 0 (this process) for a small
+    folder, else as many as this process's cores and DECODER_MEMORY_SHARE of its available memory
+    allow at max_image_pixels, at least one."""
+    if image_count <= IN_PROCESS_IMAGES:
+        return 0
+    cores = resources.available_cores()
+    memory = resources.available_memory_bytes()
+    by_memory = int(DECODER_MEMORY_SHARE * memory // (max_image_pixels * DECODED_BYTES_PER_PIXEL))
+    count = max(1, min(cores, by_memory))
+    logger.info(
+        "decoding with %d process(es): %d core(s); %.0f MB available fits %d at %s pixels per image",
+        count, cores, memory / 1e6, by_memory, f"{max_image_pixels:,}",
+    )
+    return count
+
+
+def in_order(function: Callable, tasks: list[tuple], decoders: int, max_image_pixels: int) -> Iterator:
+    """function(*task) for each task, in order: in this process when ``decoders`` is 0, else in
+    that many worker processes, at most CHUNKS_AHEAD_PER_DECODER tasks each ahead of the consumer."""
+    if not decoders:
+        for task in tasks:
+            with pillow_pixel_limit(max_image_pixels):
+                result = function(*task)
+            yield result
+        return
+    # forkserver: workers start from a small clean process, not from a copy of this one (which
+    # may hold threads, TensorFlow or a test runner), with this module already imported.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    pool = ProcessPoolExecutor(decoders, mp_context=context, initializer=set_pillow_pixel_limit, initargs=(max_image_pixels,))
+    try:
         pending: collections.deque = collections.deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= READ_AHEAD:
+        for task in tasks:
+            pending.append(pool.submit(function, *task))
+            if len(pending) >= decoders * CHUNKS_AHEAD_PER_DECODER:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def read_header(path: str) -> tuple[tuple[int, int], str]:
+def set_pillow_pixel_limit(max_image_pixels: int) -> None:
+    """Pillow's own decompression-bomb limit set to the cap, and its warning between one and two
+    times the limit silenced: open_image refuses those images with the project's one-line error."""
+    import warnings
+
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def pillow_pixel_limit(max_image_pixels: int) -> Iterator[None]:
+    """set_pillow_pixel_limit for the duration of a ``with`` in this process, then restored."""
+    import warnings
+
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            set_pillow_pixel_limit(max_image_pixels)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def decode_chunk(paths: list[str], decoding: Decoding) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """uint8 images [k, H, W, C] of ``paths`` as ``decoding`` says, and each file's (width, height)
+    as displayed before resizing."""
+    width, height = decoding.size
+    pixels = np.empty((len(paths), height, width, 1 if decoding.mode == "L" else 3), dtype=np.uint8)
+    sizes = []
+    for index, path in enumerate(paths):
+        pixels[index], size = decode_image(path, decoding)
+        sizes.append(size)
+    return pixels, sizes
+
+
+def read_modes(paths: list[str], max_image_pixels: int) -> set[str]:
+    """The Pillow modes of ``paths``, from their headers."""
+    return {read_header(path, max_image_pixels)[1] for path in paths}
+
+
+def read_header(path: str, max_image_pixels: int) -> tuple[tuple[int, int], str]:
     """(width, height) as displayed and the Pillow mode, from the header alone."""
-    with open_image(path) as image:
+    with open_image(path, max_image_pixels) as image:
         return oriented_size(image), image.mode
 
 
-def open_image(path: str):
-    """Open an image lazily (header only); a corrupt or non-image file is a one-line UserError."""
+@contextlib.contextmanager
+def open_image(path: str, max_image_pixels: int):
+    """The image, opened lazily (header only) and within the pixel cap; a missing, corrupt or
+    non-image file, one over the cap, or a path that became a symbolic link after listing (it
+    is opened with O_NOFOLLOW) is a one-line UserError."""
     from PIL import Image
 
     try:
-        return Image.open(path)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from error
+        image_file = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
+    except OSError as error:
+        raise UserError(f"cannot read image {path} ({error.strerror}); remove or replace the file") from error
+    with image_file:
+        try:
+            image = Image.open(image_file)
+        except Image.DecompressionBombError as error:
+            raise UserError(over_cap_message(path, str(error), max_image_pixels)) from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from error
+        with image:
+            width, height = image.size
+            if width * height > max_image_pixels:
+                raise UserError(over_cap_message(path, f"{width}x{height} = {width * height:,} pixels", max_image_pixels))
+            yield image
+
+
+def over_cap_message(path: str, size: str, max_image_pixels: int) -> str:
+    return (
+        f"image {path} ({size}) is over the decoding cap of {max_image_pixels:,} pixels "
+        f"({MAX_IMAGE_PIXELS_SETTING}); shrink the image, remove it, or raise the cap"
+    )
 
 
 def oriented_size(image) -> tuple[int, int]:
@@ -257,24 +478,24 @@ def within_default_side(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def decode_image(path: str, target_size: tuple[int, int], target_mode: str) -> np.ndarray:
-    """Decode one image as uint8 [H, W, C] in ``target_mode`` and ``target_size`` (width, height)."""
+def decode_image(path: str, decoding: Decoding) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image as uint8 [H, W, C] in ``decoding``'s mode and size, and its (width, height) as displayed."""
     from PIL import Image, ImageOps
 
-    with open_image(path) as image:
+    with open_image(path, decoding.max_image_pixels) as image:
+        size = oriented_size(image)
         try:
             # A JPEG much larger than the target decodes at 1/2, 1/4 or 1/8 scale (still at least
             # the target size), so a camera photo is not decoded in full to be shrunk. Sizes as stored.
-            width, height = target_size
-            stored = (height, width) if oriented_size(image) != image.size else (width, height)
-            image.draft(target_mode, stored)
+            width, height = decoding.size
+            image.draft(decoding.mode, (height, width) if size != image.size else (width, height))
             upright = ImageOps.exif_transpose(image)
             if upright.mode in SIXTEEN_BIT_MODES:
                 upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
-            converted = upright.convert(target_mode)
-            if converted.size != target_size:
-                converted = converted.resize(target_size, Image.Resampling.BILINEAR)
+            converted = upright.convert(decoding.mode)
+            if converted.size != decoding.size:
+                converted = converted.resize(decoding.size, Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"cannot decode image {path} ({error}); remove or replace the file") from error
-    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    return (pixels[..., np.newaxis] if pixels.ndim == 2 else pixels), size
