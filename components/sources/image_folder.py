@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 import multiprocessing
 import os
@@ -51,6 +52,9 @@ from components.sources.splits import stratified_split
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The Pillow decoders of those formats, the only ones tried on a file from the folder (whatever
+# its name): no other plugin (EPS through Ghostscript, for one) ever sees a dataset's bytes.
+PILLOW_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
 HELD_OUT_TEST_FRACTION = 0.2
 # Without image_size, images are brought down to this longer side (the most common size's aspect
 # kept): the zoo's networks are CIFAR-sized, and at a camera's resolution every epoch would be
@@ -85,6 +89,8 @@ CHUNKS_AHEAD_PER_DECODER = 2
 # 32-bit modes), and together they may use this share of the memory available to the step.
 DECODED_BYTES_PER_PIXEL = 3 * 4
 DECODER_MEMORY_SHARE = 0.5
+# Files up to this size are read whole in one call (see open_image).
+WHOLE_FILE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -434,10 +440,13 @@ def open_image(path: str, max_image_pixels: int):
     except OSError as error:
         raise UserError(f"cannot read image {path} ({error.strerror}); remove or replace the file") from error
     with image_file:
+        # A small file is read whole at once (cheaper than Pillow's many small reads); a large
+        # one as Pillow asks, so that no more than its header is read before the cap is checked.
+        whole = os.fstat(image_file.fileno()).st_size <= WHOLE_FILE_BYTES
         try:
-            image = Image.open(image_file)
-        except Image.DecompressionBombError as error:
-            raise UserError(over_cap_message(path, str(error), max_image_pixels)) from None
+            image = Image.open(io.BytesIO(image_file.read()) if whole else image_file, formats=PILLOW_FORMATS)
+        except Image.DecompressionBombError:
+            raise UserError(over_cap_message(path, "its header declares over twice that", max_image_pixels)) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from error
         with image:
@@ -447,9 +456,10 @@ def open_image(path: str, max_image_pixels: int):
             yield image
 
 
-def over_cap_message(path: str, size: str, max_image_pixels: int) -> str:
+def over_cap_message(path: str, detail: str, max_image_pixels: int) -> str:
+    """The one line that refuses an image over the cap; ``detail`` says how much it holds."""
     return (
-        f"image {path} ({size}) is over the decoding cap of {max_image_pixels:,} pixels "
+        f"image {path} ({detail}) is over the decoding cap of {max_image_pixels:,} pixels "
         f"({MAX_IMAGE_PIXELS_SETTING}); shrink the image, remove it, or raise the cap"
     )
 
@@ -457,11 +467,15 @@ def over_cap_message(path: str, size: str, max_image_pixels: int) -> str:
 def oriented_size(image) -> tuple[int, int]:
     """(width, height) as displayed, honouring a camera's EXIF rotation."""
     width, height = image.size
+    return (height, width) if exif_orientation(image) in SWAPPED_ORIENTATIONS else (width, height)
+
+
+def exif_orientation(image) -> int | None:
+    """The EXIF orientation tag (1: as stored; 2-8: mirrored and/or turned), None without one."""
     try:
-        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+        return image.getexif().get(EXIF_ORIENTATION_TAG)
     except (OSError, SyntaxError, ValueError):
-        orientation = None  # broken EXIF: use the stored orientation
-    return (height, width) if orientation in SWAPPED_ORIENTATIONS else (width, height)
+        return None  # broken EXIF: use the stored orientation
 
 
 def most_common_size(sizes: collections.Counter) -> tuple[int, int]:
@@ -489,13 +503,16 @@ def decode_image(path: str, decoding: Decoding) -> tuple[np.ndarray, tuple[int, 
             # the target size), so a camera photo is not decoded in full to be shrunk. Sizes as stored.
             width, height = decoding.size
             image.draft(decoding.mode, (height, width) if size != image.size else (width, height))
-            upright = ImageOps.exif_transpose(image)
+            # Each step copies the pixels, so it is skipped where it would change nothing.
+            upright = image if exif_orientation(image) in (None, 1) else ImageOps.exif_transpose(image)
             if upright.mode in SIXTEEN_BIT_MODES:
                 upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
-            converted = upright.convert(decoding.mode)
+            converted = upright if upright.mode == decoding.mode else upright.convert(decoding.mode)
             if converted.size != decoding.size:
                 converted = converted.resize(decoding.size, Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.uint8)
+        except Image.DecompressionBombError:  # Pillow's own check of a later frame or tile, at the same cap
+            raise UserError(over_cap_message(path, "a part of it declares over twice that", decoding.max_image_pixels)) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"cannot decode image {path} ({error}); remove or replace the file") from error
     return (pixels[..., np.newaxis] if pixels.ndim == 2 else pixels), size
