@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ from components import checks
 from components.dataset import DatasetReader
 from components.keras_setup import tf
 from components.recipe import CACHE_CHOICES
+from components.resources import available_memory_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -91,28 +91,6 @@ def steps_per_epoch_for(image_count: int, batch_size: int) -> int:
     """Optimizer steps per epoch: enough full batches to cover the split once (the last one
     reaches into the next epoch's shuffle, see make_train_dataset)."""
     return math.ceil(image_count / batch_size)
-
-
-def available_memory_bytes() -> int:
-    """Memory this process can still use: MemAvailable, capped by a container's cgroup limit."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    # A Kubernetes pod sees the node's /proc/meminfo; its own limit is in the cgroup (v2).
-    try:
-        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as limit_file, \
-                open("/sys/fs/cgroup/memory.current", encoding="ascii") as current_file:
-            limit = limit_file.read().strip()
-            if limit != "max":
-                available = min(available, int(limit) - int(current_file.read()))
-    except (OSError, ValueError):
-        pass
-    return max(available, 0)
 
 
 def resolve_cache(cache: str, split_bytes: int) -> str:
