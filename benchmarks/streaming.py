@@ -2,7 +2,7 @@
 train split is streamed from its shards (cache "none") vs held in memory.
 
 Prep: `prepare()` of the CIFAR-10 JPEG folder (train/<class>/*.jpg, test/<class>/*.jpg) and of a
-6,000-image subset of it (symlinks in a scratch directory), each in a fresh subprocess; peak memory
+6,000-image subset of it (hard links in a scratch directory), each in a fresh subprocess; peak memory
 is the child's maximum resident set size. Training: ResNet20 v1 (components.models) on the prepared
 60,000-image dataset, batch 128, shifts and flips, one compiled model fed by three pipelines that
 take turns (A/B/C/A/B/C ...) so that a shared CPU's changing load hits them alike:
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,14 +42,18 @@ def add_arguments(parser) -> None:
 
 
 def make_subset(folder: str, destination: str, per_class: tuple[int, int]) -> None:
-    """The first per_class[0] train and per_class[1] test images of every class, as symlinks."""
+    """The first per_class[0] train and per_class[1] test images of every class, as hard links
+    (prep refuses symbolic links that lead out of the folder), or copies across file systems."""
     for split, count in zip(("train", "test"), per_class):
         for class_name in sorted(os.listdir(os.path.join(folder, split))):
             source_dir = os.path.join(folder, split, class_name)
             target_dir = os.path.join(destination, split, class_name)
             os.makedirs(target_dir)
             for name in sorted(os.listdir(source_dir))[:count]:
-                os.symlink(os.path.join(source_dir, name), os.path.join(target_dir, name))
+                try:
+                    os.link(os.path.join(source_dir, name), os.path.join(target_dir, name))
+                except OSError:
+                    shutil.copyfile(os.path.join(source_dir, name), os.path.join(target_dir, name))
 
 
 def measure_prepare(source: str, output_dir: str) -> dict:
