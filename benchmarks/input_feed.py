@@ -65,11 +65,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--folder", help="a CIFAR-sized JPEG folder to prepare (default: generated, see benchmarks/prep.py)")
     parser.add_argument("--batches", type=int, default=300, help="timed batches per measurement (default 300)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed batches first (default 30)")
+    parser.add_argument("--code-root", default=common.REPOSITORY_ROOT,
+                        help="checkout whose components/ is measured (default: this one), e.g. another branch's worktree")
 
 
-def measure(dataset: str, cache: str, cores: int, batches: int, warmup: int) -> dict:
+def measure(code_root: str, dataset: str, cache: str, cores: int, batches: int, warmup: int) -> dict:
     """One measurement in a fresh process confined to ``cores`` cores."""
-    script = MEASURE.format(root=common.REPOSITORY_ROOT, dataset=dataset, batch=BATCH_SIZE, cache=cache,
+    script = MEASURE.format(root=code_root, dataset=dataset, batch=BATCH_SIZE, cache=cache,
                             warmup=warmup, count=batches)
     load = os.getloadavg()[0]
     result = subprocess.run(["taskset", "-c", CORE_SETS[cores], sys.executable, "-c", script],
@@ -105,7 +107,7 @@ def main() -> None:
         for repeat in range(arguments.repeats):
             for cache in CACHES:
                 for cores in CORE_SETS:
-                    runs.append(measure(dataset, cache, cores, arguments.batches, arguments.warmup))
+                    runs.append(measure(arguments.code_root, dataset, cache, cores, arguments.batches, arguments.warmup))
                     common.progress(
                         f"repeat {repeat + 1}, cache {cache}, {cores} core(s): {runs[-1]['images_per_second']:.0f} images/s, "
                         f"{runs[-1]['images_per_cpu_second']:.0f} images per CPU second, load {runs[-1]['load_average_1min_at_start']:.1f}"
@@ -127,6 +129,7 @@ def main() -> None:
         "benchmark": "input_feed",
         "tiny": arguments.tiny,
         "batch_size": BATCH_SIZE,
+        "code_root": arguments.code_root,
         "handed_over": {"image_dtype": runs[-1]["image_dtype"], "label_shape": runs[-1]["label_shape"]},
         "summary": summary,
         # Cores whose input pipelines together hand over a GPU's training rate, at the measured
