@@ -156,23 +156,7 @@ def read(
 
     all_paths = [path for split in SOURCE_SPLITS for path in paths[split]]
     decoders = decoder_count(len(all_paths), max_image_pixels)
-    sample = sampled(all_paths, SIZE_SAMPLE_IMAGES)
-    sample_sizes, sample_modes = collections.Counter(), set()
-    for path in sample:
-        with pillow_pixel_limit(max_image_pixels):
-            size, mode = read_header(path, max_image_pixels)
-        sample_sizes[size] += 1
-        sample_modes.add(mode)
-    if sample_modes <= GRAYSCALE_MODES and len(sample) < len(all_paths):
-        mode_tasks = [(chunk, max_image_pixels) for chunk in chunked(all_paths, MAX_CHUNK_IMAGES)]
-        for modes in in_order(read_modes, mode_tasks, decoders, max_image_pixels):
-            sample_modes |= modes
-    # Pillow speaks (width, height); the manifest and image_size speak (height, width).
-    decoding = Decoding(
-        size=(image_size[1], image_size[0]) if image_size else within_default_side(most_common_size(sample_sizes)),
-        mode="L" if sample_modes <= GRAYSCALE_MODES else "RGB",
-        max_image_pixels=max_image_pixels,
-    )
+    decoding = choose_decoding(all_paths, image_size, max_image_pixels, decoders)
     width, height = decoding.size
     channels = 1 if decoding.mode == "L" else 3
     chunk_images = max(1, min(MAX_CHUNK_IMAGES, CHUNK_BYTES // (width * height * channels)))
@@ -196,6 +180,28 @@ def read(
         test_held_out_fraction=listing.test_held_out_fraction,
     )
     return stream
+
+
+def choose_decoding(paths: list[str], image_size: ImageSize | None, max_image_pixels: int, decoders: int) -> Decoding:
+    """The size and mode every image is decoded to, from the headers of a sample of ``paths``
+    (and of all of them when the sample is all grayscale: one colour image makes the folder RGB)."""
+    sample = sampled(paths, SIZE_SAMPLE_IMAGES)
+    sizes, modes = collections.Counter(), set()
+    with pillow_pixel_limit(max_image_pixels):
+        for path in sample:
+            size, mode = read_header(path, max_image_pixels)
+            sizes[size] += 1
+            modes.add(mode)
+    if modes <= GRAYSCALE_MODES and len(sample) < len(paths):
+        mode_tasks = [(chunk, max_image_pixels) for chunk in chunked(paths, MAX_CHUNK_IMAGES)]
+        for chunk_modes in in_order(read_modes, mode_tasks, decoders, max_image_pixels):
+            modes |= chunk_modes
+    # Pillow speaks (width, height); the manifest and image_size speak (height, width).
+    return Decoding(
+        size=(image_size[1], image_size[0]) if image_size else within_default_side(most_common_size(sizes)),
+        mode="L" if modes <= GRAYSCALE_MODES else "RGB",
+        max_image_pixels=max_image_pixels,
+    )
 
 
 def report_resizing(sizes: collections.Counter, target_size: tuple[int, int], size_given: bool) -> int:
