@@ -133,6 +133,8 @@ def main() -> None:
         "code_root": arguments.code_root,
         "handed_over": {"image_dtype": runs[-1]["image_dtype"], "label_shape": runs[-1]["label_shape"]},
         "summary": summary,
+        # ratio: what streaming from the shards delivers per CPU second, as a share of the memory path.
+        "ratio": per_core["none"] / per_core["memory"],
         # Cores whose input pipelines together hand over a GPU's training rate, at the measured
         # images per CPU second (pipelines on separate cores add up: they share nothing).
         "cores_to_feed_an_h200": {
