@@ -147,3 +147,20 @@ def test_a_file_in_another_format_than_its_listed_ones_is_refused(image_folder, 
     Image.new("RGB", (10, 12)).save(disguised, format="PPM")  # a format Pillow reads, but not one of the folder's
     with pytest.raises(UserError, match=rf"cannot read image {disguised} .*; remove or replace the file"):
         prepare(root, str(tmp_path / "dataset"))
+
+
+def test_a_sample_that_chose_another_size_than_the_whole_folder_is_reported(tmp_path, caplog):
+    root = tmp_path / "folder"
+    train_count, test_count = folder_source.SIZE_SAMPLE_IMAGES + 100, 10
+    sampled = set(folder_source.sampled(list(range(train_count + test_count)), folder_source.SIZE_SAMPLE_IMAGES))
+    # Every image the sample skips is 4x5 (height x width), and fewer than half of the sampled ones.
+    wide = {index for index in range(train_count + test_count) if index not in sampled}
+    wide |= set(sorted(sampled)[:len(sampled) // 2 - 20])
+    for split, first, count in (("train", 0, train_count), ("test", train_count, test_count)):
+        os.makedirs(root / split / "a")
+        for index in range(first, first + count):
+            shape = (4, 5, 3) if index in wide else (4, 4, 3)
+            save_image(np.zeros(shape, dtype=np.uint8), root / split / "a" / f"{index:05d}.png")
+    manifest = prepare(str(root), str(tmp_path / "dataset"))
+    assert manifest["image_shape"] == [4, 4, 3] and manifest["resized_images"] == len(wide)
+    assert "the sampled headers chose 4x4, but the folder's most common size is 5x4; pass image_size" in caplog.text
