@@ -36,6 +36,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import common
+from components.processes import descendant_processes
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # (train, test) images per class: CIFAR-10's 60,000 and a tenth of them.
@@ -119,7 +120,7 @@ class ProcessTreeSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pids = self._tree()
+            pids = [self.pid, *descendant_processes(self.pid)]
             self.process_count = max(self.process_count, len(pids))
             rss = pss = 0
             for pid in pids:
@@ -136,19 +137,6 @@ class ProcessTreeSampler:
             self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
             self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             self._stop.wait(SAMPLE_SECONDS)
-
-    def _tree(self) -> list[int]:
-        pids, queue = [], [self.pid]
-        while queue:
-            pid = queue.pop()
-            pids.append(pid)
-            try:
-                for task in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{task}/children") as children:
-                        queue.extend(int(child) for child in children.read().split())
-            except OSError:
-                continue
-        return pids
 
 
 def measure_prepare(code_root: str, folder: str, output_dir: str) -> dict:

@@ -64,7 +64,7 @@ def test_an_image_over_the_pixel_cap_is_refused_naming_it_and_the_setting(image_
                                         r"\(max_image_pixels \(--max-image-pixels\)\)"):
         prepare(root, str(tmp_path / "dataset"), max_image_pixels=119)
     assert not os.path.exists(tmp_path / "dataset")
-    assert prepare(root, str(tmp_path / "dataset"), max_image_pixels=120)["image_shape"] == [12, 10, 3]
+    assert prepare(root, str(tmp_path / "dataset"), max_image_pixels=120).image_shape == [12, 10, 3]
 
 
 def test_the_cli_takes_the_pixel_cap_and_refuses_in_one_line(image_folder, tmp_path):
@@ -127,7 +127,7 @@ def test_one_colour_image_outside_the_sampled_headers_still_makes_the_folder_rgb
     unsampled = next(index for index in range(count) if index not in sampled)
     save_image(np.full((4, 4, 3), (255, 0, 0), dtype=np.uint8), root / "train" / "digit" / f"{unsampled:05d}.png")
     manifest = prepare(str(root), str(tmp_path / "dataset"))
-    assert manifest["image_shape"] == [4, 4, 3]
+    assert manifest.image_shape == [4, 4, 3]
     images, _ = open_dataset(str(tmp_path / "dataset")).arrays("train")
     assert images[unsampled].tolist() == [[[255, 0, 0]] * 4] * 4
     assert images[0].tolist() == [[[0, 0, 0]] * 4] * 4  # grayscale replicated into three channels
@@ -162,5 +162,5 @@ def test_a_sample_that_chose_another_size_than_the_whole_folder_is_reported(tmp_
             shape = (4, 5, 3) if index in wide else (4, 4, 3)
             save_image(np.zeros(shape, dtype=np.uint8), root / split / "a" / f"{index:05d}.png")
     manifest = prepare(str(root), str(tmp_path / "dataset"))
-    assert manifest["image_shape"] == [4, 4, 3] and manifest["resized_images"] == len(wide)
+    assert manifest.image_shape == [4, 4, 3] and manifest.resized_images == len(wide)
     assert "the sampled headers chose 4x4, but the folder's most common size is 5x4; pass image_size" in caplog.text
