@@ -4,6 +4,6 @@ Data prep (data_prep, sources/, manifest) writes a dataset the reader (dataset, 
 streams; training (train, model_assembly, fit, with callbacks, checkpoints, distributed, and
 workers and train_worker for several processes) writes a model and its TrainResult (results);
 evaluate, report/, publish and registry follow. storage/, atomic, artifacts, checks, errors,
-formatting, processes, progress and records are shared by all. Nothing here imports `pipeline`;
+formatting, processes, progress, records and resources are shared by all. Nothing here imports `pipeline`;
 tests/test_structure.py checks it.
 """
