@@ -9,10 +9,11 @@ ours ...) so a shared machine's changing load hits them alike. Per run:
     CPU µs/image  user + system CPU of the prep process and every process under it (decoder
                   workers included), ÷ images: less sensitive to other work on the machine;
     peak RSS      the largest sum of resident memory over the prep process and its descendants,
-                  sampled every SAMPLE_SECONDS.
+                  sampled every SAMPLE_SECONDS (and of PSS, which splits shared pages).
 Figures: images/s and CPU per image at 60,000 (ours vs baseline; `ratio` is baseline CPU per
-image ÷ ours), and peak RSS at 60,000 ÷ at 6,000 for each (target ≤ 1.3). A second part measures whether Pillow's decoding uses a second
-core from threads: the same files decoded by 1 thread, 2 threads and 2 processes.
+image ÷ ours), and peak RSS at 60,000 ÷ at 6,000 for each (target ≤ 1.3). A second part
+measures whether Pillow's decoding uses a second core from threads: the same files decoded by
+1 thread, 2 threads and 2 processes.
 
 The folders are generated (structured 32x32 images, gradients and a disc with a little noise,
 saved as JPEG by Pillow at its default quality, 10 classes in train/ and test/ like the
@@ -115,7 +116,8 @@ class ProcessTreeSampler:
         self._thread.join()
 
     def descendants_cpu_seconds(self) -> float:
-        """CPU seconds of every sampled process but the top one (whose exact figure wait4 gives)."""
+        """CPU seconds of every sampled process but the top one (whose exact figure its parent's
+        rusage of children gives)."""
         return sum(ticks for pid, ticks in self.cpu_ticks.items() if pid != self.pid) / os.sysconf("SC_CLK_TCK")
 
     def _run(self) -> None:
