@@ -323,6 +323,8 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--run-name", help="display name of the run (default: cnnpipe <UTC time>)")
     submit.add_argument("--wait", action="store_true", help="follow the run; exit non-zero naming the failed task")
     submit.add_argument("--poll-seconds", type=float, default=15.0, help="with --wait: seconds between status checks (default: 15)")
+    submit.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="with --wait: stop following after this long, exit 1 (the run keeps going; default: no limit)")
     submit.add_argument("--workers", type=int, help="train each model on N worker pods (a JobSet); same as --param workers=N")
     submit.set_defaults(handler=command_submit)
 
@@ -347,6 +349,7 @@ def add_cluster_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
     parser.add_argument("--pipeline-root", help="where artifacts go, e.g. gs://bucket/pipeline-root")
     parser.add_argument("--token", help="bearer token (default: $KFP_TOKEN); never printed")
+    parser.add_argument("--namespace", help="your Kubeflow profile's namespace on a multi-user KFP (default: none)")
 
 
 def command_compile(args: argparse.Namespace) -> int:
@@ -396,8 +399,10 @@ def command_submit(args: argparse.Namespace) -> int:
         pipeline_root=args.pipeline_root,
         wait=args.wait,
         poll_seconds=args.poll_seconds,
+        timeout_seconds=args.timeout,
         existing_token=args.token,
         run_name=args.run_name,
+        namespace=args.namespace,
     )
     return 0 if not args.wait or run.state == "SUCCEEDED" else 1
 
@@ -406,10 +411,10 @@ def command_schedule(args: argparse.Namespace) -> int:
     from pipeline import cluster
 
     if args.list:
-        cluster.list_schedules(args.host, existing_token=args.token)  # prints the table
+        cluster.list_schedules(args.host, existing_token=args.token, namespace=args.namespace)  # prints the table
         return 0
     if args.delete:
-        cluster.delete_schedule(args.host, args.delete, existing_token=args.token)
+        cluster.delete_schedule(args.host, args.delete, existing_token=args.token, namespace=args.namespace)
         return 0
     if not args.name or not args.cron:
         raise UserError("schedule needs --name and --cron (or --list / --delete NAME)")
@@ -422,6 +427,7 @@ def command_schedule(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         pipeline_root=args.pipeline_root,
         existing_token=args.token,
+        namespace=args.namespace,
     )
     return 0
 

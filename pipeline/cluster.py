@@ -5,8 +5,14 @@ passed as `existing_token` (or in the `KFP_TOKEN` environment variable), IAP/inv
 credentials for `*.googleusercontent.com` hosts, or none for a port-forwarded endpoint. Tokens
 are handed to the client only; they are never printed, logged or written.
 
-User mistakes (bad cron, unknown parameter, unreachable host, failed run) raise `ValueError`
-or `ClusterError` with a one-line message; the CLI prints it and exits non-zero.
+User mistakes (bad cron, unknown parameter or model, a bad recipe, unreachable host, failed
+run) raise `UserError` or `ClusterError` with a one-line message; the CLI prints it and exits
+non-zero. Nothing reaches the cluster before the parameters passed every check.
+
+Following a run (`submit --wait`) survives a flaky API: a status call that times out or gets a
+5xx/429 answer is retried with exponential backoff for up to STATUS_RETRY_SECONDS, then the wait
+gives up with a line saying the run keeps going. Calls that create something (runs, schedules)
+are not retried: a retry after a lost answer could create the run twice.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import datetime
 import hashlib
 import io
 import json
+import math
 import os
+import random
 import re
 import time
 import urllib.error
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from components import checks
 from components.errors import UserError
 
 TOKEN_ENVIRONMENT_VARIABLE = "KFP_TOKEN"
@@ -47,6 +56,15 @@ CRON_FIELDS = (
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
 SCHEDULE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Following a run: how long status calls may keep failing before the wait gives up (an API server
+# restart or a port-forward that reconnects takes seconds to minutes), the longest wait between
+# retries, and how long one status call may take (connect, read), all in seconds.
+STATUS_RETRY_SECONDS = 600.0
+MAX_STATUS_BACKOFF_SECONDS = 60.0
+STATUS_REQUEST_TIMEOUT_SECONDS = (10.0, 30.0)
+# HTTP answers to a status call that may pass by themselves: throttling and server errors.
+TRANSIENT_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
+MULTI_USER_EXAMPLE_NAMESPACE = "kubeflow-user-example-com"
 
 
 class ClusterError(RuntimeError):
@@ -196,6 +214,75 @@ def _type_example(parameter_type: str) -> str:
             "LIST": "a,b or [\"a\",\"b\"]", "STRUCT": '{"key": 1}'}.get(parameter_type, "text")
 
 
+def check_poll_seconds(poll_seconds) -> float:
+    """Seconds between status calls: a positive number (0 would call the API in a tight loop)."""
+    return checks.number("--poll-seconds", poll_seconds, above=0, hint="pass e.g. --poll-seconds 15")
+
+
+def check_timeout_seconds(timeout_seconds) -> float | None:
+    """How long `--wait` follows a run: None for as long as it runs, else a positive number of seconds."""
+    if timeout_seconds is None:
+        return None
+    return checks.number("--timeout", timeout_seconds, above=0, hint="pass e.g. --timeout 7200 (seconds)")
+
+
+def pipeline_values(resolved: dict, pipeline_package_path: str) -> dict:
+    """The values a run would start with: the compiled defaults, overridden by `resolved`."""
+    declared = pipeline_parameters(pipeline_package_path)
+    values = {name: spec["defaultValue"] for name, spec in declared.items() if "defaultValue" in spec}
+    return {**values, **resolved}
+
+
+def check_pipeline_values(values: dict) -> None:
+    """Checks the values of the project's own parameters before anything reaches the cluster.
+
+    A bad model name or recipe in a nightly schedule would otherwise be found in the pod, every
+    night. Parameters the pipeline does not have are not checked (a stand-in pipeline has few).
+    """
+    for name, check in PIPELINE_VALUE_CHECKS.items():
+        if name in values:
+            check(values[name])
+
+
+def _check_models(models) -> None:
+    from components.models import get_spec  # the zoo's names, without Keras
+
+    if not isinstance(models, list) or not models:
+        raise UserError(f"models must name at least one zoo model, e.g. --param models=lenet5,resnet20_v1; got {models!r}")
+    for name in models:
+        get_spec(name)
+    if len(set(models)) != len(models):
+        raise UserError(f"models has duplicates: {','.join(models)}; name each model once")
+
+
+def _check_train_config(train_config) -> None:
+    from components.recipe import TrainConfig
+
+    TrainConfig.from_dict(train_config)
+
+
+def _check_workers(workers) -> None:
+    # KFP hands integers over as JSON numbers, which may arrive as 4.0.
+    value = int(workers) if isinstance(workers, float) and workers.is_integer() else workers
+    checks.integer("workers", value, minimum=1, why="1 = one process")
+
+
+def _check_preset(preset) -> None:
+    from pipeline.config import get_preset
+
+    get_preset(preset)
+
+
+# The project's pipeline parameters that are checked before a run or schedule is created.
+PIPELINE_VALUE_CHECKS = {
+    "models": _check_models,
+    "train_config": _check_train_config,
+    "workers": _check_workers,
+    "preset": _check_preset,
+    "validation_fraction": lambda value: checks.fraction("validation_fraction", value),
+}
+
+
 def check_pipeline_root(pipeline_root: str | None) -> None:
     """A pipeline root must be an object store prefix the cluster's pods can reach."""
     if pipeline_root is not None and not re.match(r"(gs|s3|minio)://[^/]+", pipeline_root):
@@ -204,18 +291,24 @@ def check_pipeline_root(pipeline_root: str | None) -> None:
 
 
 # ---- connection -----------------------------------------------------------------------
-def check_reachable(host: str, timeout_seconds: float = 10.0) -> None:
-    """Fails fast with one line when nothing answers at `host` (kfp.Client would retry 25 s)."""
+def check_reachable(host: str, timeout_seconds: float = 10.0) -> dict:
+    """Fails fast with one line when nothing answers at `host` (kfp.Client would retry 25 s).
+
+    Returns the backend's health answer ({} when it asks for credentials first).
+    """
     if not host or not re.match(r"https?://", host):
         raise UserError(
             f"--host must be the KFP API URL with http:// or https://, "
             f"e.g. http://localhost:8080 after `kubectl port-forward`; got {host!r}")
     probe = urllib.request.Request(host.rstrip("/") + "/apis/v2beta1/healthz", method="GET")
     try:
-        with urllib.request.urlopen(probe, timeout=timeout_seconds):
-            return
+        with urllib.request.urlopen(probe, timeout=timeout_seconds) as response:
+            answer = json.loads(response.read() or b"{}")
+            return answer if isinstance(answer, dict) else {}
+    except ValueError:
+        return {}  # Something answered, not with JSON (a login page); the client reports the rest.
     except urllib.error.HTTPError:
-        return  # Something answered (perhaps 401/403 before auth); the client reports the rest.
+        return {}  # Something answered (perhaps 401/403 before auth); the client reports the rest.
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise ClusterError(
@@ -225,17 +318,35 @@ def check_reachable(host: str, timeout_seconds: float = 10.0) -> None:
 
 
 def connect(host: str, existing_token: str | None = None, namespace: str | None = None):
-    """A kfp.Client for `host`, after checking that something answers there."""
-    check_reachable(host)
+    """A kfp.Client for `host`, after checking that something answers there.
+
+    A multi-user backend (Kubeflow profiles) needs the profile's namespace for every experiment,
+    run and schedule: without one, this stops with a line saying so before anything is sent.
+    """
+    health = check_reachable(host)
     import kfp  # Imported here so that `cnnpipe --help` stays fast.
 
     token = existing_token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
     arguments = {"host": host, "existing_token": token}
     if namespace:
-        arguments["namespace"] = namespace
+        arguments["namespace"] = check_namespace(namespace)
     with _calling_kfp(f"connect to {host}"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2"
-        return kfp.Client(**arguments)
+        client = kfp.Client(**arguments)
+    if health.get("multi_user") and not client.get_user_namespace():
+        raise UserError(
+            f"Kubeflow Pipelines at {host} is multi-user (Kubeflow profiles): pass --namespace with your "
+            f"profile's namespace, e.g. --namespace {MULTI_USER_EXAMPLE_NAMESPACE}")
+    return client
+
+
+def check_namespace(namespace: str) -> str:
+    """A Kubernetes namespace name (a DNS label), else a one-line UserError."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace or ""):
+        raise UserError(
+            f"--namespace must be a Kubernetes namespace (lower-case letters, digits and '-', at most 63), "
+            f"e.g. {MULTI_USER_EXAMPLE_NAMESPACE}; got {namespace!r}")
+    return namespace
 
 
 @contextlib.contextmanager
@@ -279,21 +390,27 @@ def submit(host: str, pipeline_package_path: str, params: dict | None = None,
            experiment: str = "cnnpipe", pipeline_root: str | None = None, wait: bool = False,
            existing_token: str | None = None, run_name: str | None = None,
            service_account: str | None = RUNNER_SERVICE_ACCOUNT,
-           poll_seconds: float = 15.0, timeout_seconds: float | None = None) -> SubmittedRun:
+           poll_seconds: float = 15.0, timeout_seconds: float | None = None,
+           namespace: str | None = None) -> SubmittedRun:
     """Submits a compiled pipeline as a run, prints its id and UI link, optionally follows it.
 
     Pods run as `service_account` (k8s/serviceaccount.yaml; None or '' = KFP's default account).
     Caching follows the compiled per-task settings (prep is never cached, see placement.py).
-    With `wait`, raises ClusterError naming the failed task when the run does not succeed.
+    `namespace` is the Kubeflow profile's namespace on a multi-user backend.
+    With `wait`, raises ClusterError naming the failed task when the run does not succeed, or
+    when `timeout_seconds` pass first (the run keeps going).
     """
+    poll_seconds = check_poll_seconds(poll_seconds)
+    timeout_seconds = check_timeout_seconds(timeout_seconds)
     resolved = resolve_params(params, pipeline_package_path)
+    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
     check_pipeline_root(pipeline_root)
-    client = connect(host, existing_token)
+    client = connect(host, existing_token, namespace)
     run_name = run_name or f"cnnpipe {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
     with _calling_kfp("submit run"):
         result = client.create_run_from_pipeline_package(
             pipeline_package_path, arguments=resolved, run_name=run_name,
-            experiment_name=experiment, pipeline_root=pipeline_root,
+            experiment_name=experiment, namespace=namespace, pipeline_root=pipeline_root,
             service_account=service_account or None)
     url = ui_url(host, "runs", result.run_id)
     print(f"submitted run {result.run_id} in experiment '{experiment}': {url}")
@@ -305,17 +422,43 @@ def submit(host: str, pipeline_package_path: str, params: dict | None = None,
 
 
 def wait_for_run(client, run_id: str, poll_seconds: float = 15.0, timeout_seconds: float | None = None,
-                 url: str = "", sleep=time.sleep):
+                 url: str = "", sleep=time.sleep, retry_seconds: float = STATUS_RETRY_SECONDS,
+                 request_timeout_seconds: tuple[float, float] = STATUS_REQUEST_TIMEOUT_SECONDS):
     """Polls a run until it ends, printing one line per task state change; returns the run.
 
-    Raises ClusterError naming the failed task (and its error) unless the run SUCCEEDED,
-    and when `timeout_seconds` pass first (the run keeps going on the cluster).
+    A status call that fails transiently (timeout, no answer, 5xx, 429) is retried with
+    exponential backoff from `poll_seconds` up to MAX_STATUS_BACKOFF_SECONDS, for at most
+    `retry_seconds` in a row. Raises ClusterError naming the failed task (and its error) unless
+    the run SUCCEEDED, and when `timeout_seconds` pass first (the run keeps going on the cluster).
     """
+    poll_seconds = check_poll_seconds(poll_seconds)
+    timeout_seconds = check_timeout_seconds(timeout_seconds)
     started = time.monotonic()
     last_states: dict[str, str] = {}
+    failing_since, failures = None, 0
+    follow_at = url or run_id
     while True:
-        with _calling_kfp(f"get run {run_id}"):
-            run = client.get_run(run_id)
+        try:
+            run = _get_run(client, run_id, request_timeout_seconds)
+            if failing_since is not None:
+                print(f"  {datetime.datetime.now():%H:%M:%S}  status calls answer again")
+            failing_since, failures = None, 0
+        except Exception as error:
+            if not _is_transient(error):
+                with _calling_kfp(f"get run {run_id}"):  # an API error becomes one line; a bug stays itself
+                    raise
+            failing_since = failing_since or time.monotonic()
+            failures += 1
+            if time.monotonic() - failing_since > retry_seconds:
+                raise ClusterError(
+                    f"get run {run_id} kept failing for {retry_seconds:g} s ({_error_summary(error)}); "
+                    f"the run keeps going on the cluster: follow it at {follow_at}") from None
+            backoff = min(MAX_STATUS_BACKOFF_SECONDS, poll_seconds * 2 ** (failures - 1))
+            backoff *= random.uniform(0.5, 1.0)  # jitter: many followers do not retry in step
+            print(f"  {datetime.datetime.now():%H:%M:%S}  get run failed ({_error_summary(error)}); "
+                  f"retrying in {backoff:.1f} s")
+            sleep(backoff)
+            continue
         for task in _tasks(run):
             key = task.task_id or task.display_name
             if task.display_name and last_states.get(key) != task.state:
@@ -325,12 +468,40 @@ def wait_for_run(client, run_id: str, poll_seconds: float = 15.0, timeout_second
             break
         if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
             raise ClusterError(
-                f"run {run_id} still {run.state} after {timeout_seconds:.0f} s; it keeps running, follow it at {url or run_id}")
+                f"run {run_id} still {run.state} after {timeout_seconds:g} s (--timeout); it keeps running, "
+                f"follow it at {follow_at}")
         sleep(poll_seconds)
     if run.state != "SUCCEEDED":
         raise ClusterError(_failure_message(run, url))
     print(f"run {run_id} SUCCEEDED")
     return run
+
+
+def _get_run(client, run_id: str, request_timeout_seconds: tuple[float, float]):
+    """One status call with a (connect, read) timeout: kfp.Client.get_run has none, so a hung
+    connection would block the wait forever. Silences nothing and converts nothing."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        # The generated API under kfp.Client.get_run, called with the timeout get_run cannot pass.
+        return client._run_api.run_service_get_run(run_id=run_id, _request_timeout=request_timeout_seconds)
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Whether a failed API call may succeed when repeated: no answer, a timeout, a 5xx or 429."""
+    import kfp_server_api
+    import urllib3
+
+    if isinstance(error, kfp_server_api.ApiException):
+        return error.status in TRANSIENT_STATUS_CODES
+    return isinstance(error, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError))
+
+
+def _error_summary(error: BaseException) -> str:
+    """A failed API call in a few words: its HTTP status and message, or the network error."""
+    import kfp_server_api
+
+    if isinstance(error, kfp_server_api.ApiException):
+        return f"HTTP {error.status} {_api_message(error)}".strip()
+    return _one_line(str(error), limit=160) or type(error).__name__
 
 
 def _tasks(run) -> list:
@@ -355,13 +526,14 @@ def _failure_message(run, url: str) -> str:
 def schedule(host: str, name: str, cron: str, pipeline_package_path: str, params: dict | None = None,
              experiment: str = "cnnpipe", pipeline_root: str | None = None,
              existing_token: str | None = None,
-             service_account: str | None = RUNNER_SERVICE_ACCOUNT) -> Schedule:
+             service_account: str | None = RUNNER_SERVICE_ACCOUNT, namespace: str | None = None) -> Schedule:
     """Creates or replaces the recurring run `name` on a fresh version of the uploaded pipeline `name`.
 
     The package is uploaded as pipeline `name` (or as a new version of it), so the schedule
     always runs the code that was just compiled. KFP's v2beta1 API cannot edit a recurring run,
     so an existing schedule of the same name is deleted after the new one exists. Runs start in
-    UTC, never overlap (max concurrency 1) and missed ones are not caught up.
+    UTC, never overlap (max concurrency 1) and missed ones are not caught up. The parameters are
+    checked as `submit` checks them, once now rather than in a pod every night.
     """
     cron = validate_cron(cron)
     if not SCHEDULE_NAME_PATTERN.fullmatch(name or ""):
@@ -369,12 +541,13 @@ def schedule(host: str, name: str, cron: str, pipeline_package_path: str, params
             f"--name must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit, "
             f"e.g. nightly-cifar10; got {name!r}")
     resolved = resolve_params(params, pipeline_package_path)
+    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
     check_pipeline_root(pipeline_root)
-    client = connect(host, existing_token)
+    client = connect(host, existing_token, namespace)
     pipeline_id, version_id, version_name = upload_version(client, name, pipeline_package_path)
     with _calling_kfp(f"schedule '{name}'"):
-        experiment_id = client.create_experiment(name=experiment).experiment_id
-        previous = _find_schedules(client, name)
+        experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
+        previous = _find_schedules(client, name, namespace)
         created = client.create_recurring_run(
             experiment_id=experiment_id, job_name=name,
             description=f"cnnpipe schedule '{name}' ({cron} {SCHEDULE_TIME_ZONE})",
@@ -417,15 +590,16 @@ def upload_version(client, pipeline_name: str, pipeline_package_path: str) -> tu
         return pipeline_id, version.pipeline_version_id, version_name
 
 
-def _find_schedules(client, name: str | None = None) -> list:
-    """All recurring runs (following pages), or only those whose display name is `name`."""
+def _find_schedules(client, name: str | None = None, namespace: str | None = None) -> list:
+    """All recurring runs (following pages) of `namespace` (None: the client's), or only those named `name`."""
     name_filter = None
     if name is not None:
         name_filter = json.dumps({"predicates": [
             {"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
     found, page_token = [], ""
     while True:
-        response = client.list_recurring_runs(page_token=page_token, page_size=100, filter=name_filter)
+        response = client.list_recurring_runs(page_token=page_token, page_size=100, filter=name_filter,
+                                              namespace=namespace)
         found.extend(response.recurring_runs or [])
         page_token = response.next_page_token
         if not page_token:
@@ -449,11 +623,11 @@ def _as_schedule(recurring_run) -> Schedule:
     )
 
 
-def list_schedules(host: str, existing_token: str | None = None) -> list[Schedule]:
-    """Prints and returns every recurring run on the cluster (cron times are UTC)."""
-    client = connect(host, existing_token)
+def list_schedules(host: str, existing_token: str | None = None, namespace: str | None = None) -> list[Schedule]:
+    """Prints and returns every recurring run on the cluster, or of `namespace` (cron times are UTC)."""
+    client = connect(host, existing_token, namespace)
     with _calling_kfp("list schedules"):
-        schedules = [_as_schedule(recurring_run) for recurring_run in _find_schedules(client)]
+        schedules = [_as_schedule(recurring_run) for recurring_run in _find_schedules(client, namespace=namespace)]
     if not schedules:
         print("no schedules")
     for item in schedules:
@@ -463,11 +637,11 @@ def list_schedules(host: str, existing_token: str | None = None) -> list[Schedul
     return schedules
 
 
-def delete_schedule(host: str, name: str, existing_token: str | None = None) -> int:
-    """Deletes the recurring run(s) named `name`; returns how many were deleted."""
-    client = connect(host, existing_token)
+def delete_schedule(host: str, name: str, existing_token: str | None = None, namespace: str | None = None) -> int:
+    """Deletes the recurring run(s) named `name` (in `namespace`); returns how many were deleted."""
+    client = connect(host, existing_token, namespace)
     with _calling_kfp(f"delete schedule '{name}'"):
-        matching = _find_schedules(client, name)
+        matching = _find_schedules(client, name, namespace)
         if not matching:
             raise ClusterError(f"no schedule named '{name}'; see `cnnpipe schedule --list --host {host}`")
         for recurring_run in matching:

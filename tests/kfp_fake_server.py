@@ -19,6 +19,10 @@ Kubernetes cluster. Implemented endpoints (paths as in KFP 2.x's `kfp_server_api
 
 Everything else answers 404 with a KFP-style error body. Every request is recorded in
 `server.requests` (method, path, query, parsed body) so tests can check what the client sent.
+Faults come from `server.inject(method, path_part, 503, HANG, ...)` (tests/loopback_http.py).
+With `multi_user=True` the server behaves like a multi-user (Kubeflow profiles) backend: healthz
+says so, and creating or listing experiments and recurring runs needs a namespace; experiments
+and recurring runs are listed per namespace.
 Runs follow `server.run_script`: a list of `(run_state, [task, ...])` snapshots, one returned per
 GET of the run, the last one repeated; a task is a dict with at least `display_name` and `state`.
 """
@@ -34,12 +38,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.loopback_http import LoopbackServer, RecordedRequest
+from tests.loopback_http import HANG, LoopbackServer, RecordedRequest
 
 API = "/apis/v2beta1"
 CREATED_AT = "2025-01-01T00:00:00Z"
-
-
+# What a multi-user backend answers when a call lacks the namespace of a Kubeflow profile.
+NAMESPACE_REQUIRED = "Invalid input error: In multi-user mode, a namespace is required"
 
 
 def successful_script(task_names=("prep", "train", "evaluate", "report")):
@@ -70,6 +74,7 @@ class FakeKfpServer(LoopbackServer):
     """In-memory KFP backend on 127.0.0.1 with an ephemeral port; use as a context manager."""
 
     run_script: list = field(default_factory=successful_script)
+    multi_user: bool = False
     requests: list[RecordedRequest] = field(default_factory=list)
     pipelines: dict[str, dict] = field(default_factory=dict)
     versions: dict[str, list[dict]] = field(default_factory=dict)
@@ -103,7 +108,9 @@ class FakeKfpServer(LoopbackServer):
             if route is None:
                 return _not_found(path)
             if method == "GET" and parts == ["healthz"]:
-                return 200, {"multi_user": False, "pipeline_store": "database"}
+                return 200, {"multi_user": self.multi_user, "pipeline_store": "database"}
+            if self.multi_user and self._lacks_namespace(method, parts, query, body):
+                return 400, {"code": 3, "message": NAMESPACE_REQUIRED}
             if method == "POST" and parts == ["pipelines", "upload"]:
                 return self._upload_pipeline(query, body)
             if method == "POST" and parts == ["pipelines", "upload_version"]:
@@ -116,16 +123,18 @@ class FakeKfpServer(LoopbackServer):
             if method == "POST" and parts == ["experiments"]:
                 return self._create(self.experiments, "experiment", "experiment_id", body)
             if method == "GET" and parts == ["experiments"]:
-                return 200, {"experiments": _filtered(self.experiments.values(), query)}
+                return 200, {"experiments": _in_namespace(_filtered(self.experiments.values(), query), query)}
             if method == "POST" and parts == ["runs"]:
                 return self._create(self.runs, "run", "run_id", body, state="PENDING")
             if method == "GET" and len(parts) == 2 and parts[0] == "runs":
                 return self._get_run(parts[1])
             if method == "POST" and parts == ["recurringruns"]:
+                experiment = self.experiments.get((body or {}).get("experiment_id"), {})
                 return self._create(self.recurring_runs, "recurring", "recurring_run_id", body,
-                                    status="ENABLED")
+                                    status="ENABLED", namespace=experiment.get("namespace", ""))
             if method == "GET" and parts == ["recurringruns"]:
-                return 200, {"recurringRuns": _filtered(self.recurring_runs.values(), query)}
+                listed = _filtered(self.recurring_runs.values(), query)
+                return 200, {"recurringRuns": _in_namespace(listed, query)}
             if len(parts) == 2 and parts[0] == "recurringruns" and parts[1] in self.recurring_runs:
                 if method == "GET":
                     return 200, self.recurring_runs[parts[1]]
@@ -133,6 +142,13 @@ class FakeKfpServer(LoopbackServer):
                     del self.recurring_runs[parts[1]]
                     return 200, {}
             return _not_found(path)
+
+    def _lacks_namespace(self, method, parts, query, body) -> bool:
+        """Whether a call that needs a profile's namespace in multi-user mode comes without one."""
+        if parts == ["experiments"]:
+            return not (query.get("namespace") if method == "GET" else (body or {}).get("namespace"))
+        return method == "GET" and parts == ["recurringruns"] and not (
+            query.get("namespace") or query.get("experiment_id"))
 
     def _upload_pipeline(self, query, body):
         name = query.get("name") or query.get("display_name")
@@ -197,6 +213,12 @@ def _filtered(records, query) -> list[dict]:
     return records
 
 
+def _in_namespace(records, query) -> list[dict]:
+    """The records of the namespace a list call asks for (all of them when it names none)."""
+    namespace = query.get("namespace")
+    return [record for record in records if not namespace or record.get("namespace") == namespace]
+
+
 def _not_found(path) -> tuple[int, dict]:
     return 404, {"code": 5, "message": f"fake KFP server: no route for {path}"}
 
@@ -225,8 +247,14 @@ def _handler_for(server: FakeKfpServer):
                 body = _parse_multipart_file(content_type, payload)
             else:
                 body = json.loads(payload) if payload else None
-            status, response = server.handle(self.command, url.path, query, body,
-                                             self.headers.get("Authorization"))
+            fault = server.take_fault(self.command, url.path, query)
+            if fault == HANG:
+                return server.hang()
+            if fault is not None:
+                return self._send(fault, {"code": 14, "message": f"injected HTTP {fault}"})
+            self._send(*server.handle(self.command, url.path, query, body, self.headers.get("Authorization")))
+
+        def _send(self, status: int, response: dict):
             encoded = json.dumps(response).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

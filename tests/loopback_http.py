@@ -1,11 +1,16 @@
-"""What every loopback API server of the tests shares: serving on 127.0.0.1 in a thread, and the
-record of a request."""
+"""What every loopback API server of the tests shares: serving on 127.0.0.1 in a thread, the
+record of a request, and injected faults (an error status or a hang on chosen requests)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# An injected fault that answers nothing: the request waits until the server stops or
+# HANG_SECONDS pass, then the connection closes without a response.
+HANG = "hang"
+HANG_SECONDS = 30.0
 
 
 @dataclass
@@ -20,13 +25,41 @@ class RecordedRequest:
 
 
 class LoopbackServer:
-    """Serves a request handler on 127.0.0.1 at an ephemeral port; use as a context manager."""
+    """Serves a request handler on 127.0.0.1 at an ephemeral port; use as a context manager.
+
+    `inject(method, path_part, *faults)` makes the next requests with that method whose path
+    contains `path_part` answer with each fault in turn (an HTTP status, or HANG) instead of
+    being served; requests after the last fault are served as usual. Faulted requests are
+    recorded in `faulted`.
+    """
 
     def serve(self, handler_class: type[BaseHTTPRequestHandler]) -> None:
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
         self._http.daemon_threads = True
         # shutdown() waits for the serving loop's next poll: a short poll keeps each test's teardown short.
         self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._faults: list[tuple[str, str, list]] = []
+        self._faults_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.faulted: list[RecordedRequest] = []
+
+    def inject(self, method: str, path_part: str, *faults: int | str) -> None:
+        """Answers the next matching requests with `faults` (HTTP status codes or HANG), one each."""
+        with self._faults_lock:
+            self._faults.append((method, path_part, list(faults)))
+
+    def take_fault(self, method: str, path: str, query: dict | None = None) -> int | str | None:
+        """The fault this request draws (consumed), or None when it is to be served."""
+        with self._faults_lock:
+            for fault_method, path_part, faults in self._faults:
+                if fault_method == method and path_part in path and faults:
+                    self.faulted.append(RecordedRequest(method, path, dict(query or {})))
+                    return faults.pop(0)
+        return None
+
+    def hang(self) -> None:
+        """What a handler does for a HANG fault: waits without answering (ends when the server stops)."""
+        self._stopping.wait(HANG_SECONDS)
 
     @property
     def host(self) -> str:
@@ -38,5 +71,6 @@ class LoopbackServer:
         return self
 
     def __exit__(self, *exception_info):
+        self._stopping.set()
         self._http.shutdown()
         self._http.server_close()

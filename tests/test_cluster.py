@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 
 import pytest
 import yaml
@@ -9,7 +10,12 @@ from kfp import compiler, dsl
 
 from pipeline import cluster
 from pipeline.placement import Placement, place_cpu_task, place_gpu_task
+from components.errors import UserError
 from tests.kfp_fake_server import FakeKfpServer, failing_script, successful_script
+from tests.loopback_http import HANG
+
+# Seconds between status calls in these tests: short, but not the refused 0.
+POLL = 0.01
 
 
 @dsl.component(base_image="python:3.11-slim")
@@ -81,7 +87,7 @@ def test_submit_prints_run_id_and_link_and_sends_typed_params(server, package_pa
 
 def test_submit_wait_follows_run_to_success(server, package_path, capsys):
     server.run_script = successful_script(("prep", "train"))
-    submitted = cluster.submit(server.host, package_path, wait=True, poll_seconds=0)
+    submitted = cluster.submit(server.host, package_path, wait=True, poll_seconds=POLL)
     output = capsys.readouterr().out
     assert submitted.state == "SUCCEEDED"
     lines = [line.split()[1:] for line in output.splitlines() if line.startswith("  ")]
@@ -93,7 +99,7 @@ def test_submit_wait_follows_run_to_success(server, package_path, capsys):
 def test_submit_wait_on_failed_run_names_the_task(server, package_path):
     server.run_script = failing_script("train", "OOMKilled:\ncontainer exceeded memory")
     with pytest.raises(cluster.ClusterError) as raised:
-        cluster.submit(server.host, package_path, wait=True, poll_seconds=0)
+        cluster.submit(server.host, package_path, wait=True, poll_seconds=POLL)
     message = str(raised.value)
     assert "task 'train' failed: OOMKilled: container exceeded memory" in message
     assert "\n" not in message
@@ -103,13 +109,13 @@ def test_wait_for_run_gives_up_after_timeout(server, package_path):
     server.run_script = [("RUNNING", [{"display_name": "train", "state": "RUNNING"}])]
     submitted = cluster.submit(server.host, package_path)
     client = cluster.connect(server.host)
-    with pytest.raises(cluster.ClusterError, match="still RUNNING after 0 s"):
-        cluster.wait_for_run(client, submitted.run_id, poll_seconds=0, timeout_seconds=0)
+    with pytest.raises(cluster.ClusterError, match=r"still RUNNING after 0.01 s \(--timeout\); it keeps running"):
+        cluster.wait_for_run(client, submitted.run_id, poll_seconds=POLL, timeout_seconds=0.01)
 
 
 def test_token_is_sent_but_never_printed(server, package_path, capsys, monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", "secret-token-value")
-    cluster.submit(server.host, package_path, wait=True, poll_seconds=0)
+    cluster.submit(server.host, package_path, wait=True, poll_seconds=POLL)
     captured = capsys.readouterr()
     assert "secret-token-value" not in captured.out + captured.err
     (create,) = server.requests_to("POST", "/runs")
@@ -218,7 +224,7 @@ def test_schedule_unreachable_host(package_path):
 def test_api_error_becomes_one_line(server, package_path):
     client = cluster.connect(server.host)
     with pytest.raises(cluster.ClusterError) as raised:
-        cluster.wait_for_run(client, "run-that-does-not-exist", poll_seconds=0)
+        cluster.wait_for_run(client, "run-that-does-not-exist", poll_seconds=POLL)
     assert str(raised.value) == (
         "get run run-that-does-not-exist failed: HTTP 404 run 'run-that-does-not-exist' not found")
 
@@ -272,3 +278,124 @@ def test_local_pipeline_root_is_refused(server, package_path):
     with pytest.raises(ValueError, match="--pipeline-root must be an object store URI"):
         cluster.schedule(server.host, "nightly", "0 0 2 * * *", package_path, pipeline_root="/tmp/root")
     assert server.requests == []
+
+
+# ---- faults while following a run ------------------------------------------------------
+def started_run(server, package_path):
+    """A submitted run (not followed) and a client to follow it with."""
+    return cluster.submit(server.host, package_path).run_id, cluster.connect(server.host)
+
+
+def test_wait_retries_status_calls_through_5xx_and_a_hung_call(server, package_path, capsys):
+    server.run_script = successful_script(("prep", "train"))
+    run_id, client = started_run(server, package_path)
+    server.inject("GET", f"/runs/{run_id}", 503, 502, HANG, 429)
+    started = time.monotonic()
+    run = cluster.wait_for_run(client, run_id, poll_seconds=POLL, request_timeout_seconds=(1.0, 0.3))
+    assert run.state == "SUCCEEDED"
+    assert time.monotonic() - started < 10  # the hung call was cut off by its read timeout
+    assert [request.path for request in server.faulted] == [f"/apis/v2beta1/runs/{run_id}"] * 4
+    output = capsys.readouterr().out
+    assert "get run failed (HTTP 503" in output and "get run failed (HTTP 429" in output
+    assert "status calls answer again" in output and f"run {run_id} SUCCEEDED" in output
+
+
+def test_wait_gives_up_after_the_retry_budget_saying_the_run_keeps_going(server, package_path):
+    run_id, client = started_run(server, package_path)
+    server.inject("GET", f"/runs/{run_id}", *[503] * 100)
+    with pytest.raises(cluster.ClusterError) as raised:
+        cluster.wait_for_run(client, run_id, poll_seconds=POLL, retry_seconds=0.1, url="http://ui/run")
+    assert str(raised.value).startswith(f"get run {run_id} kept failing for 0.1 s (HTTP 503 injected HTTP 503)")
+    assert str(raised.value).endswith("the run keeps going on the cluster: follow it at http://ui/run")
+    assert len(server.faulted) >= 2  # retried before giving up
+
+
+def test_a_permanent_status_error_is_not_retried(server, package_path):
+    run_id, client = started_run(server, package_path)
+    server.inject("GET", f"/runs/{run_id}", 403, 503)
+    with pytest.raises(cluster.ClusterError, match=f"get run {run_id} failed: HTTP 403"):
+        cluster.wait_for_run(client, run_id, poll_seconds=POLL)
+    assert len(server.faulted) == 1
+
+
+@pytest.mark.parametrize("poll_seconds", [0, -1, float("nan")])
+def test_a_zero_or_negative_poll_interval_is_refused_before_submitting(server, package_path, poll_seconds):
+    with pytest.raises(UserError, match="--poll-seconds must be a number > 0"):
+        cluster.submit(server.host, package_path, wait=True, poll_seconds=poll_seconds)
+    assert server.requests == []
+
+
+def test_a_zero_timeout_is_refused(server, package_path):
+    with pytest.raises(UserError, match="--timeout must be a number > 0"):
+        cluster.submit(server.host, package_path, wait=True, poll_seconds=POLL, timeout_seconds=0)
+    assert server.requests == []
+
+
+# ---- multi-user backends (Kubeflow profiles) ------------------------------------------
+@pytest.fixture
+def multi_user_server():
+    with FakeKfpServer(multi_user=True) as fake:
+        yield fake
+
+
+def test_multi_user_backend_without_namespace_is_one_line_before_anything_is_created(multi_user_server, package_path):
+    with pytest.raises(UserError) as raised:
+        cluster.submit(multi_user_server.host, package_path)
+    assert str(raised.value) == (
+        f"Kubeflow Pipelines at {multi_user_server.host} is multi-user (Kubeflow profiles): pass --namespace "
+        f"with your profile's namespace, e.g. --namespace kubeflow-user-example-com")
+    assert not multi_user_server.requests_to("POST", "/runs")
+    assert not multi_user_server.experiments
+
+
+def test_submit_and_schedule_in_a_profile_namespace(multi_user_server, package_path):
+    server = multi_user_server
+    cluster.submit(server.host, package_path, experiment="mine", namespace="team-a")
+    (experiment,) = server.experiments.values()
+    assert experiment["namespace"] == "team-a"
+    (run,) = server.runs.values()
+    assert run["experiment_id"] == experiment["experiment_id"]
+
+    cluster.schedule(server.host, "nightly", "0 0 2 * * *", package_path, namespace="team-a")
+    assert [item.name for item in cluster.list_schedules(server.host, namespace="team-a")] == ["nightly"]
+    assert cluster.list_schedules(server.host, namespace="team-b") == []
+    assert cluster.delete_schedule(server.host, "nightly", namespace="team-a") == 1
+
+
+def test_a_malformed_namespace_is_refused(server, package_path):
+    with pytest.raises(UserError, match="--namespace must be a Kubernetes namespace"):
+        cluster.submit(server.host, package_path, namespace="Team_A")
+
+
+# ---- checks of the project's own parameters before anything reaches the cluster ---------
+@pytest.fixture(scope="module")
+def project_package(tmp_path_factory):
+    """The project's own pipeline, compiled once."""
+    from pipeline.pipeline import build_pipeline
+
+    path = tmp_path_factory.mktemp("project") / "cnnpipe.yaml"
+    compiler.Compiler().compile(build_pipeline(Placement(image="example.com/cnnpipe:test")), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("params, problem", [
+    ({"models": "lenet5,resnet99"}, "unknown model 'resnet99'; choose one of: "),
+    ({"models": "lenet5,lenet5"}, "models has duplicates: lenet5,lenet5"),
+    ({"train_config": '{"epochs": 0}'}, "epochs must be an integer >= 1, got 0"),
+    ({"train_config": '{"epoch": 3}'}, "unknown train config field(s) epoch"),
+    ({"workers": "0"}, "workers must be an integer >= 1"),
+    ({"preset": "quick"}, "unknown preset 'quick'"),
+])
+def test_bad_models_and_recipes_are_refused_before_submit_and_schedule(server, project_package, params, problem):
+    with pytest.raises(UserError) as raised:
+        cluster.submit(server.host, project_package, params=params)
+    assert problem in str(raised.value)
+    with pytest.raises(UserError):
+        cluster.schedule(server.host, "nightly", "0 0 2 * * *", project_package, params=params)
+    assert server.requests == []
+
+
+def test_the_compiled_defaults_pass_the_checks(project_package):
+    values = cluster.pipeline_values({}, project_package)
+    assert values["models"] and isinstance(values["train_config"], dict)
+    cluster.check_pipeline_values(values)

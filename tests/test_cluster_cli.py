@@ -52,7 +52,7 @@ def test_submit_workers_sets_the_pipeline_parameter(server, tmp_path, capsys):
 def test_submit_wait_prints_each_task_state_and_succeeds(server, package_path, capsys):
     server.run_script = successful_script(("prep", "train"))
     code, out, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
-                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0")
+                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0.01")
     assert code == 0
     states = [line.split()[1:] for line in out.splitlines() if line.startswith("  ")]
     assert states == [["prep", "RUNNING"], ["prep", "SUCCEEDED"], ["train", "RUNNING"], ["train", "SUCCEEDED"]]
@@ -62,7 +62,7 @@ def test_submit_wait_prints_each_task_state_and_succeeds(server, package_path, c
 def test_submit_wait_on_a_failed_run_exits_non_zero_naming_the_task(server, package_path, capsys):
     server.run_script = failing_script("train", "OOMKilled: container exceeded memory")
     code, _, err = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
-                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0")
+                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0.01")
     assert code == 1
     assert err.strip().splitlines() == [err.strip()]  # one line
     assert err.startswith("error: ") and "task 'train' failed: OOMKilled" in err
@@ -99,3 +99,53 @@ def test_deleting_an_unknown_schedule_is_one_line(server, capsys):
     code, out, err = cnnpipe(capsys, "schedule", "--host", server.host, "--delete", "nightly")
     assert code == 1
     assert err.count("\n") == 1 and "no schedule named 'nightly'" in err
+
+
+def test_submit_wait_timeout_exits_non_zero_saying_the_run_keeps_going(server, package_path, capsys):
+    server.run_script = [("RUNNING", [{"display_name": "train", "state": "RUNNING"}])]
+    code, _, err = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
+                           "--pipeline-root", "gs://bucket/root", "--wait", "--poll-seconds", "0.01",
+                           "--timeout", "0.2")
+    assert code == 1
+    (run_id,) = server.runs
+    assert err == (f"error: run {run_id} still RUNNING after 0.2 s (--timeout); it keeps running, "
+                   f"follow it at {server.host}/#/runs/details/{run_id}\n")
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (("--poll-seconds", "0"), "--poll-seconds must be a number > 0, got 0.0"),
+    (("--poll-seconds", "0.01", "--timeout", "-5"), "--timeout must be a number > 0, got -5.0"),
+])
+def test_submit_refuses_a_zero_poll_interval_and_a_negative_timeout(server, package_path, capsys, flags, problem):
+    code, _, err = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path, "--wait", *flags)
+    assert code == 2 and err.startswith(f"error: {problem}") and err.count("\n") == 1
+    assert server.requests == []
+
+
+def test_namespace_flag_reaches_a_multi_user_backend(package_path, capsys):
+    with FakeKfpServer(multi_user=True) as server:
+        code, _, err = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path)
+        assert code == 2 and "pass --namespace" in err
+        code, _, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
+                             "--namespace", "team-a")
+        assert code == 0
+        assert [experiment["namespace"] for experiment in server.experiments.values()] == ["team-a"]
+        code, out, _ = cnnpipe(capsys, "schedule", "--host", server.host, "--package", package_path,
+                               "--namespace", "team-a", "--name", "nightly", "--cron", "0 0 2 * * *")
+        assert code == 0
+        code, out, _ = cnnpipe(capsys, "schedule", "--host", server.host, "--namespace", "team-a", "--list")
+        assert code == 0 and out.startswith("nightly ")
+
+
+def test_schedule_refuses_an_unknown_model_before_uploading(server, tmp_path, capsys):
+    from kfp import compiler
+
+    from pipeline.pipeline import build_pipeline
+    from pipeline.placement import Placement
+
+    package = str(tmp_path / "pipeline.yaml")
+    compiler.Compiler().compile(build_pipeline(Placement(image="example.com/cnnpipe:1")), package)
+    code, _, err = cnnpipe(capsys, "schedule", "--host", server.host, "--package", package, "--name", "nightly",
+                           "--cron", "0 0 2 * * *", "--param", "models=resnet20_v1,resnet21")
+    assert code == 2 and err.startswith("error: unknown model 'resnet21'; choose one of:")
+    assert server.requests == []
