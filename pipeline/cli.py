@@ -312,6 +312,12 @@ def add_cluster_commands(commands) -> None:
         help="node label the GPU tasks require (repeatable; default: cloud.google.com/gke-accelerator=<gpu type>)",
     )
     compile_.add_argument("--spot", action="store_true", help="run GPU tasks on Spot VMs")
+    compile_.add_argument("--evaluate-on-gpu", action="store_true",
+                          help="evaluate on the GPU pool too (default: CPU nodes; worth it for large test splits)")
+    compile_.add_argument("--worker-deadline", type=int, default=24 * 3600, metavar="SECONDS",
+                          help="with workers > 1: how long one attempt of the JobSet may run (default: 86400)")
+    compile_.add_argument("--queue", default="", metavar="NAME",
+                          help="Kueue LocalQueue the JobSet of workers is submitted to (default: none)")
     compile_.add_argument("--checkpoint-root", default="", help="default durable checkpoint prefix, e.g. gs://bucket/checkpoints")
     add_registry_arguments(compile_)
     add_run_config_arguments(compile_)
@@ -365,6 +371,9 @@ def command_compile(args: argparse.Namespace) -> int:
         gpus_per_task=args.gpus_per_task,
         node_selector=parse_node_selector(args.node_selector or []),
         spot=args.spot,
+        evaluate_on_gpu=args.evaluate_on_gpu,
+        worker_deadline_seconds=args.worker_deadline,
+        queue_name=args.queue,
     )
     pipeline_function = build_pipeline(
         placement,
@@ -382,7 +391,8 @@ def describe_placement(placement) -> str:
     if not placement.uses_gpu:
         return "all steps on CPU nodes"
     where = ", ".join(f"{key}={value}" for key, value in placement.gpu_node_selector().items())
-    return f"train/evaluate on {placement.gpus_per_task} GPU(s) per task ({where}){', spot' if placement.spot else ''}"
+    steps = "train/evaluate" if placement.evaluate_on_gpu else "train"
+    return f"{steps} on {placement.gpus_per_task} GPU(s) per task ({where}){', spot' if placement.spot else ''}"
 
 
 def command_submit(args: argparse.Namespace) -> int:

@@ -2,8 +2,16 @@
 
 ``build_pipeline()`` returns the ``@dsl.pipeline`` function. Without a placement it is the
 local pipeline that ``cnnpipe run`` executes with ``kfp.local``; with one (``cnnpipe compile``)
-train and evaluate ask for GPUs on the GPU node pool, and prep and report stay on CPU nodes.
-The pipeline function only wires steps: every setting lives in the components or the placement.
+train asks for a GPU on the GPU node pool, and prep, evaluate (unless the placement asks for a
+GPU) and report stay on CPU nodes. The pipeline function only wires steps: every setting lives
+in the components or the placement.
+
+No idle GPU: with ``workers`` > 1 the train task only launches a JobSet of GPU pods and waits
+for it, so it must not hold a GPU itself. ``workers`` is a run-time parameter (``submit
+--workers``), so the choice is a KFP condition on it: two train tasks, one on a GPU node for
+``workers == 1`` and one on a CPU node for the launcher, and ``dsl.OneOf`` hands whichever ran
+to evaluate. (The SDK's task-config passthrough hands a task's compile-time resources to its
+component, e.g. to copy onto a JobSet; it cannot move the task itself by a run-time value.)
 """
 
 import json
@@ -16,6 +24,7 @@ from pipeline.jobset_spec import worker_pod_settings
 from pipeline.placement import (
     Placement,
     disable_cache_for_mutable_source,
+    expose_pod_identity,
     place_cpu_task,
     place_gpu_task,
     retry_preempted,
@@ -68,7 +77,7 @@ def build_pipeline(
         prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed, image_size=image_size)
         disable_cache_for_mutable_source(prep)
         with dsl.ParallelFor(models, parallelism=parallelism) as model_name:
-            train = train_model(
+            train_arguments = dict(
                 dataset=prep.outputs["dataset"],
                 model_name=model_name,
                 train_config=train_config,
@@ -80,9 +89,18 @@ def build_pipeline(
                 cluster_placement=json.dumps({**worker_pod_settings(placement), "max_restarts": placement.train_retries})
                 if placement else "",
             )
+            if placement is not None and placement.uses_gpu:
+                with dsl.If(workers == 1, name="train-here"):
+                    train = place_gpu_task(train_model(**train_arguments), placement)
+                with dsl.Else(name="launch-workers"):
+                    launcher = place_cpu_task(train_model(**train_arguments), placement)
+                trains, model = [train, launcher], dsl.OneOf(train.outputs["model"], launcher.outputs["model"])
+            else:
+                train = train_model(**train_arguments)
+                trains, model = [train], train.outputs["model"]
             evaluation = evaluate_model(
                 dataset=prep.outputs["dataset"],
-                model=train.outputs["model"],
+                model=model,
                 registry=registry,
                 promotion_margin=promotion_margin,
                 run_name=run_name,
@@ -95,15 +113,21 @@ def build_pipeline(
             train_config=train_config,
         )
         if image:
-            for task in (prep, train, evaluation, report):
+            for task in (prep, *trains, evaluation, report):
                 task.set_container_image(image)
         # The model store records which image made a model (components/registry.py).
         evaluation.set_env_variable(IMAGE_ENVIRONMENT_VARIABLE, placement.image if placement else image or "local")
         if placement is not None:  # sets the placement's image too
             place_cpu_task(prep, placement)
             place_cpu_task(report, placement)
-            place_gpu_task(train, placement)
-            place_gpu_task(evaluation, placement)
-            retry_preempted(train, placement)
+            if placement.evaluate_on_gpu:
+                place_gpu_task(evaluation, placement)
+            else:
+                place_cpu_task(evaluation, placement)
+            for train in trains:
+                if not placement.uses_gpu:
+                    place_cpu_task(train, placement)
+                retry_preempted(train, placement)
+                expose_pod_identity(train)  # the owner of the JobSet it may launch
 
     return cnnpipe

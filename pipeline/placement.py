@@ -16,6 +16,7 @@ includes the new dataset artifact, so they rerun whenever prep ran.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kfp import kubernetes
@@ -29,6 +30,11 @@ GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 GKE_SPOT_LABEL = "cloud.google.com/gke-spot"
 # Extended resource name the NVIDIA device plugin advertises; GKE taints GPU nodes with it.
 GPU_RESOURCE = "nvidia.com/gpu"
+# Environment variables through which a train task's pod knows itself (the Downward API): the
+# JobSet it launches names that pod as its owner, so the JobSet goes when the pod goes.
+POD_NAME_VARIABLE = "CNNPIPE_POD_NAME"
+POD_UID_VARIABLE = "CNNPIPE_POD_UID"
+POD_NAMESPACE_VARIABLE = "CNNPIPE_POD_NAMESPACE"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,13 @@ class Placement:
         node_selector: (key, value) labels the GPU pods require; empty means the GKE default
             `cloud.google.com/gke-accelerator=<gpu_type>`. Give it for non-GKE clusters.
         spot: run GPU tasks on Spot VMs (tolerate and select the `cloud.google.com/gke-spot` label).
+        evaluate_on_gpu: evaluate on the GPU pool too. Off by default: evaluation is one
+            prediction pass over the test split, which the step's fixed start-up dominates on the
+            bundled datasets, while a GPU pod waits for a GPU node and holds a GPU that another
+            model's train task could use. Worth it for large test splits or large images.
+        worker_deadline_seconds: how long one attempt of a JobSet of workers may run before it
+            fails (a hung collective or a stuck pod must not hold GPUs for ever).
+        queue_name: Kueue LocalQueue the JobSet of workers is submitted to ('' = no Kueue).
         train_retries: how often a failed train pod is retried; preempted Spot nodes are the
             usual cause and training resumes from its last epoch checkpoint.
         retry_backoff_seconds: wait before the first retry; doubles every retry (seconds).
@@ -59,6 +72,9 @@ class Placement:
     gpus_per_task: int = 1
     node_selector: tuple[tuple[str, str], ...] = ()
     spot: bool = False
+    evaluate_on_gpu: bool = False
+    worker_deadline_seconds: int = 24 * 3600
+    queue_name: str = ""
     train_retries: int = 3
     retry_backoff_seconds: int = 60
     retry_max_seconds: int = 3600
@@ -78,6 +94,10 @@ class Placement:
                 f"'us-docker.pkg.dev/PROJECT/REPO/cnnpipe:TAG'; got {self.image!r}")
         checks.integer("gpus_per_task", self.gpus_per_task, minimum=0, why="0 = CPU only")
         checks.integer("train_retries", self.train_retries, minimum=0)
+        checks.integer("worker_deadline_seconds", self.worker_deadline_seconds, minimum=60)
+        if self.queue_name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?", self.queue_name):
+            raise UserError(f"queue_name must be a Kueue LocalQueue name (lower-case letters, digits, '-', '.'); "
+                            f"got {self.queue_name!r}")
         if self.gpus_per_task > 0 and not self.gpu_type and not self.node_selector:
             raise UserError(
                 f"gpus_per_task={self.gpus_per_task} needs a GPU pool to land on: give gpu_type "
@@ -161,6 +181,14 @@ def retry_preempted(task, placement: Placement):
         backoff_factor=2.0,
         backoff_max_duration=f"{placement.retry_max_seconds}s",
     )
+    return task
+
+
+def expose_pod_identity(task):
+    """Gives the task's container its own pod name, uid and namespace (POD_*_VARIABLE)."""
+    for variable, field_path in ((POD_NAME_VARIABLE, "metadata.name"), (POD_UID_VARIABLE, "metadata.uid"),
+                                 (POD_NAMESPACE_VARIABLE, "metadata.namespace")):
+        kubernetes.use_field_path_as_env(task, env_name=variable, field_path=field_path)
     return task
 
 

@@ -271,7 +271,8 @@ def test_submit_real_pipeline_with_typed_params(server, tmp_path):
     (create,) = server.requests_to("POST", "/runs")
     assert create.body["runtime_config"]["parameters"] == {"models": ["lenet5", "resnet20_v1"], "seed": 3}
     executors = create.body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-train-model", "exec-evaluate-model"}
+    # Two train tasks (on a GPU node for one worker, on a CPU node to launch a JobSet), each told its pod.
+    assert set(executors) == {"exec-train-model", "exec-train-model-2"}
 
 
 def test_local_pipeline_root_is_refused(server, package_path):

@@ -163,9 +163,32 @@ def test_zero_gpus_compiles_a_cpu_only_pipeline(tmp_path):
 def test_real_pipeline_carries_the_placement(tmp_path):
     from pipeline.pipeline import build_pipeline
 
-    placement = Placement(image=IMAGE, gpus_per_task=1, spot=True)
+    placement = Placement(image=IMAGE, gpus_per_task=1, spot=True, evaluate_on_gpu=True)
     tasks = compile_tasks(build_pipeline(placement), tmp_path / "pipeline.yaml")
     check_placement(tasks, placement)
+
+
+def test_real_pipeline_holds_no_idle_gpu(tmp_path):
+    """With workers > 1 the train task only launches and waits: it runs on a CPU node; evaluation
+    asks for a GPU only when the placement says it helps."""
+    from pipeline.pipeline import build_pipeline
+
+    placement = Placement(image=IMAGE, gpus_per_task=1)
+    path = tmp_path / "pipeline.yaml"
+    tasks = compile_tasks(build_pipeline(placement), path)
+    on_gpu, launcher = tasks["train-model"], tasks["train-model-2"]
+    assert on_gpu["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "accelerator" not in launcher["container"]["resources"]
+    assert launcher["container"]["resources"]["resourceCpuRequest"] == placement.cpu_task_cpu
+    assert "nodeSelector" not in launcher["kubernetes"] and "tolerations" not in launcher["kubernetes"]
+    for train in (on_gpu, launcher):
+        assert train["task"]["retryPolicy"]["maxRetryCount"] == placement.train_retries
+        assert {"name": "CNNPIPE_POD_UID", "fieldPath": "metadata.uid"} in train["kubernetes"]["fieldPathAsEnv"]
+    assert "accelerator" not in tasks["evaluate-model"]["container"]["resources"]
+    # Which of the two runs is decided by the run's workers parameter, at run time.
+    conditions = re.findall(r"condition: (.+)", path.read_text())
+    assert [condition.count("pipelinechannel--workers") for condition in conditions] == [1, 1]
+    assert conditions[1].startswith("'!(")
 
 
 def test_real_pipeline_tells_the_evaluate_step_its_image_for_the_model_store(tmp_path):
