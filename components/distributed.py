@@ -17,7 +17,16 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from components import checks
 from components.keras_setup import keras, tf
+
+# How long one collective (an all-reduce of gradients, say) may wait for its peers before it
+# fails with DeadlineExceeded, in seconds: a worker that hangs without dying (TensorFlow's health
+# check only notices dead peers) must end the attempt, not hold every GPU of the group for ever.
+# The longest legitimate wait is the chief saving and uploading a checkpoint at an epoch's end
+# while the others wait at the next step's all-reduce, hence half an hour.
+COLLECTIVE_TIMEOUT_SECONDS = 1800.0
+COLLECTIVE_TIMEOUT_VARIABLE = "CNNPIPE_COLLECTIVE_TIMEOUT_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,52 @@ def distribution_strategy(role: WorkerRole) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy for several workers (created before any other TensorFlow
     work, as its collectives require), MirroredStrategy over several local GPUs, else the default."""
     if role.count > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_seconds())
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def collective_timeout_seconds() -> float:
+    """COLLECTIVE_TIMEOUT_SECONDS, or the number of seconds in CNNPIPE_COLLECTIVE_TIMEOUT_SECONDS."""
+    text = os.environ.get(COLLECTIVE_TIMEOUT_VARIABLE)
+    if not text:
+        return COLLECTIVE_TIMEOUT_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    return checks.number(COLLECTIVE_TIMEOUT_VARIABLE, value, above=0, hint="set e.g. 1800")
+
+
+def agreed_resume_epoch(strategy: tf.distribute.Strategy, role: WorkerRole, epoch: int) -> int:
+    """The epoch every worker resumes after, checked across the workers before training.
+
+    Each worker pulls the chief's checkpoint by itself; if they found different epochs (a
+    checkpoint pushed between two pulls), the schedule and data order would differ between
+    them. One all-reduce of the epoch and of its square tells every worker whether all agree
+    (the mean equals its own epoch and the variance is 0); when they do not, the attempt fails
+    with a RuntimeError and the group restarts, pulling again.
+    """
+    if role.count == 1:
+        return epoch
+
+    @tf.function
+    def sums():
+        def replica_values():
+            value = tf.constant(float(epoch))
+            return tf.stack([value, value * value])
+        return strategy.reduce("SUM", strategy.run(replica_values), axis=None)
+
+    total, total_of_squares = (float(value) for value in sums())
+    replicas = strategy.num_replicas_in_sync
+    mean = total / replicas
+    if mean != epoch or total_of_squares / replicas - mean * mean > 1e-6:
+        raise RuntimeError(
+            f"worker {role.index} of {role.count} found the checkpoint at epoch {epoch}, the workers' mean is "
+            f"{mean:g}: they pulled different checkpoints; the group restarts and pulls again")
+    return epoch
 
 
 def fit_on_workers(
