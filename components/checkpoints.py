@@ -1,11 +1,15 @@
 """Training checkpoints: a local directory whose state.json is the commit point, mirrored to gs://.
 
 Layout of a checkpoint directory:
-    state.json          the run's progress (epochs done, history, schedule state, fingerprint);
-                        written last, so it only ever names complete model files
-    epoch-NNNN.keras    the model with its optimizer after the last completed epoch
-    best-NNNN.keras     the best epoch by validation accuracy so far
-    failed.json         present when the run stopped on a mistake that a retry cannot fix
+    state.json               the run's progress (epochs done, history, schedule state, fingerprint);
+                             written last, so it only ever names complete model files
+    epoch-NNNN-AAAAAA.keras  the model with its optimizer after the last completed epoch
+    best-NNNN-AAAAAA.keras   the best epoch by validation accuracy so far
+    failed.json              present when the run stopped on a mistake that a retry cannot fix
+
+AAAAAA names the attempt (the process) that wrote the file. A preempted attempt can leave an
+uploaded epoch file that no state.json names yet; the next attempt trains that epoch again and
+writes it under its own name, so a push never mistakes the old upload for the new weights.
 
 Keras saves to local files, so a gs:// location is mirrored in a local scratch directory:
 pulled before training, pushed after every epoch in the same order as the local writes.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from typing import Any
 
@@ -24,6 +29,8 @@ from components.errors import UserError
 STATE_FILE = "state.json"
 FAILURE_FILE = "failed.json"
 FORMAT_VERSION = 1
+# Names the model files this process writes (see the module docstring).
+ATTEMPT = secrets.token_hex(3)
 
 
 def save(checkpoint_dir: str, model, state: dict[str, Any], is_best: bool) -> dict[str, Any]:
@@ -35,10 +42,10 @@ def save(checkpoint_dir: str, model, state: dict[str, Any], is_best: bool) -> di
     """
     os.makedirs(checkpoint_dir, exist_ok=True)
     epoch = state["epoch"]
-    state = dict(state, checkpoint=f"epoch-{epoch:04d}.keras")
+    state = dict(state, checkpoint=f"epoch-{epoch:04d}-{ATTEMPT}.keras")
     save_model_atomically(model, os.path.join(checkpoint_dir, state["checkpoint"]))
     if is_best:
-        state["best_checkpoint"] = f"best-{epoch:04d}.keras"
+        state["best_checkpoint"] = f"best-{epoch:04d}-{ATTEMPT}.keras"
         shutil.copyfile(os.path.join(checkpoint_dir, state["checkpoint"]), os.path.join(checkpoint_dir, state["best_checkpoint"]))
     storage.write_json(os.path.join(checkpoint_dir, STATE_FILE), state)
     referenced = {STATE_FILE, state["checkpoint"], state["best_checkpoint"]}
@@ -85,7 +92,8 @@ def push(local_dir: str, remote_dir: str, state: dict[str, Any]) -> None:
     """Uploads the model files `state` names, then state.json, then removes files no longer named.
 
     The same order as `save`: a preempted pod can stop between any two uploads and the remote
-    state.json still names complete files.
+    state.json still names complete files. A named file already there is skipped: its name says
+    which attempt wrote it, so it holds these very weights.
     """
     named = {state["checkpoint"], state["best_checkpoint"]}
     remote_files = set(storage.list_files(remote_dir))

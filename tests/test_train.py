@@ -346,7 +346,7 @@ def test_rerun_with_more_epochs_resumes_and_continues_the_optimizer(trained_run,
     assert result.train_seconds > first.train_seconds
     state = load_checkpoint(extended_checkpoints)
     assert state["epoch"] == 3 and sorted(os.listdir(extended_checkpoints)) == sorted(
-        {"state.json", "epoch-0003.keras", state["best_checkpoint"]}
+        {"state.json", state["checkpoint"], state["best_checkpoint"]}
     )
     restored = keras.models.load_model(state["checkpoint_path"])
     assert int(restored.optimizer.iterations.numpy()) == 9

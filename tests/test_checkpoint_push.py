@@ -1,0 +1,47 @@
+"""Checkpoint pushes to gs:// (the real emulator) after a preemption between two uploads."""
+
+import os
+
+import numpy as np
+import pytest
+
+from components import checkpoints, storage
+from components.keras_setup import keras
+
+
+def tiny_model(value: float):
+    """A one-layer model whose weights are all `value` (so two attempts' files differ)."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.set_weights([np.full_like(weights, value) for weights in model.get_weights()])
+    return model
+
+
+def state_for(epoch: int) -> dict:
+    return {"epoch": epoch, "format_version": checkpoints.FORMAT_VERSION, "fingerprint": "f", "history": []}
+
+
+def test_a_new_attempt_never_reuses_an_earlier_attempts_upload(gcs_emulator, tmp_path, monkeypatch):
+    remote = gcs_emulator.url("run/model")
+    # Attempt A finished epoch 1 properly, then saved epoch 2 and was preempted after uploading
+    # the model file, before state.json.
+    monkeypatch.setattr(checkpoints, "ATTEMPT", "aaaaaa")
+    first = checkpoints.save(str(tmp_path / "a"), tiny_model(1.0), state_for(1), is_best=True)
+    checkpoints.push(str(tmp_path / "a"), remote, first)
+    second = checkpoints.save(str(tmp_path / "a"), tiny_model(2.0), state_for(2), is_best=True)
+    storage.upload(str(tmp_path / "a" / second["checkpoint"]), storage.join(remote, second["checkpoint"]))
+
+    # Attempt B resumes after epoch 1, trains epoch 2 again (other weights) and pushes it.
+    monkeypatch.setattr(checkpoints, "ATTEMPT", "bbbbbb")
+    checkpoints.pull(remote, str(tmp_path / "b"))
+    assert checkpoints.load(str(tmp_path / "b"))["epoch"] == 1
+    retrained = checkpoints.save(str(tmp_path / "b"), tiny_model(3.0), state_for(2), is_best=True)
+    checkpoints.push(str(tmp_path / "b"), remote, retrained)
+
+    # The remote state names B's weights, and A's stray upload is gone.
+    checkpoints.pull(remote, str(tmp_path / "check"))
+    state = checkpoints.load(str(tmp_path / "check"))
+    assert state["checkpoint"] == "epoch-0002-bbbbbb.keras"
+    restored = keras.models.load_model(state["checkpoint_path"])
+    assert all(np.all(weights == 3.0) for weights in restored.get_weights())
+    assert sorted(storage.list_files(remote)) == sorted(
+        {"state.json", "epoch-0002-bbbbbb.keras", "best-0002-bbbbbb.keras"})
