@@ -9,9 +9,11 @@ Every function takes either a local path or a GCS URI and hands it to its back e
     uris.py        gs:// URIs: which back end, bucket and key, joining names
 
 Failures come in two kinds:
-- transient (5xx, 429, 408, timeouts, connection reset/refused, a checksum mismatch after a
-  transfer): retried with exponential backoff for at most ``CNNPIPE_STORAGE_RETRY_SECONDS``
-  (default 30 s), then a ``StorageUnavailableError`` naming the URI;
+- transient (5xx, 429, 408, timeouts, connection reset/refused, a credentials refresh that
+  failed, a checksum mismatch after a transfer): retried with exponential backoff, waiting at most
+  ``CNNPIPE_STORAGE_RETRY_SECONDS`` (default 30 s) in all between the attempts of one call, then
+  a ``StorageUnavailableError`` naming the URI: an outage, never a user mistake. Large uploads
+  resume chunk by chunk (gcs.py);
 - permanent (no bucket, 401/403, 400): a ``StorageError`` at once; a missing object is a
   ``FileNotFoundError``. Both carry a one-line message that names the URI.
 

@@ -3,8 +3,9 @@
 The client honours ``STORAGE_EMULATOR_HOST`` (then anonymous credentials and project ``test`` are
 used) and otherwise the normal Google application-default credentials. Every call goes through
 ``with_retries`` (retries.py); transfers are verified by size and checksum (checksums.py); an
-object appears only when its single upload completes. Objects above LARGE_OBJECT_BYTES stream in
-chunks with a progress line on stderr.
+object appears only when its upload completes. Objects above LARGE_OBJECT_BYTES stream with a
+progress line on stderr; uploads of them go chunk by chunk through a resumable upload session,
+each chunk with its own retries, and after a failure go on from what the service holds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable, TypeVar
 
 from components import atomic, progress
 from components.errors import PreconditionFailedError, StorageError, UserError
-from components.storage.retries import describe_error, with_retries
+from components.storage.retries import UploadSessionGone, describe_error, with_retries
 from components.storage.checksums import TransferCorrupted, verify_transfer
 from components.storage.uris import split_gcs_uri
 
@@ -248,22 +249,93 @@ def upload(local_path: str, uri: str) -> None:
     if not key:
         raise UserError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
     size = os.path.getsize(local_path)
-    large = size > LARGE_OBJECT_BYTES
+    if size > LARGE_OBJECT_BYTES:
+        _upload_in_chunks(local_path, uri, size)
+        return
 
     def send() -> None:
-        # A chunk size makes the client use a resumable upload that streams the file in pieces.
-        blob = _client(uri).bucket(bucket_name).blob(key, chunk_size=CHUNK_BYTES if large else None)
-        progress_line = _transfer_progress("upload", uri, size) if large else None
-        try:
-            with open(local_path, "rb") as file:
-                source = _ProgressReader(file, progress_line) if progress_line else file
-                blob.upload_from_file(source, size=size, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
-        finally:
-            if progress_line:
-                progress_line.finish()
+        blob = _client(uri).bucket(bucket_name).blob(key)
+        with open(local_path, "rb") as file:
+            blob.upload_from_file(file, size=size, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         verify_transfer(local_path, blob, uri)
 
     _with_retries("upload", uri, send)
+
+
+def _upload_in_chunks(local_path: str, uri: str, size: int, chunk_bytes: int | None = None) -> None:
+    """Upload a large file through a resumable upload session, one chunk at a time.
+
+    Each chunk gets its own retries; a retried chunk first asks the service how many bytes it
+    holds (a chunk may have arrived although its answer did not), then sends from there. The
+    object appears only when the last chunk completes; its size and CRC32C are then checked,
+    and a mismatch, or a lost session, uploads it again in a new session.
+    """
+    import requests
+
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    bucket_name, key = split_gcs_uri(uri)
+    blob = _client(uri).bucket(bucket_name).blob(key)
+    progress_line = _transfer_progress("upload", uri, size)
+    try:
+        with open(local_path, "rb") as file, requests.Session() as http:
+
+            def upload_once() -> None:
+                # The session URL authorizes the chunks that follow by itself (GCS resumable uploads).
+                session_url = blob.create_resumable_upload_session(
+                    size=size, timeout=REQUEST_TIMEOUT_SECONDS, content_type="application/octet-stream")
+                offset = 0
+                try:
+                    while offset < size:
+                        sender = _chunk_sender(http, session_url, file, offset, size, chunk_bytes)
+                        offset = _with_retries("upload", uri, sender)
+                        progress_line.update(offset)
+                except UploadSessionGone as error:
+                    raise TransferCorrupted(f"{error}; starting over in a new session") from error
+                blob.reload(retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
+                verify_transfer(local_path, blob, uri)
+
+            _with_retries("upload", uri, upload_once)
+    finally:
+        progress_line.finish()
+
+
+def _chunk_sender(http, session_url: str, file, offset: int, size: int, chunk_bytes: int) -> Callable[[], int]:
+    """One chunk's attempts: each returns the number of bytes the service holds afterwards."""
+    state = {"retry": False}
+
+    def send_chunk() -> int:
+        start = _persisted_bytes(http, session_url, size) if state["retry"] else offset
+        state["retry"] = True
+        if start >= size:
+            return size
+        file.seek(start)
+        data = file.read(chunk_bytes)
+        end = start + len(data) - 1
+        response = http.put(session_url, data=data, timeout=REQUEST_TIMEOUT_SECONDS,
+                            headers={"Content-Range": f"bytes {start}-{end}/{size}"})
+        return _bytes_held(response, size)
+
+    return send_chunk
+
+
+def _persisted_bytes(http, session_url: str, size: int) -> int:
+    """Asks a resumable upload session how many bytes it holds (an empty PUT, `bytes */size`)."""
+    response = http.put(session_url, timeout=REQUEST_TIMEOUT_SECONDS, headers={"Content-Range": f"bytes */{size}"})
+    return _bytes_held(response, size)
+
+
+def _bytes_held(response, size: int) -> int:
+    """The bytes a session holds after a chunk or a status query: 308 names them in its Range header."""
+    from google.api_core import exceptions as api_exceptions
+
+    if response.status_code in (200, 201):
+        return size
+    if response.status_code == 308:
+        held = response.headers.get("Range", "")  # "bytes=0-N"; absent when nothing arrived yet
+        return int(held.rpartition("-")[2]) + 1 if held else 0
+    if response.status_code in (404, 410):
+        raise UploadSessionGone(f"upload session answered {response.status_code}")
+    raise api_exceptions.from_http_status(response.status_code, response.text[:200] or response.reason or "")
 
 
 def copy(source: str, destination: str) -> None:
@@ -313,21 +385,6 @@ class _ProgressWriter:
         self.written += len(data)
         self.line.update(self.written)
         return count
-
-    def __getattr__(self, name):
-        return getattr(self.file, name)
-
-
-class _ProgressReader:
-    """A binary file wrapper that reports the read position to a progress line."""
-
-    def __init__(self, file, line: progress.ProgressLine):
-        self.file, self.line = file, line
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.file.read(size)
-        self.line.update(self.file.tell())
-        return data
 
     def __getattr__(self, name):
         return getattr(self.file, name)

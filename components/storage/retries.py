@@ -1,5 +1,11 @@
 """Retries of GCS calls: which failures are transient, and the jittered exponential backoff
-within the budget ``CNNPIPE_STORAGE_RETRY_SECONDS`` (default 30 s)."""
+within the budget ``CNNPIPE_STORAGE_RETRY_SECONDS`` (default 30 s).
+
+The budget bounds the waits between the attempts of one call, not the attempts themselves
+(each is bounded by the requests' own timeouts): a transfer that runs for minutes and then
+breaks is tried again like a short call. A failed credentials refresh is transient too: with
+Workload Identity the token comes from the node's metadata server, which restarts with its node.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,12 @@ from typing import Callable, TypeVar
 
 from components.errors import StorageError, StorageUnavailableError, UserError
 from components.storage.checksums import TransferCorrupted
+
+
+class UploadSessionGone(Exception):
+    """A resumable upload session expired or was lost: the upload starts over in a new one
+    (passed through the retries of one chunk, retried by those of the whole upload)."""
+
 
 RETRY_SECONDS_ENVIRONMENT_VARIABLE = "CNNPIPE_STORAGE_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 30.0
@@ -54,7 +66,9 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, storage_exceptions.InvalidResponse):
         status = getattr(getattr(error, "response", None), "status_code", 0) or 0
         return status in (408, 429) or status >= 500
-    if isinstance(error, auth_exceptions.TransportError):
+    if isinstance(error, (auth_exceptions.TransportError, auth_exceptions.RefreshError)):
+        # A token refresh fails when Workload Identity's metadata server answers late or with a
+        # 5xx (it restarts with its node); a lasting failure ends as StorageUnavailableError.
         return True
     network_errors = (
         ConnectionError,
@@ -88,14 +102,14 @@ def with_retries(
     operation: Callable[[], Result],
     permanent_error: Callable[[BaseException, str, str], Exception],
 ) -> Result:
-    """Run ``operation``; retry transient errors with jittered exponential backoff within the budget.
-    Any other failure becomes ``permanent_error(error, uri, action)``."""
+    """Run ``operation``; retry transient errors with jittered exponential backoff, waiting at most
+    the budget in all between attempts. Any other failure becomes ``permanent_error(error, uri, action)``."""
     budget_seconds = retry_seconds()
-    started = time.monotonic()
+    waited = 0.0
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return operation()
-        except (StorageError, StorageUnavailableError, FileNotFoundError):
+        except (StorageError, StorageUnavailableError, FileNotFoundError, UploadSessionGone):
             raise
         except Exception as error:
             if not is_transient(error):
@@ -103,12 +117,12 @@ def with_retries(
             # Jitter keeps concurrent clients from retrying in lockstep.
             backoff = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
             backoff *= random.uniform(0.5, 1.0)
-            elapsed = time.monotonic() - started
-            if attempt == MAX_ATTEMPTS or elapsed + backoff > budget_seconds:
+            if attempt == MAX_ATTEMPTS or waited + backoff > budget_seconds:
                 raise StorageUnavailableError(
-                    f"cannot {action} {uri}: still failing after {attempt} attempts in {elapsed:.1f} s "
-                    f"({describe_error(error)}); check the network or the storage service, or raise "
+                    f"cannot {action} {uri}: still failing after {attempt} attempts, {waited:.1f} s of waiting "
+                    f"between them ({describe_error(error)}); check the network or the storage service, or raise "
                     f"{RETRY_SECONDS_ENVIRONMENT_VARIABLE}"
                 ) from error
             time.sleep(backoff)
+            waited += backoff
     raise AssertionError("unreachable: the loop returns or raises")
