@@ -2,7 +2,10 @@
 
 `run_jobset` creates the JobSet, follows the chief's log, waits for its Completed or Failed
 condition and deletes it whatever happens. The calls it makes are exactly those k8s/rbac.yaml
-grants.
+grants. A JobSet of the same name left by an earlier attempt of the same pipeline run, or by a
+run that has finished, is replaced; one of another run that still trains (the same run_name) is
+never touched: the second run stops in one line naming the first. Creating is retried while the
+API server answers 5xx/429 or not at all; every call has a timeout, so a hung one is retried too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Callable, Iterator
 
 from components.errors import UserError, reported_user_error
 from components.processes import sigterm_as_interrupt
-from pipeline.jobset_spec import CONTAINER, GROUP, PLURAL, REPLICATED_JOB, VERSION, jobset_spec
+from pipeline.jobset_spec import (
+    CONTAINER, DEFAULT_DEADLINE_SECONDS, GROUP, PIPELINE_RUN_LABEL, PLURAL, REPLICATED_JOB, VERSION, jobset_spec,
+)
+from pipeline.placement import POD_NAME_VARIABLE, POD_NAMESPACE_VARIABLE, POD_UID_VARIABLE
 
 # Labels the JobSet controller puts on every pod it creates.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
@@ -26,21 +32,44 @@ RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # How long the API server may stay unreachable while a JobSet runs before the wait gives up (seconds).
 UNREACHABLE_SECONDS = 600
+# (connect, read) timeout of one API call, seconds: a hung call counts as the API server being away.
+REQUEST_TIMEOUT_SECONDS = (10.0, 60.0)
+# Attempts at creating the JobSet while the API server answers 5xx/429 or not at all; a retry
+# after a lost answer finds its own JobSet (409) and replaces it.
+CREATE_ATTEMPTS = 5
 SERVICE_ACCOUNT_DIRECTORY = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def run_workers_on_cluster(name: str, command: list[str], worker_count: int, pod_settings: dict, *,
-                           env: dict[str, str] | None = None, max_restarts: int = 3,
+                           env: dict[str, str] | None = None, max_restarts: int = 3, pipeline_run: str = "",
                            log: Callable[[str], None] = print) -> None:
     """What a train task calls inside its pod: runs `command` on `worker_count` pods of a JobSet.
 
     `pod_settings` is `jobset_spec.worker_pod_settings(Placement(...))`, made when the pipeline
-    is compiled and handed to the task (it is plain JSON). The JobSet goes into the task's own namespace.
+    is compiled and handed to the task (it is plain JSON). The JobSet goes into the task's own
+    namespace and is owned by the task's pod when the pod knows itself (pipeline/placement.py).
+    `pipeline_run` is the KFP run id of the task.
     """
     api_client, namespace = kubernetes_client()
     spec = jobset_spec(name, namespace, command=command, worker_count=worker_count, env=env,
-                       max_restarts=max_restarts, **pod_settings)
-    run_jobset(spec, api_client=api_client, log=log)
+                       max_restarts=max_restarts, pipeline_run=pipeline_run, owner_pod=launching_pod(namespace),
+                       **pod_settings)
+    # The whole run, every attempt included, is bounded too: the attempts' deadline per allowed restart.
+    deadline_seconds = pod_settings.get("deadline_seconds", DEFAULT_DEADLINE_SECONDS)
+    run_jobset(spec, api_client=api_client, log=log, timeout_seconds=deadline_seconds * (max_restarts + 1))
+
+
+def launching_pod(namespace: str, environ: dict | None = None) -> dict | None:
+    """{"name", "uid"} of this pod (from the Downward API variables), when it runs in `namespace`.
+
+    An owner must be in its dependent's namespace; a JobSet elsewhere gets no owner (the
+    garbage collector would otherwise treat the owner as missing and delete the JobSet at once).
+    """
+    environ = os.environ if environ is None else environ
+    name, uid = environ.get(POD_NAME_VARIABLE), environ.get(POD_UID_VARIABLE)
+    if not name or not uid or environ.get(POD_NAMESPACE_VARIABLE) != namespace:
+        return None
+    return {"name": name, "uid": uid}
 
 
 def kubernetes_client(service_account_directory: Path = SERVICE_ACCOUNT_DIRECTORY):
@@ -77,7 +106,7 @@ def run_jobset(spec: dict, *, api_client=None, poll_seconds: float = 10.0,
     follower = ChiefLogFollower(core, namespace, name, log, poll_seconds)
     with sigterm_as_interrupt():
         try:
-            create_jobset(custom, spec, log)
+            create_jobset(custom, spec, log, retry_seconds=poll_seconds)
         except UserError:
             raise  # refused by the API server: nothing was created
         except BaseException:
@@ -97,19 +126,38 @@ def run_jobset(spec: dict, *, api_client=None, poll_seconds: float = 10.0,
         raise RuntimeError(f"JobSet {namespace}/{name} failed: {reason}")
 
 
-def create_jobset(custom, spec: dict, log: Callable[[str], None]) -> None:
-    """Creates the JobSet; one left behind by an earlier attempt of the same task is replaced."""
+def create_jobset(custom, spec: dict, log: Callable[[str], None], retry_seconds: float = 10.0) -> None:
+    """Creates the JobSet. One of the same name left by an earlier attempt of the same run, or
+    by any run that has finished, is replaced; one of another run that still runs is not.
+
+    A create that fails transiently is tried again CREATE_ATTEMPTS times, `retry_seconds` apart
+    and doubling (its JobSet may exist then: that is the 409 path, with our own run's label).
+    """
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = spec["metadata"]["namespace"], spec["metadata"]["name"]
+
+    def create():
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec,
+                                               _request_timeout=REQUEST_TIMEOUT_SECONDS)
+
     try:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec)
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                create()
+                break
+            except Exception as error:
+                if attempt == CREATE_ATTEMPTS or not is_transient(error):
+                    raise
+                log(f"creating JobSet {namespace}/{name} failed ({type(error).__name__} "
+                    f"{getattr(error, 'status', '') or ''}); trying again")
+                time.sleep(retry_seconds * 2 ** (attempt - 1))
     except ApiException as error:
         if error.status == 409:
-            log(f"replacing JobSet {namespace}/{name} left by an earlier attempt")
+            log(replacement_reason(custom, spec))
             delete_jobset(custom, namespace, name)
             wait_until_deleted(custom, namespace, name)
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec)
+            create()
         elif error.status == 404:
             raise UserError(f"the cluster has no {GROUP}/{VERSION} API: install JobSet "
                             f"(README, 'Training on several workers') before using --workers") from None
@@ -122,15 +170,52 @@ def create_jobset(custom, spec: dict, log: Callable[[str], None]) -> None:
     log(f"created JobSet {namespace}/{name}: {worker_job['parallelism']} workers")
 
 
+def replacement_reason(custom, spec: dict) -> str:
+    """Why the existing JobSet of this name may be replaced; a UserError when it must not be."""
+    from kubernetes.client.exceptions import ApiException
+
+    namespace, name = spec["metadata"]["namespace"], spec["metadata"]["name"]
+    try:
+        existing = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                       _request_timeout=REQUEST_TIMEOUT_SECONDS)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return f"JobSet {namespace}/{name} existed a moment ago and is gone; creating it"
+    ours = spec["metadata"]["labels"].get(PIPELINE_RUN_LABEL)
+    theirs = ((existing.get("metadata") or {}).get("labels") or {}).get(PIPELINE_RUN_LABEL)
+    if ours and theirs == ours:
+        return f"replacing JobSet {namespace}/{name} left by an earlier attempt of this run"
+    if has_finished(existing):
+        return f"replacing JobSet {namespace}/{name} of the finished run {theirs or '(unknown)'}"
+    raise UserError(
+        f"pipeline run {theirs or '(unknown)'} is still training with the same run_name and model "
+        f"(JobSet {namespace}/{name}); give this run another run_name, or wait until that one ends")
+
+
+def has_finished(jobset: dict) -> bool:
+    """Whether a JobSet completed or failed (its terminal state, or a true Completed/Failed condition)."""
+    status = jobset.get("status") or {}
+    return bool(status.get("terminalState")) or any(
+        condition.get("type") in ("Completed", "Failed") and condition.get("status") == "True"
+        for condition in status.get("conditions", []))
+
+
 def wait_for_jobset(custom, namespace: str, name: str, poll_seconds: float, timeout_seconds: float | None,
                     log: Callable[[str], None]) -> dict | None:
-    """Polls the JobSet until its Completed (returns None) or Failed (returns that condition) is true."""
+    """Polls the JobSet until its Completed (returns None) or Failed (returns that condition) is true.
+
+    Says when Kueue holds it suspended, and tells a preemption's restart (not counted against
+    maxRestarts) from a crash's.
+    """
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
-    restarts = 0
+    restarts = counted_restarts = 0
+    reported_suspended = False
     unreachable_since = None
     while True:
         try:
-            jobset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            jobset = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                         _request_timeout=REQUEST_TIMEOUT_SECONDS)
             unreachable_since = None
         except Exception as error:
             # Training runs for hours; an API server restart or upgrade must not end it.
@@ -142,9 +227,19 @@ def wait_for_jobset(custom, namespace: str, name: str, poll_seconds: float, time
             time.sleep(poll_seconds)
             continue
         status = jobset.get("status") or {}
+        if (jobset.get("spec") or {}).get("suspend") and not reported_suspended:
+            reported_suspended = True
+            log(f"JobSet {namespace}/{name} is suspended: waiting for Kueue to admit it")
         if status.get("restarts", 0) > restarts:
             restarts = status["restarts"]
-            log(f"JobSet {namespace}/{name}: a worker failed; restarted the group (restart {restarts})")
+            counted = status.get("restartsCountTowardsMax", restarts)
+            if counted > counted_restarts:
+                log(f"JobSet {namespace}/{name}: a worker failed; restarted the group (restart {restarts}, "
+                    f"{counted} counted against maxRestarts)")
+            else:
+                log(f"JobSet {namespace}/{name}: a worker was preempted; restarted the group (restart {restarts}, "
+                    f"not counted against maxRestarts)")
+            counted_restarts = counted
         conditions = {condition["type"]: condition for condition in status.get("conditions", [])
                       if condition.get("status") == "True"}
         if "Completed" in conditions:

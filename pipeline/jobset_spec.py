@@ -10,6 +10,19 @@ worker's command (`python3 -m components.train_worker ...`). Training resumes fr
 epoch checkpoint after a group restart.
 
 `jobset_spec` writes the JobSet; pipeline/jobset_run.py creates and follows it.
+
+What the spec does about faults:
+- a preempted or drained worker (its pod gets the DisruptionTarget condition) fails its Job by
+  the pod failure policy, and the JobSet restarts the group without counting it against
+  maxRestarts; a crash counts; a user mistake (exit code 2) fails the JobSet at once;
+- restarts are blocking: the next attempt's pods start only when the last one's are gone, so no
+  old chief can push a checkpoint while the new workers pull theirs;
+- every attempt has a deadline (activeDeadlineSeconds of the Job), after which it fails;
+- the JobSet is owned by the train task's pod: when that pod goes (deleted, or its run
+  cancelled), Kubernetes deletes the JobSet and its GPUs with it, even if the launcher was
+  killed too abruptly to clean up;
+- it carries the launching pipeline run's id, so another run with the same run_name is told
+  apart from a retry of this one (pipeline/jobset_run.py), and optionally a Kueue queue label.
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from components import workers
+from components import checks, workers
 from components.errors import USER_ERROR_EXIT_CODE
 from pipeline.cluster import RUNNER_SERVICE_ACCOUNT
 from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
@@ -34,6 +47,15 @@ DEFAULT_WORKER_PORT = 2222
 FINISHED_TTL_SECONDS = 3600
 # JobSet's pod host names are `<name>-worker-0-<index>`; DNS labels are at most 63 characters.
 MAX_NAME_LENGTH = 40
+# The pipeline run that launched a JobSet (its KFP run id), to tell a retry of the same task from
+# another run that uses the same run_name.
+PIPELINE_RUN_LABEL = "cnnpipe/pipeline-run"
+# Kueue admits a JobSet with this label through the named LocalQueue.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The pod condition Kubernetes sets on a pod it evicts: preemption, a node drain, a Spot reclaim.
+DISRUPTION_CONDITION = "DisruptionTarget"
+# Default deadline of one attempt of the workers (seconds).
+DEFAULT_DEADLINE_SECONDS = 24 * 3600
 
 
 def jobset_name(*parts: str) -> str:
@@ -54,7 +76,9 @@ def jobset_spec(name: str, namespace: str, image: str, command: list[str], worke
                     tolerations: list[dict] | None = None, env: dict[str, str] | None = None,
                     service_account: str = RUNNER_SERVICE_ACCOUNT, max_restarts: int = 3,
                     port: int = DEFAULT_WORKER_PORT, cpu: str = "4", memory: str = "16G",
-                    cpu_limit: str | None = None, memory_limit: str | None = None) -> dict:
+                    cpu_limit: str | None = None, memory_limit: str | None = None,
+                    deadline_seconds: int = DEFAULT_DEADLINE_SECONDS, queue_name: str = "",
+                    pipeline_run: str = "", owner_pod: dict | None = None) -> dict:
     """The JobSet that runs `command` on `worker_count` pods as one MultiWorkerMirroredStrategy cluster.
 
     Args:
@@ -70,6 +94,11 @@ def jobset_spec(name: str, namespace: str, image: str, command: list[str], worke
         max_restarts: how often the whole group is restarted after a worker fails.
         port: the collective's port in every pod.
         cpu, memory, cpu_limit, memory_limit: each pod's requests and limits (Kubernetes quantities).
+        deadline_seconds: how long one attempt may run before it fails (a hung group must not
+            hold its GPUs for ever).
+        queue_name: Kueue LocalQueue to be admitted through ('' = none).
+        pipeline_run: the KFP run id of the launching task (labels the JobSet).
+        owner_pod: {"name", "uid"} of the launching pod in `namespace`: the JobSet's owner.
     """
     workers.check_worker_count(worker_count)
     if not command:
@@ -83,19 +112,19 @@ def jobset_spec(name: str, namespace: str, image: str, command: list[str], worke
         workers.WORKER_PORT_VARIABLE: str(port),
     })
     labels = {"app.kubernetes.io/part-of": "cnnpipe", "app.kubernetes.io/component": "train"}
+    metadata = {"name": name, "namespace": namespace,
+                "labels": {**labels, **jobset_labels(pipeline_run, queue_name)}}
+    if owner_pod:
+        metadata["ownerReferences"] = [owner_reference(owner_pod)]
+    checks.integer("deadline_seconds", deadline_seconds, minimum=1)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "JobSet",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": metadata,
         "spec": {
             # Stable host names <name>-worker-0-<index>.<name> for TF_CONFIG.
             "network": {"enableDNSHostnames": True, "subdomain": name},
-            "failurePolicy": {
-                "maxRestarts": max_restarts,
-                # A worker that reported a user mistake fails the same way after a restart.
-                "rules": [{"name": "user-mistake", "action": "FailJobSet",
-                           "onJobFailureReasons": ["PodFailurePolicy"]}],
-            },
+            "failurePolicy": failure_policy(max_restarts),
             "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
             "ttlSecondsAfterFinished": FINISHED_TTL_SECONDS,
             "replicatedJobs": [{
@@ -105,15 +134,59 @@ def jobset_spec(name: str, namespace: str, image: str, command: list[str], worke
                     image, command, worker_count, worker_environment, labels, gpus_per_worker=gpus_per_worker,
                     node_selector=node_selector or {}, tolerations=tolerations or [],
                     service_account=service_account, port=port,
-                    resources=worker_resources(gpus_per_worker, cpu, memory, cpu_limit, memory_limit))},
+                    resources=worker_resources(gpus_per_worker, cpu, memory, cpu_limit, memory_limit),
+                    deadline_seconds=deadline_seconds)},
             }],
         },
     }
 
 
+def jobset_labels(pipeline_run: str, queue_name: str) -> dict[str, str]:
+    """The launching run's label and, for clusters that admit work through Kueue, the queue's."""
+    labels = {PIPELINE_RUN_LABEL: pipeline_run} if pipeline_run else {}
+    if queue_name:
+        labels[KUEUE_QUEUE_LABEL] = queue_name
+    return labels
+
+
+def owner_reference(pod: dict) -> dict:
+    """Makes the launching pod the JobSet's owner: the garbage collector deletes the JobSet with it.
+
+    Not a controller reference, and it does not block the pod's deletion (that would need the
+    right to delete pods, which the runner's Role does not grant).
+    """
+    return {"apiVersion": "v1", "kind": "Pod", "name": pod["name"], "uid": pod["uid"]}
+
+
+def failure_policy(max_restarts: int) -> dict:
+    """What the JobSet does when a worker's Job fails, by the Job's failure reason and message.
+
+    The Job fails through its pod failure policy (worker_job_spec), whose message names the rule
+    that matched: "Pod ... has condition DisruptionTarget matching FailJob rule at index 0" for a
+    preemption, "Container worker ... failed with exit code 2 matching FailJob rule at index 1"
+    for a user mistake. Rules are tried in order; names follow JobSet's rule name pattern.
+    """
+    return {
+        "maxRestarts": max_restarts,
+        # The next attempt's pods start only when all of the last attempt's are gone.
+        "restartStrategy": "BlockingRecreate",
+        "rules": [
+            # Preempted, drained or reclaimed: not the training's fault, so not counted.
+            {"name": "preempted", "action": "RestartJobSetAndIgnoreMaxRestarts",
+             "onJobFailureReasons": ["PodFailurePolicy"],
+             "onJobFailureMessagePatterns": [f"condition {DISRUPTION_CONDITION} matching"]},
+            # A worker that reported a user mistake fails the same way after a restart.
+            {"name": "userMistake", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]},
+            # An attempt that ran past its deadline is hung or far too slow: restarting repeats it.
+            {"name": "deadlineExceeded", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]},
+        ],
+    }
+
+
 def worker_job_spec(image: str, command: list[str], worker_count: int, environment: dict[str, str],
                     labels: dict[str, str], *, gpus_per_worker: int, node_selector: dict[str, str],
-                    tolerations: list[dict], service_account: str, port: int, resources: dict) -> dict:
+                    tolerations: list[dict], service_account: str, port: int, resources: dict,
+                    deadline_seconds: int = DEFAULT_DEADLINE_SECONDS) -> dict:
     """The Indexed Job of the N workers: pod i is worker i (the chief is 0)."""
     return {
         "completionMode": "Indexed",
@@ -122,10 +195,12 @@ def worker_job_spec(image: str, command: list[str], worker_count: int, environme
         # One failed pod fails the Job, and the JobSet restarts the whole group: a collective
         # cannot take back a single replaced peer.
         "backoffLimit": 0,
-        "podFailurePolicy": {"rules": [{
-            "action": "FailJob",
-            "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT_CODE]},
-        }]},
+        "activeDeadlineSeconds": deadline_seconds,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onPodConditions": [{"type": DISRUPTION_CONDITION, "status": "True"}]},
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT_CODE]}},
+        ]},
         "template": {
             "metadata": {"labels": labels},
             "spec": {
@@ -156,13 +231,17 @@ def worker_resources(gpus: int, cpu: str, memory: str, cpu_limit: str | None, me
 
 def worker_pod_settings(placement: Placement) -> dict:
     """The `jobset_spec` keyword arguments that place and size worker pods like a single-pod train task
-    (plain JSON: `cnnpipe compile` hands them to the train task)."""
+    (plain JSON: `cnnpipe compile` hands them to the train task), with the attempts' deadline
+    and the Kueue queue."""
+    scheduling = {"deadline_seconds": placement.worker_deadline_seconds, "queue_name": placement.queue_name}
     if not placement.uses_gpu:
         # Like place_gpu_task with gpus_per_task=0: ordinary CPU nodes and requests.
         return {"image": placement.image, "gpus_per_worker": 0, "node_selector": {}, "tolerations": [],
                 "cpu": placement.cpu_task_cpu, "memory": placement.cpu_task_memory,
-                "cpu_limit": placement.cpu_task_cpu_limit, "memory_limit": placement.cpu_task_memory_limit}
+                "cpu_limit": placement.cpu_task_cpu_limit, "memory_limit": placement.cpu_task_memory_limit,
+                **scheduling}
     return {"image": placement.image, "gpus_per_worker": placement.gpus_per_task,
             "node_selector": placement.gpu_node_selector(), "tolerations": gpu_tolerations(placement),
             "cpu": placement.gpu_task_cpu, "memory": placement.gpu_task_memory,
-            "cpu_limit": placement.gpu_task_cpu_limit, "memory_limit": placement.gpu_task_memory_limit}
+            "cpu_limit": placement.gpu_task_cpu_limit, "memory_limit": placement.gpu_task_memory_limit,
+            **scheduling}

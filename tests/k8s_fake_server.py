@@ -16,13 +16,22 @@ JobSet is created, labelled and annotated as JobSet and the Job controller do; a
 `restarts: k` replaces them with the pods of restart attempt k. `status_script` is the list of
 statuses the JobSet reports, one per GET, the last one repeated; `chief_logs[k]` is what the
 chief of attempt k prints (the last entry repeated). A status `unavailable()` answers that GET
-with 503.
+with 503. A `pod_failed(...)` entry is an event rather than a status: one worker pod fails (an
+exit code, a pod condition such as DisruptionTarget) and the server decides what follows as the
+Job and JobSet controllers do: the Job's podFailurePolicy, then backoffLimit, then the JobSet's
+failurePolicy rules (first match by reason and message pattern) against maxRestarts.
+
+Also as the real cluster does: failure policy rule names are checked as JobSet's webhook checks
+them (422), deleting a pod with `delete_pod` garbage-collects the JobSets it owns
+(ownerReferences), and `server.inject(method, path_part, 409, 503, HANG, ...)` makes chosen
+requests fail (tests/loopback_http.py).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,12 +42,14 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 import yaml
 
-from tests.loopback_http import LoopbackServer, RecordedRequest
+from tests.loopback_http import HANG, LoopbackServer, RecordedRequest
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/"
 CORE = "/api/v1/namespaces/"
 CRD = Path(__file__).resolve().parent / "schemas" / "jobset.x-k8s.io_jobsets.yaml"
 TIMESTAMP = "2026-01-01T00:00:00Z"
+# What JobSet's validating webhook accepts as a failure policy rule name.
+RULE_NAME_PATTERN = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,6 +83,58 @@ def failed(message: str = "jobset failed due to reaching max number of restarts"
 def unavailable() -> dict:
     """Not a status: the GET that draws it is answered 503, as during an API server restart."""
     return {"unavailable": True}
+
+
+def pod_failed(worker: int = 1, exit_code: int = 137, condition: str | None = None) -> dict:
+    """Not a status: worker `worker`'s pod ends with `exit_code` and, when given, the true pod
+    `condition` (DisruptionTarget is what a preemption or a node drain sets); the server applies
+    the JobSet's own policies to it and reports the status that results."""
+    return {"pod_failed": {"worker": worker, "exit_code": exit_code, "condition": condition}}
+
+
+def job_failed(reason: str = "DeadlineExceeded", message: str = "Job was active longer than specified deadline") -> dict:
+    """Not a status: the workers' Job fails by itself (its deadline passed, say); the server applies
+    the JobSet's failure policy to it."""
+    return {"job_failed": {"reason": reason, "message": message}}
+
+
+def job_failure(job_spec: dict, pod: str, exit_code: int, condition: str | None) -> tuple[str, str] | None:
+    """(reason, message) of the Job failure one failed pod causes, or None when the Job keeps going.
+
+    As the Job controller decides: the first podFailurePolicy rule that matches the pod's
+    container exit code or its true conditions (FailJob fails the Job, Ignore does not count the
+    pod), else the pod counts against backoffLimit.
+    """
+    for index, rule in enumerate(job_spec.get("podFailurePolicy", {}).get("rules", [])):
+        exit_codes = rule.get("onExitCodes")
+        if exit_codes:
+            matched = (exit_code in exit_codes["values"]) == (exit_codes["operator"] == "In")
+            what = f"Container {exit_codes.get('containerName', 'worker')} for pod {pod} failed with exit code {exit_code}"
+        else:
+            matched = condition is not None and any(
+                pattern["type"] == condition and pattern.get("status", "True") == "True"
+                for pattern in rule.get("onPodConditions", []))
+            what = f"Pod {pod} has condition {condition}"
+        if not matched:
+            continue
+        if rule["action"] == "Ignore":
+            return None
+        if rule["action"] == "FailJob":
+            return "PodFailurePolicy", f"{what} matching FailJob rule at index {index}"
+        break  # Count: counts against backoffLimit
+    if job_spec.get("backoffLimit", 6) == 0:
+        return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+    return None
+
+
+def jobset_failure_action(failure_policy: dict, reason: str, message: str) -> str:
+    """The action of the first failurePolicy rule matching a Job failure (RestartJobSet when none does)."""
+    for rule in failure_policy.get("rules", []):
+        reasons, patterns = rule.get("onJobFailureReasons", []), rule.get("onJobFailureMessagePatterns", [])
+        if (not reasons or reason in reasons) and (not patterns or any(re.search(pattern, message)
+                                                                       for pattern in patterns)):
+            return rule["action"]
+    return "RestartJobSet"
 
 
 @dataclass
@@ -111,10 +174,7 @@ class FakeKubernetesServer(LoopbackServer):
                 return status(503, "ServiceUnavailable", "the API server is restarting")
             return 200, jobset
         if method == "DELETE":
-            del self.jobsets[key]
-            for pod_key in [pod_key for pod_key, pod in self.pods.items()
-                            if pod["metadata"]["labels"]["jobset.sigs.k8s.io/jobset-name"] == key[1]]:
-                del self.pods[pod_key]
+            self._delete_jobset(key)
             return 200, status(200, "", "deleted")[1]
         return status(405, "MethodNotAllowed", f"{method} is not supported here")
 
@@ -123,6 +183,9 @@ class FakeKubernetesServer(LoopbackServer):
         if errors:
             return status(422, "Invalid", "; ".join(f"{'.'.join(map(str, error.path))}: {error.message}"
                                                   for error in errors))
+        for rule in body["spec"].get("failurePolicy", {}).get("rules", []):
+            if not RULE_NAME_PATTERN.match(rule["name"]):
+                return status(422, "Invalid", f"spec.failurePolicy.rules: invalid rule name {rule['name']!r}")
         name = body["metadata"]["name"]
         if (namespace, name) in self.jobsets:
             return status(409, "AlreadyExists", f'jobsets.jobset.x-k8s.io "{name}" already exists')
@@ -135,23 +198,78 @@ class FakeKubernetesServer(LoopbackServer):
         return 201, jobset
 
     def _next_status(self, key) -> dict:
+        if key not in self._polls:  # put there by the test, not created through the API: as it is
+            return dict(self.jobsets[key], status=self.jobsets[key].get("status") or {})
         poll = self._polls[key]
         self._polls[key] = poll + 1
         jobset = self.jobsets[key]
-        jobset["status"] = self.status_script[min(poll, len(self.status_script) - 1)]
+        scripted = self.status_script[min(poll, len(self.status_script) - 1)]
+        if "pod_failed" in scripted or "job_failed" in scripted:
+            if poll < len(self.status_script):  # a repeated last entry is not a new failure
+                jobset["status"] = self._after_failure(jobset, scripted)
+        else:
+            jobset["status"] = scripted
         attempt = jobset["status"].get("restarts", 0)
         if jobset["status"].get("unavailable"):
             return jobset
-        if not any(pod["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] == str(attempt)
+        if not any(pod["metadata"]["labels"].get("jobset.sigs.k8s.io/restart-attempt") == str(attempt)
                    for pod in self.pods.values() if pod["metadata"]["namespace"] == key[0]):
             self._start_pods(jobset, attempt)
         return jobset
+
+    def _after_failure(self, jobset: dict, event: dict) -> dict:
+        """The JobSet's status after one of its pods or its Job failed, as the Job and JobSet controllers decide."""
+        current = dict(jobset.get("status") or {}, conditions=[])
+        current.setdefault("restarts", 0)
+        current.setdefault("restartsCountTowardsMax", 0)
+        if "job_failed" in event:
+            failure = (event["job_failed"]["reason"], event["job_failed"]["message"])
+        else:
+            pod_failure = event["pod_failed"]
+            pod = f"{jobset['metadata']['namespace']}/{jobset['metadata']['name']}-worker-0-{pod_failure['worker']}"
+            (replicated_job,) = jobset["spec"]["replicatedJobs"]
+            failure = job_failure(replicated_job["template"]["spec"], pod, pod_failure["exit_code"],
+                                  pod_failure["condition"])
+        if failure is None:
+            return current
+        policy = jobset["spec"].get("failurePolicy", {})
+        action = jobset_failure_action(policy, *failure)
+        if action == "FailJobSet":
+            return failed(f"{failure[1]} (failure policy rule matched)", "FailureRuleMatched", current["restarts"])
+        counted = action in ("RestartJobSet", "RestartJob")
+        if counted and current["restartsCountTowardsMax"] >= policy.get("maxRestarts", 0):
+            return failed(restarts=current["restarts"], reason="ReachedMaxRestarts")
+        return dict(current, restarts=current["restarts"] + 1,
+                    restartsCountTowardsMax=current["restartsCountTowardsMax"] + counted)
+
+    def add_pod(self, namespace: str, name: str, uid: str) -> None:
+        """A pod that is not a worker, e.g. the train task's own pod that launches a JobSet."""
+        self.pods[(namespace, name)] = {
+            "apiVersion": "v1", "kind": "Pod", "log": [],
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": {}, "annotations": {},
+                         "creationTimestamp": TIMESTAMP},
+            "spec": {"containers": []}, "status": {"phase": "Running"}}
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Deletes a pod, and (as the garbage collector does) every JobSet it owns with its pods."""
+        with self._lock:
+            uid = self.pods.pop((namespace, name))["metadata"].get("uid")
+            for key, jobset in list(self.jobsets.items()):
+                owners = jobset["metadata"].get("ownerReferences", [])
+                if key[0] == namespace and any(owner.get("uid") == uid for owner in owners):
+                    self._delete_jobset(key)
+
+    def _delete_jobset(self, key) -> None:
+        del self.jobsets[key]
+        for pod_key in [pod_key for pod_key, pod in self.pods.items()
+                        if pod["metadata"]["labels"].get("jobset.sigs.k8s.io/jobset-name") == key[1]]:
+            del self.pods[pod_key]
 
     def _start_pods(self, jobset: dict, attempt: int) -> None:
         """One pod per worker, as the JobSet and Job controllers label them; older attempts' pods go."""
         namespace, name = jobset["metadata"]["namespace"], jobset["metadata"]["name"]
         for key in [key for key, pod in self.pods.items() if pod["metadata"]["namespace"] == namespace
-                    and pod["metadata"]["labels"]["jobset.sigs.k8s.io/jobset-name"] == name]:
+                    and pod["metadata"]["labels"].get("jobset.sigs.k8s.io/jobset-name") == name]:
             del self.pods[key]
         (replicated_job,) = jobset["spec"]["replicatedJobs"]
         for index in range(replicated_job["template"]["spec"]["completions"]):
@@ -198,6 +316,12 @@ def _handler_for(server: FakeKubernetesServer):
             query = {key: values[-1] for key, values in parse_qs(url.query).items()}
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
+            fault = server.take_fault(self.command, url.path, query)
+            if fault == HANG:
+                return server.hang()
+            if fault is not None:
+                reasons = {409: "AlreadyExists", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+                return self._send_json(*status(fault, reasons.get(fault, "Unknown"), f"injected HTTP {fault}"))
             with server._lock:
                 server.requests.append(RecordedRequest(self.command, url.path, query, body))
                 if url.path.startswith(JOBSETS):

@@ -19,8 +19,10 @@ from components.errors import UserError
 from pipeline import jobset_run, jobset_spec
 from pipeline.placement import Placement
 from tests.k8s_fake_server import (
-    FakeKubernetesServer, completed, failed, jobset_schema, running, unavailable, write_kubeconfig,
+    FakeKubernetesServer, completed, failed, job_failed, jobset_schema, pod_failed, running, unavailable,
+    write_kubeconfig,
 )
+from tests.loopback_http import HANG
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 IMAGE = "us-docker.pkg.dev/example/cnnpipe/cnnpipe:test"
@@ -105,11 +107,12 @@ def test_spec_is_one_indexed_job_of_all_workers_with_stable_host_names():
 def test_a_user_mistake_fails_the_group_without_restarts():
     document = spec_document()
     container_name = worker_pod(document)["containers"][0]["name"]
-    (pod_rule,) = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
-    assert pod_rule == {"action": "FailJob",
-                        "onExitCodes": {"containerName": container_name, "operator": "In", "values": [2]}}
-    (jobset_rule,) = document["spec"]["failurePolicy"]["rules"]
-    assert jobset_rule["action"] == "FailJobSet" and jobset_rule["onJobFailureReasons"] == ["PodFailurePolicy"]
+    (_, exit_code_rule) = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert exit_code_rule == {"action": "FailJob",
+                              "onExitCodes": {"containerName": container_name, "operator": "In", "values": [2]}}
+    rules = {rule["name"]: rule for rule in document["spec"]["failurePolicy"]["rules"]}
+    assert rules["userMistake"]["action"] == "FailJobSet"
+    assert rules["userMistake"]["onJobFailureReasons"] == ["PodFailurePolicy"]
 
 
 def test_every_pod_builds_the_same_tf_config_from_the_jobset_host_names():
@@ -178,6 +181,7 @@ def api_client(server):
 def run(server, document=None, **arguments):
     lines = []
     arguments.setdefault("poll_seconds", 0.02)
+    arguments.setdefault("timeout_seconds", 60)  # a script that never ends fails the test, not the suite
     jobset_run.run_jobset(document or spec_document(), api_client=api_client(server), log=lines.append, **arguments)
     return lines
 
@@ -225,7 +229,8 @@ def test_after_a_group_restart_the_new_chief_is_followed():
     script = [running(), running(), running(restarts=1), running(restarts=1), completed(restarts=1)]
     with FakeKubernetesServer(status_script=script, chief_logs=[["attempt 0 epoch 1"], ["attempt 1 epoch 2"]]) as server:
         lines = run(server)
-    assert "JobSet kubeflow/train-resnet: a worker failed; restarted the group (restart 1)" in lines
+    assert ("JobSet kubeflow/train-resnet: a worker failed; restarted the group (restart 1, "
+            "1 counted against maxRestarts)") in lines
     assert lines.index("attempt 0 epoch 1") < lines.index("attempt 1 epoch 2")
     assert_deleted(server)
 
@@ -277,14 +282,21 @@ def interrupt_during_run():
     assert_deleted(server)
 
 
+def left_behind(server, pipeline_run, status=None):
+    """A JobSet of the same name that the server already holds, launched by `pipeline_run`."""
+    server.jobsets[("kubeflow", "train-resnet")] = {
+        "metadata": {"name": "train-resnet", "labels": {jobset_spec.PIPELINE_RUN_LABEL: pipeline_run}},
+        "status": status or running()}
+
+
 def test_a_jobset_left_by_an_earlier_attempt_is_replaced():
     with FakeKubernetesServer() as server:
-        document = spec_document()
-        server.jobsets[("kubeflow", "train-resnet")] = {"metadata": {"name": "train-resnet"}, "stale": True}
+        document = spec_document(pipeline_run="run-1")
+        left_behind(server, "run-1")
         lines = run(server, document)
-    assert lines[0] == "replacing JobSet kubeflow/train-resnet left by an earlier attempt"
-    assert [request.method for request in server.requests if "/jobsets" in request.path][:4] == \
-        ["POST", "DELETE", "GET", "POST"]
+    assert lines[0] == "replacing JobSet kubeflow/train-resnet left by an earlier attempt of this run"
+    assert [request.method for request in server.requests if "/jobsets" in request.path][:5] == \
+        ["POST", "GET", "DELETE", "GET", "POST"]
     assert server.jobsets == {}
 
 
@@ -309,12 +321,18 @@ def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, mon
         write_kubeconfig(tmp_path / "config", server, "team-a")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        for variable, value in (("CNNPIPE_POD_NAME", "train-pod"), ("CNNPIPE_POD_UID", "uid-9"),
+                                ("CNNPIPE_POD_NAMESPACE", "team-a")):
+            monkeypatch.setenv(variable, value)
         assert jobset_run.kubernetes_client()[1] == "team-a"
         # What a train task calls; the placement travels through the compiled pipeline as JSON.
         placement = json.loads(json.dumps(jobset_spec.worker_pod_settings(Placement(image=IMAGE, spot=True))))
         lines = []
-        jobset_run.run_workers_on_cluster("train-resnet", COMMAND, 2, placement, log=lines.append)
+        jobset_run.run_workers_on_cluster("train-resnet", COMMAND, 2, placement, log=lines.append,
+                                          pipeline_run="run-9")
     (create,) = server.requests_to("POST", "/jobsets")
+    assert create.body["metadata"]["ownerReferences"][0]["uid"] == "uid-9"
+    assert create.body["metadata"]["labels"]["cnnpipe/pipeline-run"] == "run-9"
     assert create.path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
     assert worker_pod(create.body)["tolerations"] == jobset_spec.gpu_tolerations(Placement(image=IMAGE, spot=True))
     assert lines[0] == "created JobSet team-a/train-resnet: 2 workers"
@@ -343,8 +361,8 @@ def permission_needed(request) -> tuple[str, str, str]:
 def test_the_role_grants_every_call_run_jobset_makes_and_nothing_more_for_jobsets():
     script = [running(), running(restarts=1), completed(restarts=1)]
     with FakeKubernetesServer(status_script=script) as server:
-        server.jobsets[("kubeflow", "train-resnet")] = {"metadata": {"name": "train-resnet"}}  # the replace path too
-        run(server)
+        left_behind(server, "run-1")  # the replace path too
+        run(server, spec_document(pipeline_run="run-1"))
     needed = {permission_needed(request) for request in server.requests}
     assert needed == {("jobset.x-k8s.io", "jobsets", "create"), ("jobset.x-k8s.io", "jobsets", "get"),
                       ("jobset.x-k8s.io", "jobsets", "delete"), ("", "pods", "list"), ("", "pods/log", "get")}
@@ -352,3 +370,126 @@ def test_the_role_grants_every_call_run_jobset_makes_and_nothing_more_for_jobset
     assert needed <= granted
     assert {grant for grant in granted if grant[0] == "jobset.x-k8s.io"} == \
         {need for need in needed if need[0] == "jobset.x-k8s.io"}
+
+
+# ---- faults: what heals by itself and what stops ------------------------------------------
+PREEMPTED = pod_failed(worker=1, exit_code=143, condition="DisruptionTarget")
+CRASHED = pod_failed(worker=1, exit_code=137)
+
+
+def test_preemptions_do_not_count_against_max_restarts():
+    script = [running(), PREEMPTED, PREEMPTED, PREEMPTED, completed(restarts=3)]
+    with FakeKubernetesServer(status_script=script) as server:
+        lines = run(server, spec_document(max_restarts=1))
+    preempted = [line for line in lines if "preempted" in line]
+    assert preempted == [f"JobSet kubeflow/train-resnet: a worker was preempted; restarted the group "
+                         f"(restart {count}, not counted against maxRestarts)" for count in (1, 2, 3)]
+    assert_deleted(server)
+
+
+def test_crashes_do_count_against_max_restarts():
+    script = [running(), CRASHED, CRASHED, running()]
+    with FakeKubernetesServer(status_script=script) as server:
+        with pytest.raises(RuntimeError, match="failed: ReachedMaxRestarts"):
+            run(server, spec_document(max_restarts=1))
+    assert_deleted(server)
+
+
+def test_a_user_mistake_of_a_worker_fails_the_jobset_at_once():
+    with FakeKubernetesServer(status_script=[running(), pod_failed(worker=1, exit_code=2), running()]) as server:
+        with pytest.raises(RuntimeError, match="failed: FailureRuleMatched: Container worker .* exit code 2"):
+            run(server, spec_document(max_restarts=3))
+    assert_deleted(server)
+
+
+def test_an_attempt_past_its_deadline_fails_the_jobset():
+    document = spec_document(placement=Placement(image=IMAGE, worker_deadline_seconds=3600))
+    assert document["spec"]["replicatedJobs"][0]["template"]["spec"]["activeDeadlineSeconds"] == 3600
+    with FakeKubernetesServer(status_script=[running(), job_failed()]) as server:
+        with pytest.raises(RuntimeError, match="Job was active longer than specified deadline"):
+            run(server, document)
+    assert_deleted(server)
+
+
+def test_restarts_wait_for_the_old_pods_and_rule_names_pass_the_webhook():
+    policy = spec_document()["spec"]["failurePolicy"]
+    assert policy["restartStrategy"] == "BlockingRecreate"
+    assert [rule["name"] for rule in policy["rules"]] == ["preempted", "userMistake", "deadlineExceeded"]
+
+
+def test_a_live_jobset_of_another_run_with_the_same_run_name_is_never_touched():
+    with FakeKubernetesServer() as server:
+        left_behind(server, "run-A")
+        with pytest.raises(UserError) as raised:
+            run(server, spec_document(pipeline_run="run-B"))
+    assert str(raised.value) == (
+        "pipeline run run-A is still training with the same run_name and model (JobSet kubeflow/train-resnet); "
+        "give this run another run_name, or wait until that one ends")
+    assert server.requests_to("DELETE", "/jobsets") == []
+    assert ("kubeflow", "train-resnet") in server.jobsets
+
+
+def test_a_finished_jobset_of_another_run_is_replaced():
+    with FakeKubernetesServer() as server:
+        left_behind(server, "run-A", status=completed())
+        lines = run(server, spec_document(pipeline_run="run-B"))
+    assert lines[0] == "replacing JobSet kubeflow/train-resnet of the finished run run-A"
+
+
+def test_the_jobset_goes_with_the_pod_that_launched_it():
+    with FakeKubernetesServer() as server:
+        server.add_pod("kubeflow", "train-task-pod", uid="uid-7")
+        document = spec_document(owner_pod={"name": "train-task-pod", "uid": "uid-7"})
+        jobset_run.create_jobset(client.CustomObjectsApi(api_client(server)), document, print)
+        assert document["metadata"]["ownerReferences"] == [
+            {"apiVersion": "v1", "kind": "Pod", "name": "train-task-pod", "uid": "uid-7"}]
+        assert len(server.pods) == 3  # the launcher and two workers
+        server.delete_pod("kubeflow", "train-task-pod")  # what a SIGKILL'd launcher's pod deletion does
+        assert server.jobsets == {} and server.pods == {}
+
+
+def test_the_launching_pod_owns_the_jobset_only_in_its_own_namespace():
+    environment = {"CNNPIPE_POD_NAME": "train-task-pod", "CNNPIPE_POD_UID": "uid-7", "CNNPIPE_POD_NAMESPACE": "team-a"}
+    assert jobset_run.launching_pod("team-a", environment) == {"name": "train-task-pod", "uid": "uid-7"}
+    assert jobset_run.launching_pod("kubeflow", environment) is None
+    assert jobset_run.launching_pod("team-a", {}) is None
+
+
+def test_a_kueue_queue_labels_the_jobset_and_a_suspended_one_says_it_waits():
+    document = spec_document(placement=Placement(image=IMAGE, queue_name="gpu-queue"), pipeline_run="run-1")
+    labels = document["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "gpu-queue" and labels["cnnpipe/pipeline-run"] == "run-1"
+    assert "kueue.x-k8s.io/queue-name" not in spec_document()["metadata"]["labels"]
+    with FakeKubernetesServer() as server:
+        document["spec"]["suspend"] = True  # as Kueue's webhook sets it until the workload is admitted
+        lines = run(server, document)
+    assert "JobSet kubeflow/train-resnet is suspended: waiting for Kueue to admit it" in lines
+
+
+def test_a_failed_or_lost_create_is_tried_again():
+    with FakeKubernetesServer() as server:
+        server.inject("POST", "/namespaces/kubeflow/jobsets", 503, 500)
+        lines = run(server, spec_document(pipeline_run="run-1"))
+    assert lines[:2] == ["creating JobSet kubeflow/train-resnet failed (ApiException 503); trying again",
+                         "creating JobSet kubeflow/train-resnet failed (ApiException 500); trying again"]
+    assert lines[2] == "created JobSet kubeflow/train-resnet: 2 workers"
+    assert_deleted(server)
+
+
+def test_a_hung_status_call_is_cut_off_and_retried(monkeypatch):
+    monkeypatch.setattr(jobset_run, "REQUEST_TIMEOUT_SECONDS", (1.0, 0.3))
+    with FakeKubernetesServer(status_script=[running(), completed()]) as server:
+        server.inject("GET", "/jobsets/train-resnet", HANG)
+        started = time.monotonic()
+        run(server)
+    assert time.monotonic() - started < 10 and len(server.faulted) == 1
+    assert_deleted(server)
+
+
+def test_a_conflict_over_a_jobset_that_is_gone_by_then_creates_it():
+    with FakeKubernetesServer() as server:
+        server.inject("POST", "/namespaces/kubeflow/jobsets", 409)
+        lines = run(server, spec_document(pipeline_run="run-1"))
+    assert lines[:2] == ["JobSet kubeflow/train-resnet existed a moment ago and is gone; creating it",
+                         "created JobSet kubeflow/train-resnet: 2 workers"]
+    assert server.jobsets == {} and server.pods == {}  # deleted when done
