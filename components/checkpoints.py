@@ -6,6 +6,7 @@ Layout of a checkpoint directory:
     epoch-NNNN-AAAAAA.keras  the model with its optimizer after the last completed epoch
     best-NNNN-AAAAAA.keras   the best epoch by validation accuracy so far
     failed.json              present when the run stopped on a mistake that a retry cannot fix
+    lease.json               which run trains into this location now, renewed while it does
 
 AAAAAA names the attempt (the process) that wrote the file. A preempted attempt can leave an
 uploaded epoch file that no state.json names yet; the next attempt trains that epoch again and
@@ -18,9 +19,13 @@ pulled before training, pushed after every epoch in the same order as the local 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
+import socket
+import threading
+import time
 from typing import Any
 
 from components import atomic, storage
@@ -28,6 +33,11 @@ from components.errors import UserError
 
 STATE_FILE = "state.json"
 FAILURE_FILE = "failed.json"
+LEASE_FILE = "lease.json"
+# A lease not renewed for this long belongs to a run that is gone (killed, preempted) and may
+# be taken over; a live run renews its lease every LEASE_RENEW_SECONDS (both in seconds).
+LEASE_SECONDS = 600.0
+LEASE_RENEW_SECONDS = 120.0
 FORMAT_VERSION = 1
 # Names the model files this process writes (see the module docstring).
 ATTEMPT = secrets.token_hex(3)
@@ -103,6 +113,78 @@ def push(local_dir: str, remote_dir: str, state: dict[str, Any]) -> None:
     for name in remote_files - named - {STATE_FILE, FAILURE_FILE}:
         if name.endswith(".keras"):
             storage.delete(storage.join(remote_dir, name))
+
+
+logger = logging.getLogger(__name__)
+
+
+def default_holder() -> str:
+    """Who trains, when the caller does not say (a pipeline run names itself): this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Lease:
+    """A run's claim on a checkpoint location (local or gs://): while it holds a fresh lease, no
+    other run (another pipeline run with the same run_name, say) may train into the location,
+    whose checkpoints the two would otherwise prune from under each other. A retry of the same
+    run (the same holder) takes its own lease back at once; a lease left by a run that is gone
+    expires after LEASE_SECONDS. Use as a context manager: renewed in a thread, released at the end.
+    """
+
+    def __init__(self, location: str, holder: str, lease_seconds: float = LEASE_SECONDS,
+                 renew_seconds: float = LEASE_RENEW_SECONDS):
+        self.uri = storage.join(location, LEASE_FILE)
+        self.location, self.holder = location, holder
+        self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name=f"lease {location}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self.claim()
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exception_info) -> None:
+        self._stop.set()
+        self._renewer.join(timeout=self.renew_seconds)
+        try:
+            if storage.exists(self.uri) and storage.read_json(self.uri).get("holder") == self.holder:
+                storage.delete(self.uri)
+        except (OSError, RuntimeError, ValueError) as error:  # it expires by itself
+            logger.warning("could not release the lease on %s (%s); it expires in %.0f s",
+                           self.location, error, self.lease_seconds)
+
+    def claim(self) -> None:
+        """Takes the lease, or raises a one-line UserError naming the run that holds it."""
+        for _ in range(3):  # another run may write between our read and our conditional write
+            try:
+                data, generation = storage.read_with_generation(self.uri)
+                current = json.loads(data)
+            except FileNotFoundError:
+                current, generation = None, 0
+            if current and current.get("holder") != self.holder:
+                age = time.time() - float(current.get("renewed_at", 0))
+                if age < self.lease_seconds:
+                    raise UserError(
+                        f"run {current.get('holder')} is training into {self.location} (its lease was renewed "
+                        f"{max(age, 0):.0f} s ago); give this run another run_name, or wait until that one ends")
+            try:
+                self._write(generation)
+                return
+            except storage.PreconditionFailedError:
+                continue
+        raise UserError(f"runs keep claiming {self.location} at the same time; give this run another run_name")
+
+    def _write(self, generation: int | None = None) -> None:
+        storage.write_json(self.uri, {"holder": self.holder, "renewed_at": time.time()},
+                           if_generation_match=generation)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_seconds):
+            try:
+                self._write()
+            except (OSError, RuntimeError, ValueError) as error:  # the next renewal may succeed
+                logger.warning("could not renew the lease on %s: %s", self.location, error)
 
 
 def record_failure(location: str, fingerprint: str, message: str) -> None:

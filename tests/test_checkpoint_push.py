@@ -1,11 +1,12 @@
 """Checkpoint pushes to gs:// (the real emulator) after a preemption between two uploads."""
 
-import os
+import time
 
 import numpy as np
 import pytest
 
 from components import checkpoints, storage
+from components.errors import UserError
 from components.keras_setup import keras
 
 
@@ -45,3 +46,41 @@ def test_a_new_attempt_never_reuses_an_earlier_attempts_upload(gcs_emulator, tmp
     assert all(np.all(weights == 3.0) for weights in restored.get_weights())
     assert sorted(storage.list_files(remote)) == sorted(
         {"state.json", "epoch-0002-bbbbbb.keras", "best-0002-bbbbbb.keras"})
+
+
+# ---- one run at a time per checkpoint location -------------------------------------------
+@pytest.fixture(params=["gcs", "local"])
+def location(request, tmp_path):
+    if request.param == "gcs":
+        return request.getfixturevalue("gcs_emulator").url("run/model")
+    return str(tmp_path / "run" / "model")
+
+
+def test_a_second_run_with_a_live_run_name_stops_naming_the_first(location):
+    with checkpoints.Lease(location, "pipeline-run-A"):
+        with pytest.raises(UserError) as raised:
+            checkpoints.Lease(location, "pipeline-run-B").claim()
+        message = str(raised.value)
+        assert message.startswith(f"run pipeline-run-A is training into {location} (its lease was renewed ")
+        assert message.endswith("give this run another run_name, or wait until that one ends")
+        # A retry of the same run takes its lease back at once.
+        checkpoints.Lease(location, "pipeline-run-A").claim()
+    # Released at the end: the next run may start.
+    with checkpoints.Lease(location, "pipeline-run-B"):
+        assert storage.read_json(storage.join(location, "lease.json"))["holder"] == "pipeline-run-B"
+    assert not storage.exists(storage.join(location, "lease.json"))
+
+
+def test_a_lease_left_by_a_run_that_is_gone_expires(location):
+    storage.write_json(storage.join(location, "lease.json"), {"holder": "killed-run", "renewed_at": time.time() - 30})
+    with pytest.raises(UserError, match="run killed-run is training"):
+        checkpoints.Lease(location, "new-run").claim()
+    checkpoints.Lease(location, "new-run", lease_seconds=20).claim()  # 30 s without renewal: gone
+    assert storage.read_json(storage.join(location, "lease.json"))["holder"] == "new-run"
+
+
+def test_a_held_lease_is_renewed_while_the_run_trains(location):
+    with checkpoints.Lease(location, "run-A", renew_seconds=0.05):
+        first = storage.read_json(storage.join(location, "lease.json"))["renewed_at"]
+        time.sleep(0.5)
+        assert storage.read_json(storage.join(location, "lease.json"))["renewed_at"] > first
