@@ -123,6 +123,15 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_is_gone(holder: str) -> bool:
+    """Whether a holder named by default_holder() on this very host is a process that has ended
+    (a local run killed with SIGKILL need not wait for its lease to expire)."""
+    from components.workers import process_running
+
+    host, _, pid = holder.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not process_running(int(pid))
+
+
 class Lease:
     """A run's claim on a checkpoint location (local or gs://): while it holds a fresh lease, no
     other run (another pipeline run with the same run_name, say) may train into the location,
@@ -162,7 +171,7 @@ class Lease:
                 current = json.loads(data)
             except FileNotFoundError:
                 current, generation = None, 0
-            if current and current.get("holder") != self.holder:
+            if current and current.get("holder") != self.holder and not holder_is_gone(current.get("holder", "")):
                 age = time.time() - float(current.get("renewed_at", 0))
                 if age < self.lease_seconds:
                     raise UserError(

@@ -84,3 +84,15 @@ def test_a_held_lease_is_renewed_while_the_run_trains(location):
         first = storage.read_json(storage.join(location, "lease.json"))["renewed_at"]
         time.sleep(0.5)
         assert storage.read_json(storage.join(location, "lease.json"))["renewed_at"] > first
+
+
+def test_the_lease_of_a_local_run_whose_process_ended_is_taken_over_at_once(location):
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = f"{socket.gethostname()}:{int(ended.stdout)}"
+    storage.write_json(storage.join(location, "lease.json"), {"holder": holder, "renewed_at": time.time()})
+    checkpoints.Lease(location, checkpoints.default_holder()).claim()
+    assert storage.read_json(storage.join(location, "lease.json"))["holder"] == checkpoints.default_holder()
