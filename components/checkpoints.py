@@ -38,6 +38,9 @@ LEASE_FILE = "lease.json"
 # be taken over; a live run renews its lease every LEASE_RENEW_SECONDS (both in seconds).
 LEASE_SECONDS = 600.0
 LEASE_RENEW_SECONDS = 120.0
+# Names the holder of a lease when the caller does not: the JobSet launcher sets it on every
+# worker pod to its pipeline run id, so each attempt of the group holds the same lease.
+HOLDER_VARIABLE = "CNNPIPE_RUN_HOLDER"
 FORMAT_VERSION = 1
 # Names the model files this process writes (see the module docstring).
 ATTEMPT = secrets.token_hex(3)
@@ -126,7 +129,7 @@ def default_holder() -> str:
 def holder_is_gone(holder: str) -> bool:
     """Whether a holder named by default_holder() on this very host is a process that has ended
     (a local run killed with SIGKILL need not wait for its lease to expire)."""
-    from components.workers import process_running
+    from components.processes import process_running
 
     host, _, pid = holder.rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and not process_running(int(pid))

@@ -18,6 +18,7 @@ need no separate preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -35,8 +36,8 @@ from typing import Any
 from components import checkpoints, models, storage
 from components.artifacts import HISTORY_FILE, MODEL_FILE
 from components.dataset import DatasetReader, open_dataset
-from components.distributed import WorkerRole, distribution_strategy, worker_role
-from components.errors import UserError, one_line
+from components.distributed import WorkerRole, agreed_resume_epoch, distribution_strategy, worker_role
+from components.errors import StorageError, UserError, one_line
 from components.fit import fit_epochs, flips_allowed
 from components.input_pipeline import steps_per_epoch_for
 from components.keras_setup import keras, tf
@@ -71,6 +72,7 @@ def train(
     *,
     tensorboard_dir: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    holder: str | None = None,
 ) -> TrainResult | None:
     """Trains `model_name` on the dataset artifact and writes the best model and its records.
 
@@ -85,7 +87,10 @@ def train(
     so rerunning with more epochs extends a run, and a rerun whose epochs are all done only
     writes the outputs. Without `checkpoint_dir` a temporary one beside `output_dir` is used.
     A run that stops on a user mistake or a diverged loss records that in `checkpoint_dir`, so a
-    retry of the same run stops at once (see checkpoints.record_failure).
+    retry of the same run stops at once (see checkpoints.record_failure); a storage failure is
+    never recorded (fixing the bucket's permissions must not leave the run stopped). While it
+    trains, the run holds a lease on `checkpoint_dir` (checkpoints.Lease): another run there
+    stops in one line naming this one.
 
     Run as one of several workers (TF_CONFIG set, see components/distributed.py), every worker
     trains its share of each global batch; only the chief (worker 0) writes checkpoints,
@@ -94,6 +99,8 @@ def train(
     Args:
         tensorboard_dir: Where TensorBoard event files go (local or gs://); None writes none.
         callbacks: Extra Keras callbacks run after the step's own (tests, tools).
+        holder: Who holds the lease: the same for every attempt of one run (the pipeline run id
+            on the cluster); default $CNNPIPE_RUN_HOLDER, else this host and process.
     """
     role = worker_role()
     strategy = distribution_strategy(role)  # before any other TensorFlow work
@@ -108,21 +115,30 @@ def train(
     )
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        run.pull_checkpoint()
-        if run.location:
-            checkpoints.check_recorded_failure(run.read_dir, run.location, run.fingerprint)
-        try:
-            state = _train_with_checkpoints(run, list(callbacks))
-        except UserError as error:
-            if run.location and role.is_chief:
-                checkpoints.record_failure(run.location, run.fingerprint, one_line(error))
-            raise
+        with _lease(run, holder):
+            run.pull_checkpoint()
+            if run.location:
+                checkpoints.check_recorded_failure(run.read_dir, run.location, run.fingerprint)
+            try:
+                state = _train_with_checkpoints(run, list(callbacks))
+            except UserError as error:
+                if run.location and role.is_chief and not isinstance(error, StorageError):
+                    checkpoints.record_failure(run.location, run.fingerprint, one_line(error))
+                raise
         if not role.is_chief:  # the chief writes the outputs
             return None
         return _write_outputs(output_dir, spec, reader, config, state, role)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _lease(run: TrainingRun, holder: str | None):
+    """The chief's lease on the checkpoint location the user named (nothing to hold otherwise)."""
+    if not run.location or not run.role.is_chief:
+        return contextlib.nullcontext()
+    holder = holder or os.environ.get(checkpoints.HOLDER_VARIABLE) or checkpoints.default_holder()
+    return checkpoints.Lease(run.location, holder)
 
 
 @dataclass
@@ -175,7 +191,8 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
             f"({_describe_difference(state.get('fingerprint_inputs', {}), run.fingerprint_inputs)}); "
             "use a new --checkpoint-root or delete it"
         )
-    resumed_from_epoch = state["epoch"] if state else 0
+    # Every worker pulled the checkpoint by itself: they must have found the same epoch.
+    resumed_from_epoch = agreed_resume_epoch(strategy, run.role, state["epoch"] if state else 0)
     if state is not None and state["epoch"] >= config.epochs:
         logger.info("all %d epochs already done in %s; writing outputs only", state["epoch"], location)
         return dict(state, resumed_from_epoch=resumed_from_epoch)

@@ -25,7 +25,7 @@ DEFAULT_MAX_RESTARTS = 3
 
 def train_on_workers(worker_count: int, dataset: str, model_name: str, output_dir: str, config, *,
                      checkpoint_dir: str | None, tensorboard_dir: str | None, run_id: str = "",
-                     cluster_placement: str = "") -> TrainResult:
+                     cluster_placement: str = "", holder: str = "") -> TrainResult:
     """The train task: trains in this process, on N local processes, or on a JobSet of N pods.
 
     On the cluster (`cluster_placement` set by `cnnpipe compile`) the worker pods read the
@@ -39,30 +39,36 @@ def train_on_workers(worker_count: int, dataset: str, model_name: str, output_di
         run_id: Names the JobSet with the model; the same on a retry of the task, which then replaces it.
         cluster_placement: JSON of the worker pods' settings (pipeline.jobset_spec.worker_pod_settings)
             plus the JobSet's max_restarts, set by `cnnpipe compile`; '' off the cluster.
+        holder: The pipeline run id. On the cluster it holds the checkpoint lease in every attempt
+            (a retried task and a restarted JobSet find their own lease) and labels the JobSet; off
+            the cluster the training process holds the lease itself, so the lease of a local run
+            that was killed is seen to be gone.
     """
     check_worker_count(worker_count)
+    holder = holder if cluster_placement else ""
     if worker_count == 1:
-        return train_here(dataset, model_name, output_dir, config, checkpoint_dir, tensorboard_dir)
+        return train_here(dataset, model_name, output_dir, config, checkpoint_dir, tensorboard_dir, holder)
     if not cluster_placement:
         arguments = worker_arguments(dataset, model_name, output_dir, config.to_dict(), checkpoint_dir=checkpoint_dir,
                                      tensorboard_dir=tensorboard_dir)
         run_local_workers(worker_count, [sys.executable, "-m", "components.train_worker", *arguments])
         return read_train_result(output_dir)
     train_on_jobset(worker_count, dataset, model_name, config, checkpoint_dir=checkpoint_dir,
-                    tensorboard_dir=tensorboard_dir, run_id=run_id, cluster_placement=cluster_placement)
-    return train_here(dataset, model_name, output_dir, config, checkpoint_dir, None)
+                    tensorboard_dir=tensorboard_dir, run_id=run_id, cluster_placement=cluster_placement, holder=holder)
+    return train_here(dataset, model_name, output_dir, config, checkpoint_dir, None, holder)
 
 
 def train_here(dataset: str, model_name: str, output_dir: str, config, checkpoint_dir: str | None,
-               tensorboard_dir: str | None) -> TrainResult:
+               tensorboard_dir: str | None, holder: str = "") -> TrainResult:
     """Trains in this process (TensorFlow is imported only here: a launcher of workers does not pay for it)."""
     from components.train import train
 
-    return train(dataset, model_name, output_dir, config, checkpoint_dir, tensorboard_dir=tensorboard_dir)
+    return train(dataset, model_name, output_dir, config, checkpoint_dir, tensorboard_dir=tensorboard_dir,
+                 holder=holder or None)
 
 
 def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *, checkpoint_dir: str | None,
-                    tensorboard_dir: str | None, run_id: str, cluster_placement: str) -> None:
+                    tensorboard_dir: str | None, run_id: str, cluster_placement: str, holder: str = "") -> None:
     """Runs the workers as the pods of a JobSet and waits for them; they leave their model in `checkpoint_dir`."""
     from pipeline.jobset_run import run_workers_on_cluster
     from pipeline.jobset_spec import jobset_name
@@ -77,5 +83,9 @@ def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *,
     command = ["python3", "-m", "components.train_worker",
                *worker_arguments(dataset, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
                                  checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
+    from components.checkpoints import HOLDER_VARIABLE
+
+    # Every worker pod's chief holds the checkpoint lease as this run, in every attempt of the group.
     run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, pod_settings,
-                           max_restarts=max_restarts)
+                           max_restarts=max_restarts, pipeline_run=holder,
+                           env={HOLDER_VARIABLE: holder} if holder else None)

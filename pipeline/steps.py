@@ -81,7 +81,7 @@ def train_model(
         result = train_on_workers(
             workers, dataset_location(dataset), model_name, model.path, TrainConfig.from_dict(train_config),
             checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir, run_id=run_id,
-            cluster_placement=cluster_placement,
+            cluster_placement=cluster_placement, holder=pipeline_job_id,
         )
     model.metadata.update({"name": result.name, "params": result.params, "epochs": result.epochs,
                            "train_seconds": result.train_seconds, "workers": result.workers})
