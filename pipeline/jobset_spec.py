@@ -175,8 +175,11 @@ def failure_policy(max_restarts: int) -> dict:
             {"name": "preempted", "action": "RestartJobSetAndIgnoreMaxRestarts",
              "onJobFailureReasons": ["PodFailurePolicy"],
              "onJobFailureMessagePatterns": [f"condition {DISRUPTION_CONDITION} matching"]},
-            # A worker that reported a user mistake fails the same way after a restart.
-            {"name": "userMistake", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]},
+            # A worker that reported a user mistake fails the same way after a restart. Matched by
+            # its exit code too: a Job failure no rule matches restarts the group and counts,
+            # which is the safe side should a Kubernetes release word the messages differently.
+            {"name": "userMistake", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"],
+             "onJobFailureMessagePatterns": [f"exit code {USER_ERROR_EXIT_CODE} matching"]},
             # An attempt that ran past its deadline is hung or far too slow: restarting repeats it.
             {"name": "deadlineExceeded", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]},
         ],

@@ -113,6 +113,7 @@ def test_a_user_mistake_fails_the_group_without_restarts():
     rules = {rule["name"]: rule for rule in document["spec"]["failurePolicy"]["rules"]}
     assert rules["userMistake"]["action"] == "FailJobSet"
     assert rules["userMistake"]["onJobFailureReasons"] == ["PodFailurePolicy"]
+    assert rules["userMistake"]["onJobFailureMessagePatterns"] == ["exit code 2 matching"]
 
 
 def test_every_pod_builds_the_same_tf_config_from_the_jobset_host_names():
