@@ -315,12 +315,13 @@ class ChiefLogFollower:
 
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         while True:
             try:
                 pod = self._unfollowed_chief()
-            except ApiException:
-                pod = None  # a passing API server hiccup: the log is relayed on a later poll
+            except (ApiException, HTTPError):
+                pod = None  # a passing API server hiccup or outage: the log is relayed on a later poll
             if pod is not None:
                 self._follow(pod)
             elif self._finishing.is_set():
@@ -345,10 +346,12 @@ class ChiefLogFollower:
     def _follow(self, pod: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
+        from urllib3.exceptions import HTTPError
+
         try:
             response = self.core.read_namespaced_pod_log(pod, self.namespace, container=CONTAINER, follow=True,
                                                          _preload_content=False)
-        except ApiException:
+        except (ApiException, HTTPError):
             # Not readable yet (the container is still being created): try again on the next poll.
             self._finishing.wait(self.poll_seconds)
             return
@@ -360,6 +363,8 @@ class ChiefLogFollower:
                 if mistake is not None:
                     self.user_mistake = mistake
                 self.log(line)
+        except HTTPError:
+            pass  # the stream was cut (the API server went away): training goes on, its log is not replayed
         finally:
             response.release_conn()
 
