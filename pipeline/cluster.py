@@ -37,8 +37,11 @@ from components import checks
 from components.errors import UserError
 
 TOKEN_ENVIRONMENT_VARIABLE = "KFP_TOKEN"
-# The Kubernetes service account of k8s/serviceaccount.yaml (Workload Identity for GCS).
+# The Kubernetes service account of pipeline pods, k8s/runner/serviceaccount.yaml (Workload Identity for GCS).
 RUNNER_SERVICE_ACCOUNT = "cnnpipe-runner"
+# Where multi-worker training runs, apart from KFP's namespace, and as whom (k8s/workers/).
+WORKER_NAMESPACE = "cnnpipe-workers"
+WORKER_SERVICE_ACCOUNT = "cnnpipe-worker"
 # KFP's ScheduledWorkflow controller evaluates cron in its own time zone, UTC unless the
 # cluster admin set CRON_SCHEDULE_TIMEZONE on it.
 SCHEDULE_TIME_ZONE = "UTC"

@@ -340,10 +340,10 @@ def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, mon
     assert_deleted(server)
 
 
-# ---- k8s/rbac.yaml grants exactly these calls ------------------------------------------------
+# ---- k8s/workers/rbac.yaml grants exactly these calls ----------------------------------------
 def role_grants() -> set[tuple[str, str, str]]:
-    """(API group, resource, verb) triples the Role in k8s/rbac.yaml allows."""
-    documents = yaml.safe_load_all((REPOSITORY / "k8s" / "rbac.yaml").read_text())
+    """(API group, resource, verb) triples the launcher's Role in k8s/workers/rbac.yaml allows."""
+    documents = yaml.safe_load_all((REPOSITORY / "k8s" / "workers" / "rbac.yaml").read_text())
     (role,) = [document for document in documents if document["kind"] == "Role"]
     return {(group, resource, verb) for rule in role["rules"] if not rule.get("resourceNames")
             for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}

@@ -302,28 +302,38 @@ def test_image_default_command_runs(tmp_path):
 
 
 # ---- k8s/ -----------------------------------------------------------------------------
-def kustomization() -> dict:
-    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+def rendered_k8s() -> list[dict]:
+    """What `kubectl apply -k k8s/` applies: the kustomization rendered by kubectl's own kustomize."""
+    result = subprocess.run([tool("kubectl"), "kustomize", str(K8S)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
 
 
-def k8s_resources() -> list[tuple[str, dict]]:
-    """(file name, resource) for every resource the kustomization lists."""
-    resources = []
-    for name in kustomization()["resources"]:
-        for document in yaml.safe_load_all((K8S / name).read_text()):
-            if document:
-                resources.append((name, document))
-    return resources
+def resources_of_kind(kind: str) -> dict[tuple[str, str], dict]:
+    """(namespace, name) -> rendered resource of that kind."""
+    return {(resource["metadata"].get("namespace", ""), resource["metadata"]["name"]): resource
+            for resource in rendered_k8s() if resource["kind"] == kind}
 
 
 def test_every_k8s_manifest_validates_strictly():
-    resources = k8s_resources()
-    assert {resource["kind"] for _, resource in resources} == {"ServiceAccount", "Role", "RoleBinding"}
-    for name, resource in resources:
+    resources = rendered_k8s()
+    assert {resource["kind"] for resource in resources} == {
+        "Namespace", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "ResourceQuota",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    for resource in resources:
         kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
-    listed = set(kustomization()["resources"])
-    on_disk = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk, "every manifest in k8s/ is part of the kustomization"
+    for resource in resources:
+        assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cnnpipe"
+
+
+def test_every_manifest_in_k8s_is_applied_except_the_generated_examples():
+    listed = set()
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        for name in yaml.safe_load(kustomization.read_text())["resources"]:
+            listed.add((kustomization.parent / name).resolve())
+    on_disk = {path.resolve() for path in K8S.rglob("*.yaml")
+               if path.name != "kustomization.yaml" and path.parent.name != "generated"}
+    assert on_disk and on_disk <= listed, "every manifest in k8s/ is part of the kustomization"
 
 
 def test_kubernetes_validate_rejects_a_broken_manifest():
@@ -333,27 +343,67 @@ def test_kubernetes_validate_rejects_a_broken_manifest():
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
 
-def test_service_account_is_the_one_runs_use_with_workload_identity():
-    assert kustomization()["namespace"] == "kubeflow"
-    (account,) = [resource for _, resource in k8s_resources() if resource["kind"] == "ServiceAccount"]
-    assert account["metadata"]["name"] == cluster.RUNNER_SERVICE_ACCOUNT
-    google_account = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
-    assert re.fullmatch(r"[a-z][-a-z0-9]*@[A-Z_a-z0-9-]+\.iam\.gserviceaccount\.com", google_account)
-    (binding,) = [resource for _, resource in k8s_resources() if resource["kind"] == "RoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": cluster.RUNNER_SERVICE_ACCOUNT}]
+def test_service_accounts_are_the_ones_runs_and_workers_use_with_workload_identity():
+    accounts = resources_of_kind("ServiceAccount")
+    assert set(accounts) == {("kubeflow", cluster.RUNNER_SERVICE_ACCOUNT),
+                             (cluster.WORKER_NAMESPACE, cluster.WORKER_SERVICE_ACCOUNT)}
+    for account in accounts.values():
+        google_account = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+        assert re.fullmatch(r"[a-z][-a-z0-9]*@[A-Z_a-z0-9-]+\.iam\.gserviceaccount\.com", google_account)
+    # Workers never call the Kubernetes API, so their pods carry no token.
+    assert accounts[(cluster.WORKER_NAMESPACE, cluster.WORKER_SERVICE_ACCOUNT)]["automountServiceAccountToken"] is False
+    bindings = resources_of_kind("RoleBinding")
+    runner = {"kind": "ServiceAccount", "name": cluster.RUNNER_SERVICE_ACCOUNT, "namespace": "kubeflow"}
+    assert bindings[("kubeflow", "cnnpipe-runner")]["subjects"] == [runner]
+    assert bindings[(cluster.WORKER_NAMESPACE, "cnnpipe-launcher")]["subjects"] == [runner]
 
 
-def test_role_is_least_privilege():
-    (role,) = [resource for _, resource in k8s_resources() if resource["kind"] == "Role"]
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
-        # The one deletion: the train step removes the JobSet it created (tests/test_jobset.py
-        # checks every call run_jobset makes against this Role).
-        if "delete" in rule["verbs"]:
-            assert (rule["apiGroups"], rule["resources"]) == (["jobset.x-k8s.io"], ["jobsets"])
-        if rule["resources"] in (["secrets"], ["configmaps"]):
-            assert rule["verbs"] == ["get"] and rule["resourceNames"], "secrets/configmaps only by name"
+def test_the_workers_namespace_enforces_restricted_pod_security():
+    (namespace,) = resources_of_kind("Namespace").values()
+    assert namespace["metadata"]["name"] == cluster.WORKER_NAMESPACE
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    (policy,) = resources_of_kind("ValidatingAdmissionPolicyBinding").values()
+    assert policy["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": cluster.WORKER_NAMESPACE}
+    assert policy["spec"]["validationActions"] == ["Deny"]
+    quota = resources_of_kind("ResourceQuota")[(cluster.WORKER_NAMESPACE, "cnnpipe-workers")]
+    assert {"requests.nvidia.com/gpu", "pods", "count/jobsets.jobset.x-k8s.io"} <= set(quota["spec"]["hard"])
+
+
+def test_the_workers_namespace_denies_all_traffic_it_does_not_list():
+    policies = resources_of_kind("NetworkPolicy")
+    deny = policies[(cluster.WORKER_NAMESPACE, "default-deny")]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    egress = policies[(cluster.WORKER_NAMESPACE, "worker-egress")]["spec"]
+    assert egress["policyTypes"] == ["Egress"] and "ingress" not in egress
+    open_ports = {(port["protocol"], port["port"]) for rule in egress["egress"] if "to" not in rule
+                  for port in rule["ports"]}
+    assert open_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443)}, "DNS and HTTPS only, anywhere"
+
+
+def test_roles_are_least_privilege():
+    roles = resources_of_kind("Role")
+    assert set(roles) == {("kubeflow", "cnnpipe-runner"), (cluster.WORKER_NAMESPACE, "cnnpipe-launcher")}
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert not {"deletecollection", "escalate", "bind", "impersonate", "update"} & set(rule["verbs"])
+            if rule["resources"] in (["secrets"], ["configmaps"]):
+                assert rule["verbs"] == ["get"] and rule["resourceNames"], "secrets/configmaps only by name"
+            # No pod creation anywhere, and no pod patch (KFP >= 2.14 with Argo >= 3.4 needs none).
+            if "pods" in rule["resources"]:
+                assert not {"create", "patch"} & set(rule["verbs"])
+    # KFP's namespace: nothing that starts a pod, JobSets included.
+    runner_grants = {(group, resource) for rule in roles[("kubeflow", "cnnpipe-runner")]["rules"]
+                     for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert runner_grants == {("", "configmaps"), ("", "secrets"), ("", "pods"),
+                             ("argoproj.io", "workflowtaskresults")}
+    # The one deletion: the train step removes the JobSet it created (tests/test_jobset.py checks
+    # every call run_jobset makes against the launcher Role).
+    for role in roles.values():
+        for rule in role["rules"]:
+            if "delete" in rule["verbs"]:
+                assert (rule["apiGroups"], rule["resources"]) == (["jobset.x-k8s.io"], ["jobsets"])
 
 
 @pytest.mark.parametrize("spot", [False, True])
