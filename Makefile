@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov scans k8s/ and docker/Dockerfile in the tests; its pins clash with the test runner's
+# (constraints-checkov.txt says which), so it has a virtual environment of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 IMAGE ?= cnnpipe:latest
 ARGS ?=
 PYTEST_ARGS ?=
@@ -22,6 +26,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+$(CHECKOV_STAMP): constraints-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r constraints-checkov.txt
+	touch $(CHECKOV_STAMP)
+
 ## run: the whole pipeline locally on the bundled digits (smoke preset); ARGS='--models lenet5' etc.
 run: $(STAMP)
 	$(BIN)/cnnpipe run $(ARGS)
@@ -29,12 +39,12 @@ run: $(STAMP)
 ## test: the test suite (no GPU or internet needed; the `docker` tests build cnnpipe:local when an engine runs),
 ## in TEST_WORKERS processes (pytest-xdist; tests/conftest.py groups the tests and hands out the longest first);
 ## TEST_WORKERS=0 runs it in this one process; the 15 slowest tests are listed at the end
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest $(PARALLEL) --durations=15 $(PYTEST_ARGS)
 
 ## check: the inner loop, before each commit: lint (ruff, the rules in pyproject.toml) and every test
 ## not marked slow or docker (the tests a change most likely breaks), in TEST_WORKERS processes
-check: $(STAMP)
+check: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest $(PARALLEL) -q -m "not slow and not docker" $(PYTEST_ARGS)
 
@@ -53,4 +63,4 @@ compile: $(STAMP)
 	$(BIN)/cnnpipe compile --output pipeline.yaml --image $(IMAGE)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache .ruff_cache
