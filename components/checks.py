@@ -89,6 +89,29 @@ def choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     return value
 
 
+def relative_object_name(prefix: str, name: str) -> str:
+    """``name`` if it is a plain relative path of an object under ``prefix``, else a UserError.
+
+    Object stores allow any name, and a listed name becomes a local path when it is fetched:
+    a ``..`` segment would land outside the download folder, a leading ``/`` (an empty first
+    segment) would be absolute, a backslash is a separator on Windows, and ``.`` or empty
+    segments would make two objects one file. The message names the whole object.
+    """
+    segments = name.split("/")
+    problem = ("a backslash" if "\\" in name
+               else "a leading /" if not segments[0]
+               else "a '..' segment" if ".." in segments
+               else "a '.' segment" if "." in segments
+               else "an empty segment (//)" if "" in segments
+               else None)
+    if problem:
+        separator = "" if prefix.endswith("/") else "/"
+        raise UserError(f"object {prefix}{separator}{name} has {problem} in its name; names under a prefix "
+                        f"must be plain relative paths: rename or delete that object (nothing under the prefix "
+                        f"was fetched)")
+    return name
+
+
 def _is_bool(value: Any) -> bool:
     """True for Python and NumPy bools."""
     return isinstance(value, (bool, np.bool_))

@@ -92,6 +92,11 @@ class Placement:
             raise UserError(
                 f"image must be a container image reference like "
                 f"'us-docker.pkg.dev/PROJECT/REPO/cnnpipe:TAG'; got {self.image!r}")
+        _, by_digest, digest = self.image.partition("@")
+        if by_digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise UserError(
+                f"image {self.image!r} names a digest that is not sha256:<64 hex digits>; copy it from "
+                f"`docker push` or `gcloud artifacts docker images describe IMAGE`")
         checks.integer("gpus_per_task", self.gpus_per_task, minimum=0, why="0 = CPU only")
         checks.integer("train_retries", self.train_retries, minimum=0)
         checks.integer("worker_deadline_seconds", self.worker_deadline_seconds, minimum=60)

@@ -119,3 +119,22 @@ def test_a_value_whose_repr_has_several_lines_is_shown_on_one():
 def test_predicates_for_compound_checks(value, integer, number):
     assert checks.is_integer(value) is integer
     assert checks.is_number(value) is number
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("train/cat/../../../../x.png", "a '..' segment"),
+    ("..", "a '..' segment"),
+    ("/etc/passwd", "a leading /"),
+    ("train\\..\\..\\x.png", "a backslash"),
+    ("train/./cat.png", "a '.' segment"),
+    ("train//cat.png", "an empty segment (//)"),
+])
+def test_object_names_that_are_not_plain_relative_paths_are_refused(name, problem):
+    message = refusal(checks.relative_object_name, "gs://bucket/images/", name)
+    assert message.startswith(f"object gs://bucket/images/{name} has {problem} in its name; ")
+    assert "rename or delete that object" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["train/cat/1.png", "a..b/c..png", ".hidden/x", "x"])
+def test_plain_relative_object_names_pass(name):
+    assert checks.relative_object_name("gs://bucket/images", name) == name

@@ -210,6 +210,8 @@ def test_real_pipeline_never_serves_prep_from_the_cache(tmp_path):
 @pytest.mark.parametrize("arguments, problem", [
     ({"image": ""}, "image must be a container image reference"),
     ({"image": "a b"}, "image must be a container image reference"),
+    ({"image": IMAGE.split(":")[0] + "@sha256:abc"}, "names a digest that is not sha256:<64 hex digits>"),
+    ({"image": IMAGE.split(":")[0] + "@md5:" + "0" * 64}, "names a digest that is not sha256"),
     ({"image": IMAGE, "gpus_per_task": -1}, r"gpus_per_task must be an integer >= 0 \(0 = CPU only\), got -1$"),
     ({"image": IMAGE, "gpus_per_task": 1.5}, r"gpus_per_task must be an integer >= 0 \(0 = CPU only\), got 1.5$"),
     ({"image": IMAGE, "gpu_type": None}, "needs a GPU pool to land on"),
@@ -219,6 +221,11 @@ def test_real_pipeline_never_serves_prep_from_the_cache(tmp_path):
 def test_placement_refuses_bad_values(arguments, problem):
     with pytest.raises(ValueError, match=problem):
         Placement(**arguments)
+
+
+def test_placement_takes_an_image_by_digest():
+    pinned = IMAGE.split(":")[0] + "@sha256:" + "0123456789abcdef" * 4
+    assert Placement(image=pinned).image == pinned
 
 
 def test_parse_node_selector_needs_key_and_value():
