@@ -107,6 +107,9 @@ def test_checkov_passes_k8s_the_worker_pods_and_the_dockerfile(tmp_path):
     passed_on_job = {check["check_id"] for check in kubernetes["passed"]
                      if check["resource"] == f"Job.{job['metadata']['namespace']}.{job['metadata']['name']}"}
     assert {"CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_28", "CKV_K8S_38", "CKV_K8S_43"} <= passed_on_job
+    # ... and its pods have a NetworkPolicy (the generated one selects them).
+    assert any(check["check_id"] == "CKV2_K8S_6" and check["resource"].startswith(f"Pod.{cluster.WORKER_NAMESPACE}.")
+               for check in kubernetes["passed"])
     # Every suppression says why.
     for report in reports.values():
         for check in report["skipped"]:
@@ -123,7 +126,7 @@ def test_checkov_fails_an_unhardened_worker_pod(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(worker_job(jobset)))
     failed = {check["check_id"] for check in checkov(tmp_path)["kubernetes"]["failed"]}
     assert {"CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_23", "CKV_K8S_28", "CKV_K8S_31", "CKV_K8S_37",
-            "CKV_K8S_38"} <= failed
+            "CKV_K8S_38", "CKV2_K8S_6"} <= failed  # CKV2_K8S_6: no NetworkPolicy selects its pods here
 
 
 # ---- the admission policy --------------------------------------------------------------------
