@@ -9,10 +9,14 @@ Implemented endpoints (paths as the Kubernetes API server serves them):
     DELETE /apis/jobset.x-k8s.io/v1alpha2/namespaces/{ns}/jobsets/{name}  removes it and its pods
     GET    /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...             equality selectors only
     GET    /api/v1/namespaces/{ns}/pods/{pod}/log?container=&follow=      the pod's scripted log, streamed
+    POST   /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies     201; 409 if it exists; 422 if
+                                                                          kubernetes-validate refuses it
+    GET    /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}
 
 Everything else answers 404 with a Kubernetes `Status` body. Every request is recorded in
-`server.requests`. Like the JobSet controller, the server creates one pod per worker when a
-JobSet is created, labelled and annotated as JobSet and the Job controller do; a status with
+`server.requests`. Like the garbage collector, deleting a JobSet deletes the NetworkPolicies
+whose ownerReferences name its uid. Like the JobSet controller, the server creates one pod per
+worker when a JobSet is created, labelled and annotated as JobSet and the Job controller do; a status with
 `restarts: k` replaces them with the pods of restart attempt k. `status_script` is the list of
 statuses the JobSet reports, one per GET, the last one repeated; `chief_logs[k]` is what the
 chief of attempt k prints (the last entry repeated). A status `unavailable()` answers that GET
@@ -45,6 +49,9 @@ import yaml
 from tests.loopback_http import HANG, LoopbackServer, RecordedRequest
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/"
+NETWORK_POLICIES = "/apis/networking.k8s.io/v1/namespaces/"
+# The Kubernetes version whose schemas the NetworkPolicies are validated against (tests/test_manifests.py).
+KUBERNETES_VERSION = "1.33.0"
 CORE = "/api/v1/namespaces/"
 CRD = Path(__file__).resolve().parent / "schemas" / "jobset.x-k8s.io_jobsets.yaml"
 TIMESTAMP = "2026-01-01T00:00:00Z"
@@ -147,6 +154,7 @@ class FakeKubernetesServer(LoopbackServer):
     requests: list[RecordedRequest] = field(default_factory=list)
     jobsets: dict[tuple[str, str], dict] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict] = field(default_factory=dict)
+    network_policies: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -260,10 +268,13 @@ class FakeKubernetesServer(LoopbackServer):
                     self._delete_jobset(key)
 
     def _delete_jobset(self, key) -> None:
-        del self.jobsets[key]
+        uid = self.jobsets.pop(key)["metadata"].get("uid")
         for pod_key in [pod_key for pod_key, pod in self.pods.items()
                         if pod["metadata"]["labels"].get("jobset.sigs.k8s.io/jobset-name") == key[1]]:
             del self.pods[pod_key]
+        for policy_key, policy in list(self.network_policies.items()):
+            if policy_key[0] == key[0] and uid in [owner["uid"] for owner in policy["metadata"].get("ownerReferences", [])]:
+                del self.network_policies[policy_key]
 
     def _start_pods(self, jobset: dict, attempt: int) -> None:
         """One pod per worker, as the JobSet and Job controllers label them; older attempts' pods go."""
@@ -289,6 +300,29 @@ class FakeKubernetesServer(LoopbackServer):
                 "log": self.chief_logs[min(attempt, len(self.chief_logs) - 1)] if index == 0
                 else [f"worker {index} log"],
             }
+
+    # ---- NetworkPolicies ------------------------------------------------------------------
+    def handle_network_policies(self, method: str, parts: list[str], body) -> tuple[int, dict]:
+        """parts: [namespace, "networkpolicies"] or [namespace, "networkpolicies", name]."""
+        import kubernetes_validate
+
+        namespace = parts[0]
+        if method == "POST" and len(parts) == 2:
+            try:
+                kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                return status(422, "Invalid", str(error))
+            key = (namespace, body["metadata"]["name"])
+            if key in self.network_policies:
+                return status(409, "AlreadyExists", f'networkpolicies.networking.k8s.io "{key[1]}" already exists')
+            self.network_policies[key] = json.loads(json.dumps(body))
+            return 201, self.network_policies[key]
+        key = (namespace, parts[2]) if len(parts) == 3 else None
+        if method == "GET" and key in self.network_policies:
+            return 200, self.network_policies[key]
+        if method == "GET":
+            return status(404, "NotFound", f'networkpolicies.networking.k8s.io "{key and key[1]}" not found')
+        return status(405, "MethodNotAllowed", f"{method} is not supported here")
 
     # ---- pods -----------------------------------------------------------------------------
     def list_pods(self, namespace: str, query: dict) -> tuple[int, dict]:
@@ -328,6 +362,9 @@ def _handler_for(server: FakeKubernetesServer):
                     code, response = server.handle_jobsets(
                         self.command, url.path[len(JOBSETS):].split("/"), query, body)
                     return self._send_json(code, response)
+                if url.path.startswith(NETWORK_POLICIES):
+                    return self._send_json(*server.handle_network_policies(
+                        self.command, url.path[len(NETWORK_POLICIES):].split("/"), body))
                 parts = url.path[len(CORE):].split("/") if url.path.startswith(CORE) else []
                 if self.command == "GET" and len(parts) == 2 and parts[1] == "pods":
                     return self._send_json(*server.list_pods(parts[0], query))
