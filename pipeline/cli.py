@@ -19,6 +19,7 @@ from components import storage
 from components.artifacts import REPORT_HTML_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
 from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError, one_line
 from components.recipe import CACHE_CHOICES, SCHEDULES
+from pipeline.cluster import WORKER_NAMESPACE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,6 +319,9 @@ def add_cluster_commands(commands) -> None:
                           help="with workers > 1: how long one attempt of the JobSet may run (default: 86400)")
     compile_.add_argument("--queue", default="", metavar="NAME",
                           help="Kueue LocalQueue the JobSet of workers is submitted to (default: none)")
+    compile_.add_argument("--worker-namespace", default=WORKER_NAMESPACE,
+                          help=f"namespace of the worker pods of --workers > 1, as k8s/workers/ made it "
+                               f"(default: {WORKER_NAMESPACE})")
     compile_.add_argument("--checkpoint-root", default="", help="default durable checkpoint prefix, e.g. gs://bucket/checkpoints")
     add_registry_arguments(compile_)
     add_run_config_arguments(compile_)
@@ -374,6 +378,7 @@ def command_compile(args: argparse.Namespace) -> int:
         evaluate_on_gpu=args.evaluate_on_gpu,
         worker_deadline_seconds=args.worker_deadline,
         queue_name=args.queue,
+        worker_namespace=args.worker_namespace,
     )
     pipeline_function = build_pipeline(
         placement,

@@ -1,11 +1,12 @@
 """Running a JobSet of training workers (the spec: pipeline/jobset_spec.py) from the train task's pod.
 
-`run_jobset` creates the JobSet, follows the chief's log, waits for its Completed or Failed
-condition and deletes it whatever happens. The calls it makes are exactly those k8s/rbac.yaml
-grants. A JobSet of the same name left by an earlier attempt of the same pipeline run, or by a
-run that has finished, is replaced; one of another run that still trains (the same run_name) is
-never touched: the second run stops in one line naming the first. Creating is retried while the
-API server answers 5xx/429 or not at all; every call has a timeout, so a hung one is retried too.
+`run_jobset` creates the JobSet and its NetworkPolicy, follows the chief's log, waits for its
+Completed or Failed condition and deletes it whatever happens. The calls it makes are exactly
+those k8s/workers/rbac.yaml grants, in the workers' namespace. A JobSet of the same name left by
+an earlier attempt of the same pipeline run, or by a run that has finished, is replaced; one of
+another run that still trains (the same run_name) is never touched: the second run stops in one
+line naming the first. Creating is retried while the API server answers 5xx/429 or not at all;
+every call has a timeout, so a hung one is retried too.
 """
 
 from __future__ import annotations
@@ -18,18 +19,22 @@ from typing import Callable, Iterator
 
 from components.errors import UserError, reported_user_error
 from components.processes import sigterm_as_interrupt
+from pipeline.cluster import WORKER_NAMESPACE
 from pipeline.jobset_spec import (
-    CONTAINER, DEFAULT_DEADLINE_SECONDS, GROUP, PIPELINE_RUN_LABEL, PLURAL, REPLICATED_JOB, VERSION, jobset_spec,
+    CONTAINER, DEFAULT_DEADLINE_SECONDS, GROUP, JOBSET_NAME_LABEL, PIPELINE_RUN_LABEL, PLURAL, REPLICATED_JOB,
+    VERSION, jobset_spec, network_policy_spec, owned_by,
 )
 from pipeline.placement import POD_NAME_VARIABLE, POD_NAMESPACE_VARIABLE, POD_UID_VARIABLE
 
-# Labels the JobSet controller puts on every pod it creates.
-JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+# Labels the JobSet controller puts on every pod it creates (and JOBSET_NAME_LABEL).
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 # Set by the Job controller on the pods of an Indexed Job (annotation on every version, label from 1.28).
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# How long a NetworkPolicy of a deleted JobSet of the same name may take to be removed by the
+# garbage collector before its replacement is created (seconds).
+STALE_POLICY_SECONDS = 60.0
 # How long the API server may stay unreachable while a JobSet runs before the wait gives up (seconds).
 UNREACHABLE_SECONDS = 600
 # (connect, read) timeout of one API call, seconds: a hung call counts as the API server being away.
@@ -46,14 +51,15 @@ def run_workers_on_cluster(name: str, command: list[str], worker_count: int, pod
     """What a train task calls inside its pod: runs `command` on `worker_count` pods of a JobSet.
 
     `pod_settings` is `jobset_spec.worker_pod_settings(Placement(...))`, made when the pipeline
-    is compiled and handed to the task (it is plain JSON). The JobSet goes into the task's own
-    namespace and is owned by the task's pod when the pod knows itself (pipeline/placement.py).
-    `pipeline_run` is the KFP run id of the task.
+    is compiled and handed to the task (it is plain JSON). The JobSet goes into the workers'
+    namespace it names (k8s/workers/), not the task's own: there its pods can only be cnnpipe
+    workers. The task's pod owns the JobSet when both share a namespace and the pod knows itself
+    (pipeline/placement.py). `pipeline_run` is the KFP run id of the task.
     """
-    api_client, namespace = kubernetes_client()
-    spec = jobset_spec(name, namespace, command=command, worker_count=worker_count, env=env,
-                       max_restarts=max_restarts, pipeline_run=pipeline_run, owner_pod=launching_pod(namespace),
-                       **pod_settings)
+    api_client, _ = kubernetes_client()
+    pod_settings = {"namespace": WORKER_NAMESPACE, **pod_settings}  # pipelines compiled before it was named
+    spec = jobset_spec(name, command=command, worker_count=worker_count, env=env, max_restarts=max_restarts,
+                       pipeline_run=pipeline_run, owner_pod=launching_pod(pod_settings["namespace"]), **pod_settings)
     # The whole run, every attempt included, is bounded too: the attempts' deadline per allowed restart.
     deadline_seconds = pod_settings.get("deadline_seconds", DEFAULT_DEADLINE_SECONDS)
     run_jobset(spec, api_client=api_client, log=log, timeout_seconds=deadline_seconds * (max_restarts + 1))
@@ -106,13 +112,14 @@ def run_jobset(spec: dict, *, api_client=None, poll_seconds: float = 10.0,
     follower = ChiefLogFollower(core, namespace, name, log, poll_seconds)
     with sigterm_as_interrupt():
         try:
-            create_jobset(custom, spec, log, retry_seconds=poll_seconds)
+            created = create_jobset(custom, spec, log, retry_seconds=poll_seconds)
         except UserError:
             raise  # refused by the API server: nothing was created
         except BaseException:
             delete_jobset(custom, namespace, name)  # interrupted mid-request: it may exist already
             raise
         try:
+            create_network_policy(client.NetworkingV1Api(api_client), owned_by(network_policy_spec(spec), created))
             follower.start()
             failed = wait_for_jobset(custom, namespace, name, poll_seconds, timeout_seconds, log)
             follower.finish(timeout=max(30.0, 3 * poll_seconds))  # the chief has ended: so does its log
@@ -126,9 +133,10 @@ def run_jobset(spec: dict, *, api_client=None, poll_seconds: float = 10.0,
         raise RuntimeError(f"JobSet {namespace}/{name} failed: {reason}")
 
 
-def create_jobset(custom, spec: dict, log: Callable[[str], None], retry_seconds: float = 10.0) -> None:
-    """Creates the JobSet. One of the same name left by an earlier attempt of the same run, or
-    by any run that has finished, is replaced; one of another run that still runs is not.
+def create_jobset(custom, spec: dict, log: Callable[[str], None], retry_seconds: float = 10.0) -> dict:
+    """Creates the JobSet and returns it as created. One of the same name left by an earlier
+    attempt of the same run, or by any run that has finished, is replaced; one of another run
+    that still runs is not.
 
     A create that fails transiently is tried again CREATE_ATTEMPTS times, `retry_seconds` apart
     and doubling (its JobSet may exist then: that is the 409 path, with our own run's label).
@@ -137,14 +145,14 @@ def create_jobset(custom, spec: dict, log: Callable[[str], None], retry_seconds:
 
     namespace, name = spec["metadata"]["namespace"], spec["metadata"]["name"]
 
-    def create():
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec,
-                                               _request_timeout=REQUEST_TIMEOUT_SECONDS)
+    def create() -> dict:
+        return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec,
+                                                      _request_timeout=REQUEST_TIMEOUT_SECONDS)
 
     try:
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                create()
+                created = create()
                 break
             except Exception as error:
                 if attempt == CREATE_ATTEMPTS or not is_transient(error):
@@ -157,7 +165,7 @@ def create_jobset(custom, spec: dict, log: Callable[[str], None], retry_seconds:
             log(replacement_reason(custom, spec))
             delete_jobset(custom, namespace, name)
             wait_until_deleted(custom, namespace, name)
-            create()
+            created = create()
         elif error.status == 404:
             raise UserError(f"the cluster has no {GROUP}/{VERSION} API: install JobSet "
                             f"(README, 'Training on several workers') before using --workers") from None
@@ -168,6 +176,28 @@ def create_jobset(custom, spec: dict, log: Callable[[str], None], retry_seconds:
             raise
     worker_job = spec["spec"]["replicatedJobs"][0]["template"]["spec"]
     log(f"created JobSet {namespace}/{name}: {worker_job['parallelism']} workers")
+    return created
+
+
+def create_network_policy(networking, policy: dict) -> None:
+    """Creates the JobSet's NetworkPolicy. One of the same name belongs to a JobSet of the same
+    name that was just deleted (the live one was created a moment ago): it is waited out until
+    the garbage collector removes it, as the Role may create NetworkPolicies but not delete them."""
+    from kubernetes.client.exceptions import ApiException
+
+    namespace, name = policy["metadata"]["namespace"], policy["metadata"]["name"]
+    deadline = time.monotonic() + STALE_POLICY_SECONDS
+    while True:
+        try:
+            networking.create_namespaced_network_policy(namespace, policy)
+            return
+        except ApiException as error:
+            if error.status == 403:
+                raise UserError(f"not allowed to create NetworkPolicies in namespace {namespace}: re-apply k8s/ "
+                                f"so the pipeline's service account may (docs/cluster.md, step 4)") from None
+            if error.status != 409 or time.monotonic() > deadline:
+                raise
+        time.sleep(1.0)
 
 
 def replacement_reason(custom, spec: dict) -> str:

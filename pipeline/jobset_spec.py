@@ -32,7 +32,8 @@ import re
 
 from components import checks, workers
 from components.errors import USER_ERROR_EXIT_CODE
-from pipeline.cluster import RUNNER_SERVICE_ACCOUNT
+from pipeline import pod_security
+from pipeline.cluster import WORKER_NAMESPACE, WORKER_SERVICE_ACCOUNT
 from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
 
 GROUP = "jobset.x-k8s.io"
@@ -45,6 +46,8 @@ CONTAINER = "worker"
 DEFAULT_WORKER_PORT = 2222
 # A finished JobSet that nobody deleted (its launcher was killed) is removed after this long (seconds).
 FINISHED_TTL_SECONDS = 3600
+# The label the JobSet controller puts on every pod of a JobSet, with the JobSet's name.
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 # JobSet's pod host names are `<name>-worker-0-<index>`; DNS labels are at most 63 characters.
 MAX_NAME_LENGTH = 40
 # The pipeline run that launched a JobSet (its KFP run id), to tell a retry of the same task from
@@ -74,7 +77,7 @@ def jobset_name(*parts: str) -> str:
 def jobset_spec(name: str, namespace: str, image: str, command: list[str], worker_count: int, *,
                     gpus_per_worker: int = 1, node_selector: dict[str, str] | None = None,
                     tolerations: list[dict] | None = None, env: dict[str, str] | None = None,
-                    service_account: str = RUNNER_SERVICE_ACCOUNT, max_restarts: int = 3,
+                    service_account: str = WORKER_SERVICE_ACCOUNT, max_restarts: int = 3,
                     port: int = DEFAULT_WORKER_PORT, cpu: str = "4", memory: str = "16G",
                     cpu_limit: str | None = None, memory_limit: str | None = None,
                     deadline_seconds: int = DEFAULT_DEADLINE_SECONDS, queue_name: str = "",
@@ -83,14 +86,14 @@ def jobset_spec(name: str, namespace: str, image: str, command: list[str], worke
 
     Args:
         name: JobSet name (see `jobset_name`); also the pods' DNS subdomain.
-        namespace: where it runs (the KFP pod's own namespace on the cluster).
+        namespace: where it runs: the workers' namespace (k8s/workers/), not KFP's.
         image: the project image.
         command: the training command each worker runs, e.g. ["cnnpipe", "component", "train", ...].
         worker_count: number of worker pods (>= 1).
         gpus_per_worker: `nvidia.com/gpu` each pod requests; 0 for CPU-only pods.
         node_selector, tolerations: where the pods may run (see `worker_pod_settings`).
         env: extra environment variables of every worker.
-        service_account: the pods' Kubernetes service account (Workload Identity for gs://).
+        service_account: the pods' Kubernetes service account (Workload Identity for gs://; no API token).
         max_restarts: how often the whole group is restarted after a worker fails.
         port: the collective's port in every pod.
         cpu, memory, cpu_limit, memory_limit: each pod's requests and limits (Kubernetes quantities).
@@ -205,10 +208,10 @@ def worker_job_spec(image: str, command: list[str], worker_count: int, environme
              "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT_CODE]}},
         ]},
         "template": {
-            "metadata": {"labels": labels},
+            "metadata": {"labels": dict(labels)},
             "spec": {
                 "restartPolicy": "Never",
-                "serviceAccountName": service_account,
+                **pod_security.restricted_pod_settings(service_account),
                 "nodeSelector": node_selector,
                 "tolerations": tolerations,
                 "containers": [{
@@ -218,6 +221,7 @@ def worker_job_spec(image: str, command: list[str], worker_count: int, environme
                     "env": [{"name": key, "value": value} for key, value in environment.items()],
                     "ports": [{"name": "collective", "containerPort": port, "protocol": "TCP"}],
                     "resources": resources,
+                    **pod_security.restricted_container_settings(image),
                 }],
             },
         },
@@ -232,11 +236,44 @@ def worker_resources(gpus: int, cpu: str, memory: str, cpu_limit: str | None, me
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
 
 
+def network_policy_spec(jobset: dict) -> dict:
+    """The NetworkPolicy that lets the pods of `jobset`, and only they, reach each other's collective port.
+
+    TensorFlow's collective service runs whatever a peer sends it and authenticates nobody, so
+    nothing else may reach it; the namespace's default-deny policies (k8s/workers/networkpolicy.yaml)
+    block all other traffic. It is named like the JobSet and, once created, owned by it (`owned_by`).
+    """
+    name, namespace = jobset["metadata"]["name"], jobset["metadata"]["namespace"]
+    (container,) = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"]
+    own_pods = {"podSelector": {"matchLabels": {JOBSET_NAME_LABEL: name}}}
+    collective = [{"protocol": "TCP", "port": port["containerPort"]} for port in container["ports"]]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(jobset["metadata"]["labels"])},
+        "spec": {
+            **own_pods,
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [own_pods], "ports": collective}],
+            "egress": [{"to": [own_pods], "ports": collective}],
+        },
+    }
+
+
+def owned_by(network_policy: dict, jobset: dict) -> dict:
+    """`network_policy` owned by the created `jobset` (as the API server returned it, with its uid),
+    so that Kubernetes deletes it with the JobSet, also when the JobSet's TTL runs out."""
+    owner = {"apiVersion": jobset["apiVersion"], "kind": jobset["kind"], "name": jobset["metadata"]["name"],
+             "uid": jobset["metadata"]["uid"]}
+    return {**network_policy, "metadata": {**network_policy["metadata"], "ownerReferences": [owner]}}
+
+
 def worker_pod_settings(placement: Placement) -> dict:
     """The `jobset_spec` keyword arguments that place and size worker pods like a single-pod train task
-    (plain JSON: `cnnpipe compile` hands them to the train task), with the attempts' deadline
-    and the Kueue queue."""
-    scheduling = {"deadline_seconds": placement.worker_deadline_seconds, "queue_name": placement.queue_name}
+    (plain JSON: `cnnpipe compile` hands them to the train task), with the workers' namespace, the
+    attempts' deadline and the Kueue queue."""
+    scheduling = {"namespace": placement.worker_namespace, "deadline_seconds": placement.worker_deadline_seconds,
+                  "queue_name": placement.queue_name}
     if not placement.uses_gpu:
         # Like place_gpu_task with gpus_per_task=0: ordinary CPU nodes and requests.
         return {"image": placement.image, "gpus_per_worker": 0, "node_selector": {}, "tolerations": [],

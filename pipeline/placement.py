@@ -23,6 +23,7 @@ from kfp import kubernetes
 
 from components import checks
 from components.errors import UserError
+from pipeline.cluster import WORKER_NAMESPACE
 
 # GKE labels every node of an accelerator pool with the accelerator name, e.g. nvidia-l4.
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -65,6 +66,7 @@ class Placement:
         gpu_task_cpu_limit, gpu_task_memory_limit: their limits.
         cpu_task_cpu, cpu_task_memory: requests of prep and report pods.
         cpu_task_cpu_limit, cpu_task_memory_limit: their limits.
+        worker_namespace: where the worker pods of multi-worker training run (k8s/workers/).
     """
 
     image: str
@@ -86,6 +88,7 @@ class Placement:
     cpu_task_memory: str = "4G"
     cpu_task_cpu_limit: str = "2"
     cpu_task_memory_limit: str = "8G"
+    worker_namespace: str = WORKER_NAMESPACE
 
     def __post_init__(self):
         if not self.image or any(character.isspace() for character in self.image):
@@ -107,6 +110,10 @@ class Placement:
             raise UserError(
                 f"gpus_per_task={self.gpus_per_task} needs a GPU pool to land on: give gpu_type "
                 f"(e.g. 'nvidia-l4') or a node_selector, or set gpus_per_task=0 for CPU only")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.worker_namespace):
+            raise UserError(
+                f"worker_namespace must be a Kubernetes namespace name (lower-case letters, digits and '-', "
+                f"at most 63), the one k8s/workers/ was applied with; got {self.worker_namespace!r}")
         for pair in self.node_selector:
             if len(pair) != 2 or not all(isinstance(part, str) and part for part in pair):
                 raise UserError(

@@ -11,7 +11,6 @@ Implemented endpoints (paths as the Kubernetes API server serves them):
     GET    /api/v1/namespaces/{ns}/pods/{pod}/log?container=&follow=      the pod's scripted log, streamed
     POST   /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies     201; 409 if it exists; 422 if
                                                                           kubernetes-validate refuses it
-    GET    /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}
 
 Everything else answers 404 with a Kubernetes `Status` body. Every request is recorded in
 `server.requests`. Like the garbage collector, deleting a JobSet deletes the NetworkPolicies
@@ -303,7 +302,7 @@ class FakeKubernetesServer(LoopbackServer):
 
     # ---- NetworkPolicies ------------------------------------------------------------------
     def handle_network_policies(self, method: str, parts: list[str], body) -> tuple[int, dict]:
-        """parts: [namespace, "networkpolicies"] or [namespace, "networkpolicies", name]."""
+        """parts: [namespace, "networkpolicies"]."""
         import kubernetes_validate
 
         namespace = parts[0]
@@ -317,11 +316,6 @@ class FakeKubernetesServer(LoopbackServer):
                 return status(409, "AlreadyExists", f'networkpolicies.networking.k8s.io "{key[1]}" already exists')
             self.network_policies[key] = json.loads(json.dumps(body))
             return 201, self.network_policies[key]
-        key = (namespace, parts[2]) if len(parts) == 3 else None
-        if method == "GET" and key in self.network_policies:
-            return 200, self.network_policies[key]
-        if method == "GET":
-            return status(404, "NotFound", f'networkpolicies.networking.k8s.io "{key and key[1]}" not found')
         return status(405, "MethodNotAllowed", f"{method} is not supported here")
 
     # ---- pods -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The `cnnpipe` command as a user meets it: help, listings, and one-line errors for mistakes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,21 @@ def test_submit_refuses_unknown_parameter_before_connecting(tmp_path):
 def test_schedule_refuses_five_field_cron():
     result = cnnpipe("schedule", "--host", "http://127.0.0.1:9", "--name", "nightly", "--cron", "0 2 * * *")
     assert_one_line_error(result, "6 fields")
+
+
+def test_compile_pins_an_image_given_by_digest_and_names_the_workers_namespace(tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    image = "registry.example/cnnpipe@sha256:" + "ab" * 32
+    result = cnnpipe("compile", "--output", str(package), "--image", image, "--worker-namespace", "ml-workers")
+    assert result.returncode == 0, result.stderr
+    spec, _ = list(yaml.safe_load_all(package.read_text()))
+    assert {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()} == {image}
+    tasks = [task for component in spec["components"].values() for task in component.get("dag", {}).get("tasks", {}).values()]
+    worker_settings = [json.loads(task["inputs"]["parameters"]["cluster_placement"]["runtimeValue"]["constant"])
+                       for task in tasks if "cluster_placement" in task.get("inputs", {}).get("parameters", {})]
+    assert [(settings["namespace"], settings["image"]) for settings in worker_settings] == [("ml-workers", image)]
+
+
+def test_compile_refuses_a_digest_that_is_not_sha256():
+    assert_one_line_error(cnnpipe("compile", "--image", "registry.example/cnnpipe@sha256:abc"),
+                          "names a digest that is not sha256:<64 hex digits>")

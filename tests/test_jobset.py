@@ -59,7 +59,7 @@ def validator():
 
 def spec_document(worker_count=2, placement=None, **arguments):
     placement = placement or Placement(image=IMAGE)
-    return jobset_spec.jobset_spec("train-resnet", "kubeflow", command=COMMAND, worker_count=worker_count,
+    return jobset_spec.jobset_spec("train-resnet", command=COMMAND, worker_count=worker_count,
                                   **jobset_spec.worker_pod_settings(placement), **arguments)
 
 
@@ -89,7 +89,7 @@ def test_strict_schema_refuses_a_misspelt_field(validator):
 def test_spec_is_one_indexed_job_of_all_workers_with_stable_host_names():
     document = spec_document(worker_count=3, max_restarts=5)
     assert (document["apiVersion"], document["kind"]) == ("jobset.x-k8s.io/v1alpha2", "JobSet")
-    assert document["metadata"]["namespace"] == "kubeflow"
+    assert document["metadata"]["namespace"] == "cnnpipe-workers"
     spec = document["spec"]
     assert spec["network"] == {"enableDNSHostnames": True, "subdomain": "train-resnet"}
     assert spec["failurePolicy"]["maxRestarts"] == 5
@@ -99,7 +99,7 @@ def test_spec_is_one_indexed_job_of_all_workers_with_stable_host_names():
     job = replicated_job["template"]["spec"]
     assert (job["completionMode"], job["completions"], job["parallelism"], job["backoffLimit"]) == ("Indexed", 3, 3, 0)
     pod = job["template"]["spec"]
-    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "cnnpipe-runner"
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "cnnpipe-worker"
     (container,) = pod["containers"]
     assert container["command"] == ["python3", "-m", "components.workers", *COMMAND]
 
@@ -190,19 +190,19 @@ def run(server, document=None, **arguments):
 def assert_deleted(server):
     (delete,) = server.requests_to("DELETE", "/jobsets/train-resnet")
     assert delete.query["propagationPolicy"] == "Foreground"
-    assert server.jobsets == {} and server.pods == {}
+    assert server.jobsets == {} and server.pods == {} and server.network_policies == {}
 
 
 def test_run_creates_follows_the_chief_and_deletes_on_success():
     with FakeKubernetesServer(chief_logs=[["cnnpipe-progress {\"phase\": \"epoch\", \"epoch\": 1}", "é done"]]) as server:
         document = spec_document(worker_count=2)
         lines = run(server, document)
-    (create,) = server.requests_to("POST", "/namespaces/kubeflow/jobsets")
+    (create,) = server.requests_to("POST", "/namespaces/cnnpipe-workers/jobsets")
     assert create.body == document
-    assert lines == ["created JobSet kubeflow/train-resnet: 2 workers",
+    assert lines == ["created JobSet cnnpipe-workers/train-resnet: 2 workers",
                      "cnnpipe-progress {\"phase\": \"epoch\", \"epoch\": 1}", "é done"]
     (log_request, *_) = server.requests_to("GET", "/log")
-    assert log_request.path == "/api/v1/namespaces/kubeflow/pods/train-resnet-worker-0-0-a0/log"
+    assert log_request.path == "/api/v1/namespaces/cnnpipe-workers/pods/train-resnet-worker-0-0-a0/log"
     assert log_request.query["follow"].lower() == "true" and log_request.query["container"] == "worker"
     assert_deleted(server)
 
@@ -212,7 +212,7 @@ def test_a_failed_jobset_is_named_with_its_message_and_deleted():
     with FakeKubernetesServer(status_script=script) as server:
         with pytest.raises(RuntimeError) as raised:
             run(server)
-    assert str(raised.value) == ("JobSet kubeflow/train-resnet failed: FailedJobs: "
+    assert str(raised.value) == ("JobSet cnnpipe-workers/train-resnet failed: FailedJobs: "
                                  "jobset failed due to reaching max number of restarts")
     assert_deleted(server)
 
@@ -230,7 +230,7 @@ def test_after_a_group_restart_the_new_chief_is_followed():
     script = [running(), running(), running(restarts=1), running(restarts=1), completed(restarts=1)]
     with FakeKubernetesServer(status_script=script, chief_logs=[["attempt 0 epoch 1"], ["attempt 1 epoch 2"]]) as server:
         lines = run(server)
-    assert ("JobSet kubeflow/train-resnet: a worker failed; restarted the group (restart 1, "
+    assert ("JobSet cnnpipe-workers/train-resnet: a worker failed; restarted the group (restart 1, "
             "1 counted against maxRestarts)") in lines
     assert lines.index("attempt 0 epoch 1") < lines.index("attempt 1 epoch 2")
     assert_deleted(server)
@@ -255,7 +255,7 @@ def test_an_api_server_outage_longer_than_allowed_ends_the_run(monkeypatch):
 
 def test_a_timeout_deletes_the_jobset():
     with FakeKubernetesServer(status_script=[running()]) as server:
-        with pytest.raises(RuntimeError, match=r"^JobSet kubeflow/train-resnet did not finish within 0.2 s; deleted it$"):
+        with pytest.raises(RuntimeError, match=r"^JobSet cnnpipe-workers/train-resnet did not finish within 0.2 s; deleted it$"):
             run(server, timeout_seconds=0.2)
     assert_deleted(server)
 
@@ -285,7 +285,7 @@ def interrupt_during_run():
 
 def left_behind(server, pipeline_run, status=None):
     """A JobSet of the same name that the server already holds, launched by `pipeline_run`."""
-    server.jobsets[("kubeflow", "train-resnet")] = {
+    server.jobsets[("cnnpipe-workers", "train-resnet")] = {
         "metadata": {"name": "train-resnet", "labels": {jobset_spec.PIPELINE_RUN_LABEL: pipeline_run}},
         "status": status or running()}
 
@@ -295,7 +295,7 @@ def test_a_jobset_left_by_an_earlier_attempt_is_replaced():
         document = spec_document(pipeline_run="run-1")
         left_behind(server, "run-1")
         lines = run(server, document)
-    assert lines[0] == "replacing JobSet kubeflow/train-resnet left by an earlier attempt of this run"
+    assert lines[0] == "replacing JobSet cnnpipe-workers/train-resnet left by an earlier attempt of this run"
     assert [request.method for request in server.requests if "/jobsets" in request.path][:5] == \
         ["POST", "GET", "DELETE", "GET", "POST"]
     assert server.jobsets == {}
@@ -317,7 +317,19 @@ def test_the_fake_server_refuses_what_the_api_server_would():
     assert raised.value.status == 422 and "replicas" in raised.value.body
 
 
-def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, monkeypatch):
+@pytest.mark.parametrize("worker_namespace, namespace", [
+    ("cnnpipe-workers", "cnnpipe-workers"),
+    ("ml-workers", "ml-workers"),
+    (None, "cnnpipe-workers"),  # a pipeline compiled before the placement named the namespace
+    ("team-a", "team-a"),  # the task's own namespace: its pod owns the JobSet
+])
+def test_a_train_task_runs_its_workers_in_the_workers_namespace_not_its_own(tmp_path, monkeypatch, worker_namespace,
+                                                                            namespace):
+    placement = Placement(image=IMAGE, spot=True, worker_namespace=worker_namespace or "cnnpipe-workers")
+    # What a train task calls; the placement travels through the compiled pipeline as JSON.
+    pod_settings = json.loads(json.dumps(jobset_spec.worker_pod_settings(placement)))
+    if worker_namespace is None:
+        del pod_settings["namespace"]
     with FakeKubernetesServer(status_script=[completed()]) as server:  # done at the first poll: no wait
         write_kubeconfig(tmp_path / "config", server, "team-a")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
@@ -325,18 +337,20 @@ def test_a_train_task_runs_its_workers_in_the_kubeconfig_namespace(tmp_path, mon
         for variable, value in (("CNNPIPE_POD_NAME", "train-pod"), ("CNNPIPE_POD_UID", "uid-9"),
                                 ("CNNPIPE_POD_NAMESPACE", "team-a")):
             monkeypatch.setenv(variable, value)
-        assert jobset_run.kubernetes_client()[1] == "team-a"
-        # What a train task calls; the placement travels through the compiled pipeline as JSON.
-        placement = json.loads(json.dumps(jobset_spec.worker_pod_settings(Placement(image=IMAGE, spot=True))))
+        assert jobset_run.kubernetes_client()[1] == "team-a"  # the train task's own namespace: not used
         lines = []
-        jobset_run.run_workers_on_cluster("train-resnet", COMMAND, 2, placement, log=lines.append,
+        jobset_run.run_workers_on_cluster("train-resnet", COMMAND, 2, pod_settings, log=lines.append,
                                           pipeline_run="run-9")
     (create,) = server.requests_to("POST", "/jobsets")
-    assert create.body["metadata"]["ownerReferences"][0]["uid"] == "uid-9"
+    assert create.path == f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/{namespace}/jobsets"
+    # An owner in another namespace would get the JobSet deleted at once: none there.
+    owners = [owner["uid"] for owner in create.body["metadata"].get("ownerReferences", [])]
+    assert owners == (["uid-9"] if namespace == "team-a" else [])
     assert create.body["metadata"]["labels"]["cnnpipe/pipeline-run"] == "run-9"
-    assert create.path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
-    assert worker_pod(create.body)["tolerations"] == jobset_spec.gpu_tolerations(Placement(image=IMAGE, spot=True))
-    assert lines[0] == "created JobSet team-a/train-resnet: 2 workers"
+    assert worker_pod(create.body)["tolerations"] == jobset_spec.gpu_tolerations(placement)
+    assert lines[0] == f"created JobSet {namespace}/train-resnet: 2 workers"
+    (policy,) = server.requests_to("POST", "/networkpolicies")
+    assert policy.path == f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
     assert_deleted(server)
 
 
@@ -359,18 +373,16 @@ def permission_needed(request) -> tuple[str, str, str]:
     return group, resource, verb
 
 
-def test_the_role_grants_every_call_run_jobset_makes_and_nothing_more_for_jobsets():
+def test_the_role_grants_every_call_run_jobset_makes_and_nothing_more():
     script = [running(), running(restarts=1), completed(restarts=1)]
     with FakeKubernetesServer(status_script=script) as server:
         left_behind(server, "run-1")  # the replace path too
         run(server, spec_document(pipeline_run="run-1"))
     needed = {permission_needed(request) for request in server.requests}
     assert needed == {("jobset.x-k8s.io", "jobsets", "create"), ("jobset.x-k8s.io", "jobsets", "get"),
-                      ("jobset.x-k8s.io", "jobsets", "delete"), ("", "pods", "list"), ("", "pods/log", "get")}
-    granted = role_grants()
-    assert needed <= granted
-    assert {grant for grant in granted if grant[0] == "jobset.x-k8s.io"} == \
-        {need for need in needed if need[0] == "jobset.x-k8s.io"}
+                      ("jobset.x-k8s.io", "jobsets", "delete"), ("networking.k8s.io", "networkpolicies", "create"),
+                      ("", "pods", "list"), ("", "pods/log", "get")}
+    assert role_grants() == needed
 
 
 # ---- faults: what heals by itself and what stops ------------------------------------------
@@ -383,7 +395,7 @@ def test_preemptions_do_not_count_against_max_restarts():
     with FakeKubernetesServer(status_script=script) as server:
         lines = run(server, spec_document(max_restarts=1))
     preempted = [line for line in lines if "preempted" in line]
-    assert preempted == [f"JobSet kubeflow/train-resnet: a worker was preempted; restarted the group "
+    assert preempted == [f"JobSet cnnpipe-workers/train-resnet: a worker was preempted; restarted the group "
                          f"(restart {count}, not counted against maxRestarts)" for count in (1, 2, 3)]
     assert_deleted(server)
 
@@ -424,35 +436,35 @@ def test_a_live_jobset_of_another_run_with_the_same_run_name_is_never_touched():
         with pytest.raises(UserError) as raised:
             run(server, spec_document(pipeline_run="run-B"))
     assert str(raised.value) == (
-        "pipeline run run-A is still training with the same run_name and model (JobSet kubeflow/train-resnet); "
+        "pipeline run run-A is still training with the same run_name and model (JobSet cnnpipe-workers/train-resnet); "
         "give this run another run_name, or wait until that one ends")
     assert server.requests_to("DELETE", "/jobsets") == []
-    assert ("kubeflow", "train-resnet") in server.jobsets
+    assert ("cnnpipe-workers", "train-resnet") in server.jobsets
 
 
 def test_a_finished_jobset_of_another_run_is_replaced():
     with FakeKubernetesServer() as server:
         left_behind(server, "run-A", status=completed())
         lines = run(server, spec_document(pipeline_run="run-B"))
-    assert lines[0] == "replacing JobSet kubeflow/train-resnet of the finished run run-A"
+    assert lines[0] == "replacing JobSet cnnpipe-workers/train-resnet of the finished run run-A"
 
 
 def test_the_jobset_goes_with_the_pod_that_launched_it():
     with FakeKubernetesServer() as server:
-        server.add_pod("kubeflow", "train-task-pod", uid="uid-7")
+        server.add_pod("cnnpipe-workers", "train-task-pod", uid="uid-7")
         document = spec_document(owner_pod={"name": "train-task-pod", "uid": "uid-7"})
         jobset_run.create_jobset(client.CustomObjectsApi(api_client(server)), document, print)
         assert document["metadata"]["ownerReferences"] == [
             {"apiVersion": "v1", "kind": "Pod", "name": "train-task-pod", "uid": "uid-7"}]
         assert len(server.pods) == 3  # the launcher and two workers
-        server.delete_pod("kubeflow", "train-task-pod")  # what a SIGKILL'd launcher's pod deletion does
+        server.delete_pod("cnnpipe-workers", "train-task-pod")  # what a SIGKILL'd launcher's pod deletion does
         assert server.jobsets == {} and server.pods == {}
 
 
 def test_the_launching_pod_owns_the_jobset_only_in_its_own_namespace():
     environment = {"CNNPIPE_POD_NAME": "train-task-pod", "CNNPIPE_POD_UID": "uid-7", "CNNPIPE_POD_NAMESPACE": "team-a"}
     assert jobset_run.launching_pod("team-a", environment) == {"name": "train-task-pod", "uid": "uid-7"}
-    assert jobset_run.launching_pod("kubeflow", environment) is None
+    assert jobset_run.launching_pod("cnnpipe-workers", environment) is None
     assert jobset_run.launching_pod("team-a", {}) is None
 
 
@@ -464,16 +476,16 @@ def test_a_kueue_queue_labels_the_jobset_and_a_suspended_one_says_it_waits():
     with FakeKubernetesServer() as server:
         document["spec"]["suspend"] = True  # as Kueue's webhook sets it until the workload is admitted
         lines = run(server, document)
-    assert "JobSet kubeflow/train-resnet is suspended: waiting for Kueue to admit it" in lines
+    assert "JobSet cnnpipe-workers/train-resnet is suspended: waiting for Kueue to admit it" in lines
 
 
 def test_a_failed_or_lost_create_is_tried_again():
     with FakeKubernetesServer() as server:
-        server.inject("POST", "/namespaces/kubeflow/jobsets", 503, 500)
+        server.inject("POST", "/namespaces/cnnpipe-workers/jobsets", 503, 500)
         lines = run(server, spec_document(pipeline_run="run-1"))
-    assert lines[:2] == ["creating JobSet kubeflow/train-resnet failed (ApiException 503); trying again",
-                         "creating JobSet kubeflow/train-resnet failed (ApiException 500); trying again"]
-    assert lines[2] == "created JobSet kubeflow/train-resnet: 2 workers"
+    assert lines[:2] == ["creating JobSet cnnpipe-workers/train-resnet failed (ApiException 503); trying again",
+                         "creating JobSet cnnpipe-workers/train-resnet failed (ApiException 500); trying again"]
+    assert lines[2] == "created JobSet cnnpipe-workers/train-resnet: 2 workers"
     assert_deleted(server)
 
 
@@ -489,8 +501,8 @@ def test_a_hung_status_call_is_cut_off_and_retried(monkeypatch):
 
 def test_a_conflict_over_a_jobset_that_is_gone_by_then_creates_it():
     with FakeKubernetesServer() as server:
-        server.inject("POST", "/namespaces/kubeflow/jobsets", 409)
+        server.inject("POST", "/namespaces/cnnpipe-workers/jobsets", 409)
         lines = run(server, spec_document(pipeline_run="run-1"))
-    assert lines[:2] == ["JobSet kubeflow/train-resnet existed a moment ago and is gone; creating it",
-                         "created JobSet kubeflow/train-resnet: 2 workers"]
+    assert lines[:2] == ["JobSet cnnpipe-workers/train-resnet existed a moment ago and is gone; creating it",
+                         "created JobSet cnnpipe-workers/train-resnet: 2 workers"]
     assert server.jobsets == {} and server.pods == {}  # deleted when done
