@@ -138,6 +138,7 @@ def _package_versions() -> dict:
 
 def _version_record(dataset: str, model_name: str, run_id: str, result: dict, dataset_manifest: dict) -> dict:
     """What a version was made from: data fingerprint, config, package versions, container image."""
+    image = os.environ.get("CNNPIPE_IMAGE") or "local"  # set by the compiled pipeline
     return {
         "format_version": 1,
         "dataset": dataset,
@@ -149,7 +150,9 @@ def _version_record(dataset: str, model_name: str, run_id: str, result: dict, da
         "dataset_manifest": dataset_manifest,
         "config": result.get("config"),
         "versions": _package_versions(),
-        "image": os.environ.get("CNNPIPE_IMAGE") or "local",  # set by the compiled pipeline
+        "image": image,
+        # The build itself when the image was given by digest ("sha256:..."; a tag may move since).
+        "image_digest": image.partition("@")[2] or None,
     }
 
 

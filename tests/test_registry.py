@@ -58,11 +58,20 @@ def test_first_model_is_promoted_and_its_version_is_complete(registry_root, tmp_
     assert storage.list_files(version) == sorted(model_files + ["_COMPLETE", "manifest.json", "result.json"])
     manifest = storage.read_json(storage.join(version, "manifest.json"))
     assert manifest["dataset_sha256"] == DATASET_MANIFEST["sha256"] and manifest["config"] == {"epochs": 2}
-    assert manifest["image"] == "example.org/cnnpipe:1.2.3"
+    assert manifest["image"] == "example.org/cnnpipe:1.2.3" and manifest["image_digest"] is None  # a tag only
     assert {"tensorflow", "keras", "cnnpipe"} <= set(manifest["versions"])
     assert storage.read_json(storage.join(version, "result.json")) == result
     champion = registry.read_champion(registry_root, DATASET, MODEL)
     assert champion["run_id"] == "run-1" and champion["uri"] == version and champion["previous"] is None
+
+
+def test_a_version_records_the_digest_of_an_image_given_by_digest(tmp_path, monkeypatch):
+    digest = "sha256:" + "0123456789abcdef" * 4
+    monkeypatch.setenv("CNNPIPE_IMAGE", f"example.org/cnnpipe@{digest}")
+    root = str(tmp_path / "models")
+    publish(root, tmp_path, "run-1", 0.8)
+    record = storage.read_json(storage.join(registry.version_uri(root, DATASET, MODEL, "run-1"), "manifest.json"))
+    assert record["image"] == f"example.org/cnnpipe@{digest}" and record["image_digest"] == digest
 
 
 def test_better_model_is_promoted_worse_and_tied_ones_are_kept(registry_root, tmp_path):
