@@ -26,7 +26,7 @@ from pipeline.jobset_spec import (
 )
 from pipeline.placement import POD_NAME_VARIABLE, POD_NAMESPACE_VARIABLE, POD_UID_VARIABLE
 
-# Labels the JobSet controller puts on every pod it creates (and JOBSET_NAME_LABEL).
+# Labels the JobSet controller puts on every pod it creates, besides JOBSET_NAME_LABEL (jobset_spec.py).
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
