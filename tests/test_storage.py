@@ -91,6 +91,27 @@ def test_download_tree_of_an_empty_prefix_names_it(root, tmp_path):
         storage.download_tree(storage.join(root, "empty"), str(tmp_path / "out"))
 
 
+@pytest.mark.parametrize("hostile, problem", [
+    ("train\\cat\\b.png", "a backslash"),  # train/cat/b.png on Windows
+    ("/x.png", "a leading /"),  # the object images//x.png
+    ("train/./cat.png", "a '.' segment"),
+])
+def test_a_listing_with_an_object_name_that_is_not_a_plain_path_is_refused_before_anything_is_fetched(
+        gcs_emulator, tmp_path, hostile, problem):
+    """The emulator stores these names as GCS does. It refuses names with '..' segments (GCS serves
+    them), so those are tested on components.checks.relative_object_name (tests/test_checks.py)."""
+    from components.errors import UserError
+
+    storage.write_bytes(gcs_emulator.url("images/train/cat/a.png"), b"fine")
+    storage.write_bytes(f"gs://{gcs_emulator.bucket}/images/{hostile}", b"hostile")
+    with pytest.raises(UserError) as raised:
+        storage.download_tree(gcs_emulator.url("images"), str(tmp_path / "scratch"))
+    assert str(raised.value).startswith(f"object gs://{gcs_emulator.bucket}/images/{hostile} has {problem} in its name")
+    assert not (tmp_path / "scratch").exists()  # not even the good object was fetched
+    with pytest.raises(UserError):
+        storage.list_files(gcs_emulator.url("images"))
+
+
 def test_large_object_streams_in_chunks_with_progress_and_is_verified(gcs_emulator, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(storage.gcs, "LARGE_OBJECT_BYTES", 1024 * 1024)
     monkeypatch.setattr(storage.gcs, "CHUNK_BYTES", 256 * 1024)

@@ -15,7 +15,7 @@ import functools
 import os
 from typing import Callable, TypeVar
 
-from components import atomic, progress
+from components import atomic, checks, progress
 from components.errors import PreconditionFailedError, StorageError, UserError
 from components.storage.retries import UploadSessionGone, describe_error, with_retries
 from components.storage.checksums import TransferCorrupted, verify_transfer
@@ -215,7 +215,12 @@ def list_files(prefix: str) -> list[str]:
         # Names ending in "/" are folder placeholders made by consoles, not files.
         return sorted(blob.name[len(listing_prefix):] for blob in blobs if not blob.name.endswith("/"))
 
-    return _with_retries("list", prefix, list_names)
+    names = _with_retries("list", prefix, list_names)
+    # A listed name becomes a local path when it is downloaded: a hostile one ("../../x") is
+    # refused here, naming the object, before anything under the prefix is fetched.
+    for name in names:
+        checks.relative_object_name(f"gs://{bucket_name}/{listing_prefix}", name)
+    return names
 
 
 def download(uri: str, local_path: str) -> str:
