@@ -5,6 +5,10 @@ is renamed over the target with os.replace, which is atomic on POSIX. A failure 
 temporary file and leaves whatever was there before; a half-written file never carries the name
 a later step or the nightly promotion reads. Local files only: a gs:// object appears only when
 its single upload completes (components/storage).
+
+A file written this way gets the mode a plain open() would give it, 0666 less the process umask
+(0644 under the usual 022), not the 0600 of tempfile.mkstemp: a serving identity other than the
+writer must be able to read a model version or an artifact.
 """
 
 from __future__ import annotations
@@ -26,11 +30,30 @@ def replaced_on_success(path: str, suffix: str = ".tmp") -> Iterator[str]:
     os.close(descriptor)
     try:
         yield temporary_path
+        os.chmod(temporary_path, plain_mode())
         os.replace(temporary_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary_path)
         raise
+
+
+def plain_mode(directory: bool = False) -> int:
+    """The mode open() (0666) or os.makedirs (0777) gives a new file or directory under this
+    process's umask; for files and folders that tempfile makes 0600 or 0700."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only set it, which would race
+    with other threads creating files); from /proc on Linux."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(umask)
+    return umask
 
 
 def write_file(path: str, write: Callable[[object], None], check: Callable[[str], None] | None = None) -> None:

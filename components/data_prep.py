@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from components import checks, progress, tfrecord
+from components import atomic, checks, progress, tfrecord
 from components import manifest as dataset_manifest
 from components.artifacts import MANIFEST_FILE, PIXEL_MEAN_FILE
 from components.errors import UserError
@@ -318,6 +318,7 @@ def _write_dataset(
     os.makedirs(parent, exist_ok=True)
     _remove_abandoned_staging(output_dir)
     staging_dir = tempfile.mkdtemp(prefix=f"{_staging_prefix(output_dir)}{os.getpid()}-", dir=parent)
+    os.chmod(staging_dir, atomic.plain_mode(directory=True))  # readable by others once published, as os.makedirs
     location = staging_dir
     if shards_location is not None:
         # A fresh sub-folder per prep: an earlier dataset's manifest keeps naming intact shards.

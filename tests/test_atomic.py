@@ -1,6 +1,7 @@
 """Tests for components/atomic.py: a file appears complete under its name, or not at all."""
 
 import os
+import stat
 
 import pytest
 
@@ -48,3 +49,18 @@ def test_a_writer_that_needs_an_extension_gets_one(tmp_path):
         with open(temporary, "w") as file:
             file.write("model")
     assert path.read_text() == "model" and os.listdir(tmp_path) == ["best.keras"]
+
+
+@pytest.mark.parametrize("umask, file_mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_a_written_file_gets_the_mode_a_plain_write_would_give(tmp_path, umask, file_mode):
+    """Not mkstemp's 0600: whoever the umask lets read a plain file (a serving identity) reads these."""
+    previous = os.umask(umask)
+    try:
+        assert atomic.plain_mode() == file_mode and atomic.plain_mode(directory=True) == 0o777 & ~umask
+        atomic.write_text(str(tmp_path / "result.json"), "{}")
+        with open(tmp_path / "plain.json", "w") as file:
+            file.write("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == file_mode

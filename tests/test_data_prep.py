@@ -769,3 +769,14 @@ def test_a_manifest_with_a_field_missing_or_unknown_names_the_file(image_folder,
         json.dump(fields, manifest_file)
     with pytest.raises(UserError, match=f"^{path} {named}; prepare the dataset again"):
         read_manifest(dataset_dir)
+
+
+def test_a_prepared_dataset_is_readable_by_whom_the_umask_lets_read(tmp_path):
+    """Its folder is made by tempfile (0700) and published by a rename: it gets os.makedirs' mode."""
+    previous = os.umask(0o022)
+    try:
+        prepare("digits", str(tmp_path / "dataset"))
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "dataset").st_mode & 0o777 == 0o755
+    assert {os.stat(path).st_mode & 0o777 for path in (tmp_path / "dataset").rglob("*") if path.is_file()} == {0o644}

@@ -2,6 +2,7 @@
 
 import os
 import re
+import stat
 import tempfile
 import threading
 
@@ -72,6 +73,24 @@ def test_a_version_records_the_digest_of_an_image_given_by_digest(tmp_path, monk
     publish(root, tmp_path, "run-1", 0.8)
     record = storage.read_json(storage.join(registry.version_uri(root, DATASET, MODEL, "run-1"), "manifest.json"))
     assert record["image"] == f"example.org/cnnpipe@{digest}" and record["image_digest"] == digest
+
+
+@pytest.mark.parametrize("umask, file_mode, directory_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_a_local_version_is_readable_by_whom_the_umask_lets_read(tmp_path, umask, file_mode, directory_mode):
+    """A serving identity other than the publisher reads the version and the champion pointer:
+    0644 files and 0755 folders under the usual umask 022 (mkstemp's 0600 used to keep it out)."""
+    root = str(tmp_path / "models")
+    previous = os.umask(umask)
+    try:
+        publish(root, tmp_path, "run-1", 0.8)
+    finally:
+        os.umask(previous)
+    modes = {}
+    for directory, _, files in os.walk(registry.model_uri(root, DATASET, MODEL)):
+        modes[directory] = directory_mode
+        modes.update({os.path.join(directory, name): file_mode for name in files})
+    assert {path: stat.S_IMODE(os.stat(path).st_mode) for path in modes} == modes
+    assert any(path.endswith("champion.json") for path in modes) and len(modes) > 8
 
 
 def test_better_model_is_promoted_worse_and_tied_ones_are_kept(registry_root, tmp_path):
