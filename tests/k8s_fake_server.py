@@ -154,6 +154,8 @@ class FakeKubernetesServer(LoopbackServer):
     jobsets: dict[tuple[str, str], dict] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict] = field(default_factory=dict)
     network_policies: dict[tuple[str, str], dict] = field(default_factory=dict)
+    # Resources (e.g. "networkpolicies") the caller's Role does not grant: 403 for every request.
+    forbidden: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -306,6 +308,9 @@ class FakeKubernetesServer(LoopbackServer):
         import kubernetes_validate
 
         namespace = parts[0]
+        if "networkpolicies" in self.forbidden:
+            return status(403, "Forbidden", 'networkpolicies.networking.k8s.io is forbidden: User '
+                                            '"system:serviceaccount:kubeflow:cnnpipe-runner" cannot create it')
         if method == "POST" and len(parts) == 2:
             try:
                 kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)

@@ -29,6 +29,7 @@ import yaml
 from celpy import celtypes
 from kubernetes import client
 
+from components.errors import UserError
 from components.train_worker import worker_arguments
 from pipeline import cluster, jobset_run
 from pipeline.jobset_spec import jobset_name, jobset_spec, network_policy_spec, owned_by, worker_pod_settings
@@ -177,6 +178,16 @@ def test_a_network_policy_that_stays_fails_the_step_and_deletes_the_jobset(monke
                                   log=lambda line: None)
     assert raised.value.status == 409
     assert server.jobsets == {} and server.pods == {}
+
+
+def test_a_role_without_network_policies_is_one_line_naming_the_fix_and_the_jobset_is_deleted():
+    with FakeKubernetesServer(status_script=[completed()], forbidden={"networkpolicies"}) as server:
+        with pytest.raises(UserError) as raised:
+            jobset_run.run_jobset(example_jobset(), api_client=fake_client(server), poll_seconds=0.01,
+                                  log=lambda line: None)
+    assert str(raised.value) == (f"not allowed to create NetworkPolicies in namespace {cluster.WORKER_NAMESPACE}: "
+                                 f"re-apply k8s/ so the pipeline's service account may (docs/cluster.md, step 4)")
+    assert server.jobsets == {}
 
 
 # ---- the worker pods as the controllers create them -----------------------------------------
