@@ -49,7 +49,8 @@ from tests.loopback_http import HANG, LoopbackServer, RecordedRequest
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/"
 NETWORK_POLICIES = "/apis/networking.k8s.io/v1/namespaces/"
-# The Kubernetes version whose schemas the NetworkPolicies are validated against (tests/test_manifests.py).
+# The Kubernetes version whose schemas objects are validated against: the oldest minor GKE's
+# regular channel still offers (tests/test_manifests.py, tests/test_security.py).
 KUBERNETES_VERSION = "1.33.0"
 CORE = "/api/v1/namespaces/"
 CRD = Path(__file__).resolve().parent / "schemas" / "jobset.x-k8s.io_jobsets.yaml"

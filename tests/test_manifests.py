@@ -23,12 +23,11 @@ from pipeline.placement import (
     place_gpu_task,
     retry_preempted,
 )
+from tests.k8s_fake_server import KUBERNETES_VERSION  # manifests must work on this version
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPOSITORY / "docker" / "Dockerfile"
 K8S = REPOSITORY / "k8s"
-# The oldest Kubernetes minor GKE's regular channel still offers; manifests must work there.
-KUBERNETES_VERSION = "1.33.0"
 IMAGE = "us-docker.pkg.dev/example/cnnpipe/cnnpipe:test"
 
 

@@ -32,21 +32,18 @@ from kubernetes import client
 from components.errors import UserError
 from components.train_worker import worker_arguments
 from pipeline import cluster, jobset_run
-from pipeline.jobset_spec import jobset_name, jobset_spec, network_policy_spec, owned_by, worker_pod_settings
+from pipeline.jobset_run import REPLICATED_JOB_LABEL
+from pipeline.jobset_spec import (
+    JOBSET_NAME_LABEL, jobset_name, jobset_spec, network_policy_spec, owned_by, worker_pod_settings,
+)
 from pipeline.launch import DEFAULT_MAX_RESTARTS, WORKER_SCRATCH_OUTPUT
 from pipeline.placement import Placement
-from tests.k8s_fake_server import FakeKubernetesServer, completed, jobset_schema
+from tests.k8s_fake_server import KUBERNETES_VERSION, FakeKubernetesServer, completed, jobset_schema
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 K8S = REPOSITORY / "k8s"
 GENERATED = K8S / "generated"
 CHECKOV = REPOSITORY / ".venv-checkov" / "bin" / "checkov"
-# The controllers' labels on every pod of a JobSet (the NetworkPolicy selects on the first).
-JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
-REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
-
-
-KUBERNETES_VERSION = "1.33.0"  # as tests/test_manifests.py
 EXAMPLE_REPOSITORY = "us-central1-docker.pkg.dev/PROJECT_ID/cnnpipe/cnnpipe"
 EXAMPLE_IMAGE = EXAMPLE_REPOSITORY + "@sha256:" + "0123456789abcdef" * 4
 EXAMPLE_RUN = "gs://BUCKET/pipeline-root/cnnpipe-20260101-020000"
