@@ -396,7 +396,7 @@ def submit(host: str, pipeline_package_path: str, params: dict | None = None,
            namespace: str | None = None) -> SubmittedRun:
     """Submits a compiled pipeline as a run, prints its id and UI link, optionally follows it.
 
-    Pods run as `service_account` (k8s/serviceaccount.yaml; None or '' = KFP's default account).
+    Pods run as `service_account` (k8s/runner/serviceaccount.yaml; None or '' = KFP's default account).
     Caching follows the compiled per-task settings (prep is never cached, see placement.py).
     `namespace` is the Kubeflow profile's namespace on a multi-user backend.
     With `wait`, raises ClusterError naming the failed task when the run does not succeed, or

@@ -80,7 +80,7 @@ def test_submit_prints_run_id_and_link_and_sends_typed_params(server, package_pa
     # The compiled placement travels with the run: the platform spec holds the GPU node selector.
     platform = json.dumps(create.body["pipeline_spec"]["platform_spec"])
     assert "cloud.google.com/gke-accelerator" in platform
-    assert create.body["service_account"] == "cnnpipe-runner"  # k8s/serviceaccount.yaml
+    assert create.body["service_account"] == "cnnpipe-runner"  # k8s/runner/serviceaccount.yaml
     experiment = server.experiments[create.body["experiment_id"]]
     assert experiment["display_name"] == "nightly"
 
