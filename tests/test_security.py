@@ -320,20 +320,18 @@ def refusals(pod: dict, repository: str) -> list[str]:
     return refused
 
 
-REPOSITORY_OF_EXAMPLE = "us-central1-docker.pkg.dev/PROJECT_ID/cnnpipe/cnnpipe"
-
-
 def example_pod() -> dict:
     return worker_pod(generated("worker-jobset.yaml"))
 
 
 def test_the_policy_admits_the_worker_pods_a_train_step_creates():
     pod = example_pod()
-    assert pod["spec"]["containers"][0]["image"].startswith(REPOSITORY_OF_EXAMPLE + "@sha256:")
-    assert refusals(pod, REPOSITORY_OF_EXAMPLE) == []
-    tagged = copy.deepcopy(pod)
-    tagged["spec"]["containers"][0]["image"] = REPOSITORY_OF_EXAMPLE + ":0.1.0"
-    assert refusals(tagged, REPOSITORY_OF_EXAMPLE) == []
+    assert pod["spec"]["containers"][0]["image"].startswith(EXAMPLE_REPOSITORY + "@sha256:")
+    assert refusals(pod, EXAMPLE_REPOSITORY) == []
+    for placement in (Placement(image=EXAMPLE_REPOSITORY + ":0.1.0", spot=True),
+                      Placement(image=EXAMPLE_REPOSITORY + ":0.1.0", gpus_per_task=0)):
+        jobset = jobset_spec("train-resnet", command=["true"], worker_count=2, **worker_pod_settings(placement))
+        assert refusals(worker_pod(jobset), EXAMPLE_REPOSITORY) == []
 
 
 def changed(change) -> dict:
@@ -348,7 +346,7 @@ def changed(change) -> dict:
     (lambda pod, container: pod.update(automountServiceAccountToken=True), "automountServiceAccountToken"),
     (lambda pod, container: pod.pop("automountServiceAccountToken"), "automountServiceAccountToken"),
     (lambda pod, container: container.update(image="python:3.11"), "project image"),
-    (lambda pod, container: container.update(image=REPOSITORY_OF_EXAMPLE + "-evil:1"), "project image"),
+    (lambda pod, container: container.update(image=EXAMPLE_REPOSITORY + "-evil:1"), "project image"),
     (lambda pod, container: pod.setdefault("initContainers", []).append(
         {**copy.deepcopy(container), "name": "init", "image": "busybox"}), "project image"),
     (lambda pod, container: pod.update(hostNetwork=True), "host namespace"),
@@ -369,7 +367,7 @@ def changed(change) -> dict:
     (lambda pod, container: container["resources"]["limits"].pop("memory"), "limits"),
 ])
 def test_the_policy_refuses_pods_that_are_not_cnnpipe_workers(change, refusal):
-    refused = refusals(changed(change), REPOSITORY_OF_EXAMPLE)
+    refused = refusals(changed(change), EXAMPLE_REPOSITORY)
     assert len(refused) == 1 and refusal in refused[0], refused
 
 
