@@ -1,6 +1,6 @@
 """The settings that make a worker pod meet the Kubernetes "restricted" Pod Security Standard.
 
-They are also what k8s/admission/worker-pod-policy.yaml requires of every pod in the workers'
+They are also what k8s/admission/worker-policies.yaml requires of every pod in the workers'
 namespace, and what checkov checks (tests/test_security.py): no root, no privilege escalation,
 no capabilities, the runtime's default seccomp profile, a read-only root filesystem with
 writable scratch folders, no Kubernetes API token (workers never call the API), and an image

@@ -368,10 +368,12 @@ def test_the_workers_namespace_enforces_restricted_pod_security():
     (namespace,) = resources_of_kind("Namespace").values()
     assert namespace["metadata"]["name"] == cluster.WORKER_NAMESPACE
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    (policy,) = resources_of_kind("ValidatingAdmissionPolicyBinding").values()
-    assert policy["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": cluster.WORKER_NAMESPACE}
-    assert policy["spec"]["validationActions"] == ["Deny"]
+    bindings = resources_of_kind("ValidatingAdmissionPolicyBinding").values()
+    assert {binding["spec"]["policyName"] for binding in bindings} == {"cnnpipe-worker-pods", "cnnpipe-worker-network-policies"}
+    for binding in bindings:  # tests/test_security.py evaluates the policies
+        assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": cluster.WORKER_NAMESPACE}
+        assert binding["spec"]["validationActions"] == ["Deny"]
     quota = resources_of_kind("ResourceQuota")[(cluster.WORKER_NAMESPACE, "cnnpipe-workers")]
     assert {"requests.nvidia.com/gpu", "pods", "count/jobsets.jobset.x-k8s.io"} <= set(quota["spec"]["hard"])
 

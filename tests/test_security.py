@@ -280,35 +280,44 @@ def test_checkov_fails_an_unhardened_worker_pod(tmp_path):
             "CKV_K8S_38", "CKV2_K8S_6"} <= failed  # CKV2_K8S_6: no NetworkPolicy selects its pods here
 
 
-# ---- the admission policy --------------------------------------------------------------------
-def admission_policy() -> tuple[dict, dict]:
-    """(ValidatingAdmissionPolicy, its binding) from k8s/admission/."""
-    documents = {document["kind"]: document
-                 for document in yaml.safe_load_all((K8S / "admission" / "worker-pod-policy.yaml").read_text())}
-    return documents["ValidatingAdmissionPolicy"], documents["ValidatingAdmissionPolicyBinding"]
+# ---- the admission policies -----------------------------------------------------------------
+POD_POLICY = "cnnpipe-worker-pods"
+NETWORK_POLICY_POLICY = "cnnpipe-worker-network-policies"
+RUNNER = f"system:serviceaccount:kubeflow:{cluster.RUNNER_SERVICE_ACCOUNT}"
 
 
-def refusals(pod: dict, repository: str) -> list[str]:
-    """The messages of the policy's validations that refuse `pod` (empty: admitted).
+def admission_documents() -> dict[tuple[str, str], dict]:
+    """(kind, name) -> the policies and bindings of k8s/admission/."""
+    return {(document["kind"], document["metadata"]["name"]): document
+            for document in yaml.safe_load_all((K8S / "admission" / "worker-policies.yaml").read_text())}
+
+
+def refusals(admitted: dict, policy_name: str = POD_POLICY, *, repository: str = EXAMPLE_REPOSITORY,
+             username: str = RUNNER) -> list[str] | None:
+    """The messages of the policy's validations that refuse the object `admitted` when `username`
+    creates it (empty: admitted), or None when its matchConditions leave that request alone.
 
     The placeholder IMAGE_REPOSITORY is replaced as docs/cluster.md's apply command does. An
     expression that cannot be evaluated refuses, as it does under the policy's failurePolicy Fail.
     """
-    policy, _ = admission_policy()
+    policy = admission_documents()[("ValidatingAdmissionPolicy", policy_name)]["spec"]
     environment = celpy.Environment()
 
     def evaluate(expression: str, activation: dict):
         expression = expression.replace("IMAGE_REPOSITORY", repository)
         return environment.program(environment.compile(expression)).evaluate(activation)
 
-    activation = {"object": celpy.json_to_cel(pod)}
+    activation = {"object": celpy.json_to_cel(admitted),
+                  "request": celpy.json_to_cel({"operation": "CREATE", "userInfo": {"username": username}})}
+    if not all(evaluate(condition["expression"], activation) for condition in policy.get("matchConditions", [])):
+        return None
     variables = celtypes.MapType({})
-    for variable in policy["spec"]["variables"]:
+    for variable in policy.get("variables", []):
         variables[celtypes.StringType(variable["name"])] = evaluate(
             variable["expression"], {**activation, "variables": variables})
     activation["variables"] = variables
     refused = []
-    for validation in policy["spec"]["validations"]:
+    for validation in policy["validations"]:
         try:
             result = evaluate(validation["expression"], activation)
         except celpy.CELEvalError:
@@ -325,11 +334,11 @@ def example_pod() -> dict:
 def test_the_policy_admits_the_worker_pods_a_train_step_creates():
     pod = example_pod()
     assert pod["spec"]["containers"][0]["image"].startswith(EXAMPLE_REPOSITORY + "@sha256:")
-    assert refusals(pod, EXAMPLE_REPOSITORY) == []
+    assert refusals(pod) == []
     for placement in (Placement(image=EXAMPLE_REPOSITORY + ":0.1.0", spot=True),
                       Placement(image=EXAMPLE_REPOSITORY + ":0.1.0", gpus_per_task=0)):
         jobset = jobset_spec("train-resnet", command=["true"], worker_count=2, **worker_pod_settings(placement))
-        assert refusals(worker_pod(jobset), EXAMPLE_REPOSITORY) == []
+        assert refusals(worker_pod(jobset)) == []
 
 
 def changed(change) -> dict:
@@ -365,24 +374,64 @@ def changed(change) -> dict:
     (lambda pod, container: container["resources"]["limits"].pop("memory"), "limits"),
 ])
 def test_the_policy_refuses_pods_that_are_not_cnnpipe_workers(change, refusal):
-    refused = refusals(changed(change), EXAMPLE_REPOSITORY)
+    refused = refusals(changed(change))
     assert len(refused) == 1 and refusal in refused[0], refused
 
 
-def test_the_policy_binds_to_the_workers_namespace_only():
-    policy, binding = admission_policy()
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert binding["spec"]["matchResources"] == {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cluster.WORKER_NAMESPACE}}}
-    assert policy["spec"]["failurePolicy"] == "Fail"
-    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+def test_the_policies_bind_to_the_workers_namespace_only():
+    documents = admission_documents()
+    for name in (POD_POLICY, NETWORK_POLICY_POLICY):
+        binding = documents[("ValidatingAdmissionPolicyBinding", name)]["spec"]
+        assert binding["policyName"] == name and binding["validationActions"] == ["Deny"]
+        assert binding["matchResources"] == {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cluster.WORKER_NAMESPACE}}}
+        assert documents[("ValidatingAdmissionPolicy", name)]["spec"]["failurePolicy"] == "Fail"
+    rules = documents[("ValidatingAdmissionPolicy", POD_POLICY)]["spec"]["matchConstraints"]["resourceRules"]
     assert rules == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
                       "resources": ["pods", "pods/ephemeralcontainers"]}]
     # The service account it admits is the one the worker pods run as.
-    assert f"== '{cluster.WORKER_SERVICE_ACCOUNT}'" in policy["spec"]["validations"][0]["expression"]
+    validations = documents[("ValidatingAdmissionPolicy", POD_POLICY)]["spec"]["validations"]
+    assert f"== '{cluster.WORKER_SERVICE_ACCOUNT}'" in validations[0]["expression"]
 
 
-if __name__ == "__main__":
-    for file_name, text in rendered_examples().items():
-        (GENERATED / file_name).write_text(text)
-        print(f"wrote k8s/generated/{file_name}")
+def created_network_policy() -> dict:
+    """The generated NetworkPolicy as the train step creates it: owned by its JobSet."""
+    jobset = generated("worker-jobset.yaml")
+    return owned_by(generated("worker-networkpolicy.yaml"),
+                    {**jobset, "metadata": {**jobset["metadata"], "uid": "0f6a1c2e-uid"}})
+
+
+def test_the_network_policy_a_train_step_creates_is_admitted():
+    assert refusals(created_network_policy(), NETWORK_POLICY_POLICY) == []
+
+
+def other_jobset(peer: dict) -> None:
+    peer["podSelector"] = {"matchLabels": {JOBSET_NAME_LABEL: "someone-else"}}
+
+
+@pytest.mark.parametrize("change, refusal", [
+    (lambda spec: spec["ingress"][0].pop("from"), "reached only from pods of the same JobSet"),
+    (lambda spec: spec["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "reached only from"),
+    (lambda spec: spec["ingress"][0]["from"][0].update(namespaceSelector={}), "reached only from"),
+    (lambda spec: other_jobset(spec["ingress"][0]["from"][0]), "reached only from"),
+    (lambda spec: spec["ingress"][0]["from"][0].update(podSelector={}), "reached only from"),
+    (lambda spec: spec["egress"][0].update(to=[{"ipBlock": {"cidr": "10.0.0.0/8"}}]), "opens traffic only to pods"),
+    (lambda spec: spec["egress"].append({"ports": [{"protocol": "TCP", "port": 3306}]}), "opens traffic only to pods"),
+    (lambda spec: spec.update(podSelector={}), "selects the pods of one JobSet"),
+    (lambda spec: other_jobset(spec), "selects the pods of one JobSet"),  # named unlike the JobSet it opens
+])
+def test_the_network_policies_a_service_account_may_create_only_join_a_jobsets_own_pods(change, refusal):
+    policy = created_network_policy()
+    change(policy["spec"])
+    refused = refusals(policy, NETWORK_POLICY_POLICY)
+    assert any(refusal in message for message in refused), refused
+
+
+@pytest.mark.parametrize("username", ["admin@example.com", "system:serviceaccount:argocd:argocd-application-controller"])
+def test_whoever_applies_k8s_is_not_held_to_the_jobset_shape(username):
+    (deny_all,) = [document for document in yaml.safe_load_all((K8S / "workers" / "networkpolicy.yaml").read_text())
+                   if document["metadata"]["name"] == "default-deny"]
+    assert refusals(deny_all, NETWORK_POLICY_POLICY, username=username) is None
+    # The pipeline's account is, in any KFP namespace (a multi-user profile's too).
+    assert refusals(deny_all, NETWORK_POLICY_POLICY, username="system:serviceaccount:team-a:cnnpipe-runner") == [
+        "a NetworkPolicy here selects the pods of one JobSet (jobset.sigs.k8s.io/jobset-name) and is named like it"]
