@@ -44,7 +44,7 @@ test: $(STAMP) $(CHECKOV_STAMP)
 
 ## check: the inner loop, before each commit: lint (ruff, the rules in pyproject.toml) and every test
 ## not marked slow or docker (the tests a change most likely breaks), in TEST_WORKERS processes
-check: $(STAMP) $(CHECKOV_STAMP)
+check: $(STAMP)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest $(PARALLEL) -q -m "not slow and not docker" $(PYTEST_ARGS)
 

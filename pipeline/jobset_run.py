@@ -185,7 +185,7 @@ def create_network_policy(networking, policy: dict) -> None:
     the garbage collector removes it, as the Role may create NetworkPolicies but not delete them."""
     from kubernetes.client.exceptions import ApiException
 
-    namespace, name = policy["metadata"]["namespace"], policy["metadata"]["name"]
+    namespace = policy["metadata"]["namespace"]
     deadline = time.monotonic() + STALE_POLICY_SECONDS
     while True:
         try:

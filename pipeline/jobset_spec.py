@@ -33,7 +33,7 @@ import re
 from components import checks, workers
 from components.errors import USER_ERROR_EXIT_CODE
 from pipeline import pod_security
-from pipeline.cluster import WORKER_NAMESPACE, WORKER_SERVICE_ACCOUNT
+from pipeline.cluster import WORKER_SERVICE_ACCOUNT
 from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
 
 GROUP = "jobset.x-k8s.io"

@@ -248,6 +248,7 @@ def failures(report: dict) -> list[str]:
             for check in report["failed"]]
 
 
+@pytest.mark.slow  # checkov takes some seconds per scan
 def test_checkov_passes_k8s_the_worker_pods_and_the_dockerfile(tmp_path):
     reports = checkov(scanned_tree(tmp_path))
     kubernetes, dockerfile = reports["kubernetes"], reports["dockerfile"]
@@ -267,6 +268,7 @@ def test_checkov_passes_k8s_the_worker_pods_and_the_dockerfile(tmp_path):
             assert len(check.get("check_result", {}).get("suppress_comment", "")) > 20, check["check_id"]
 
 
+@pytest.mark.slow  # checkov takes some seconds per scan
 def test_checkov_fails_an_unhardened_worker_pod(tmp_path):
     """Guards the scan above: the same pod without its securityContext and token setting fails."""
     jobset = generated("worker-jobset.yaml")
