@@ -2,7 +2,7 @@
 the admission policy of the workers' namespace, and the generated worker JobSet and NetworkPolicy.
 
 checkov (the scanner) runs from its own virtual environment, .venv-checkov, which `make test`
-builds from constraints-checkov.txt; offline (`--skip-download`). It does not read JobSets, so
+builds from constraints-checkov.txt; offline (`--skip-download`, and no update check). It does not read JobSets, so
 the worker pods are scanned as the Jobs the JobSet controller makes of them.
 
 The admission policy is CEL, evaluated here by cel-python (the CEL of the Kubernetes API server
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -216,7 +217,8 @@ def checkov(directory: Path) -> dict[str, dict]:
         pytest.fail(f"checkov is missing from {CHECKOV.parent}; run `make test` (it builds .venv-checkov)")
     result = subprocess.run([str(CHECKOV), "--skip-download", "--framework", "kubernetes", "dockerfile",
                              "--directory", str(directory), "--output", "json"],
-                            capture_output=True, text=True, cwd=directory)
+                            capture_output=True, text=True, cwd=directory,
+                            env={**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true"})  # no asking PyPI for a newer checkov
     assert result.returncode in (0, 1), result.stderr  # 1: some check failed
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
