@@ -439,3 +439,9 @@ def test_whoever_applies_k8s_is_not_held_to_the_jobset_shape(username):
     # The pipeline's account is, in any KFP namespace (a multi-user profile's too).
     assert refusals(deny_all, NETWORK_POLICY_POLICY, username="system:serviceaccount:team-a:cnnpipe-runner") == [
         "a NetworkPolicy here selects the pods of one JobSet (jobset.sigs.k8s.io/jobset-name) and is named like it"]
+
+
+if __name__ == "__main__":
+    for file_name, text in rendered_examples().items():
+        (GENERATED / file_name).write_text(text)
+        print(f"wrote k8s/generated/{file_name}")
