@@ -7,7 +7,8 @@ The same command runs as each local worker process (components/workers.py starts
 in each pod of a JobSet (wrapped by `python3 -m components.workers`, which sets TF_CONFIG from the
 pod's place in the JobSet). `--config` is the complete TrainConfig as JSON: the launcher resolved
 the preset already. A user mistake leaves as one `error: ...` line and exit code
-USER_ERROR_EXIT_CODE, which the launchers read back.
+USER_ERROR_EXIT_CODE, which the launchers read back. On the cluster the worker also watches its
+launcher's heartbeat (components/heartbeat.py) and stops when the launcher is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import sys
 from typing import Sequence
 
+from components import heartbeat
 from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, StorageUnavailableError, UserError, one_line
 
 
@@ -51,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ logging: level 3 also mutes the "failed call to cuInit" error on a machine without a GPU.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
+        heartbeat.watch_launcher()  # before TensorFlow's import, which alone takes seconds
         from components.recipe import TrainConfig
         from components.train import train
 

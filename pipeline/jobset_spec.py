@@ -18,9 +18,11 @@ What the spec does about faults:
 - restarts are blocking: the next attempt's pods start only when the last one's are gone, so no
   old chief can push a checkpoint while the new workers pull theirs;
 - every attempt has a deadline (activeDeadlineSeconds of the Job), after which it fails;
-- the JobSet is owned by the train task's pod: when that pod goes (deleted, or its run
-  cancelled), Kubernetes deletes the JobSet and its GPUs with it, even if the launcher was
-  killed too abruptly to clean up;
+- the JobSet goes when the train task's pod goes (deleted, its run cancelled, or killed too
+  abruptly to clean up): in the pod's own namespace the pod owns it and Kubernetes deletes it with
+  the pod; in the workers' namespace, where an owner cannot be named, the workers stop when the
+  pod's heartbeat stops (components/heartbeat.py) with an exit code that fails the JobSet, whose
+  pods then stop and release their GPUs; a finished JobSet is deleted after FINISHED_TTL_SECONDS;
 - it carries the launching pipeline run's id, so another run with the same run_name is told
   apart from a retry of this one (pipeline/jobset_run.py), and optionally a Kueue queue label.
 """
@@ -32,6 +34,7 @@ import re
 
 from components import checks, workers
 from components.errors import USER_ERROR_EXIT_CODE
+from components.heartbeat import LAUNCHER_GONE_EXIT_CODE
 from pipeline import pod_security
 from pipeline.cluster import WORKER_SERVICE_ACCOUNT
 from pipeline.placement import GPU_RESOURCE, Placement, gpu_tolerations
@@ -167,7 +170,8 @@ def failure_policy(max_restarts: int) -> dict:
     The Job fails through its pod failure policy (worker_job_spec), whose message names the rule
     that matched: "Pod ... has condition DisruptionTarget matching FailJob rule at index 0" for a
     preemption, "Container worker ... failed with exit code 2 matching FailJob rule at index 1"
-    for a user mistake. Rules are tried in order; names follow JobSet's rule name pattern.
+    for a user mistake, "... exit code 69 matching FailJob rule at index 2" for workers whose
+    launcher is gone. Rules are tried in order; names follow JobSet's rule name pattern.
     """
     return {
         "maxRestarts": max_restarts,
@@ -183,6 +187,10 @@ def failure_policy(max_restarts: int) -> dict:
             # which is the safe side should a Kubernetes release word the messages differently.
             {"name": "userMistake", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"],
              "onJobFailureMessagePatterns": [f"exit code {USER_ERROR_EXIT_CODE} matching"]},
+            # The train task that launched the workers is gone (its heartbeat stopped): nobody waits
+            # for their result, and a retry of the task starts a JobSet of its own.
+            {"name": "launcherGone", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"],
+             "onJobFailureMessagePatterns": [f"exit code {LAUNCHER_GONE_EXIT_CODE} matching"]},
             # An attempt that ran past its deadline is hung or far too slow: restarting repeats it.
             {"name": "deadlineExceeded", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]},
         ],
@@ -206,6 +214,8 @@ def worker_job_spec(image: str, command: list[str], worker_count: int, environme
             {"action": "FailJob", "onPodConditions": [{"type": DISRUPTION_CONDITION, "status": "True"}]},
             {"action": "FailJob",
              "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT_CODE]}},
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [LAUNCHER_GONE_EXIT_CODE]}},
         ]},
         "template": {
             "metadata": {"labels": dict(labels)},

@@ -12,6 +12,7 @@ import sys
 
 from components import storage
 from components.errors import UserError
+from components.heartbeat import HEARTBEAT_FILE, LauncherHeartbeat
 from components.results import TrainResult, read_train_result
 from components.train_worker import worker_arguments
 from components.workers import check_worker_count, run_local_workers
@@ -86,6 +87,10 @@ def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *,
     from components.checkpoints import HOLDER_VARIABLE
 
     # Every worker pod's chief holds the checkpoint lease as this run, in every attempt of the group.
-    run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, pod_settings,
-                           max_restarts=max_restarts, pipeline_run=holder,
-                           env={HOLDER_VARIABLE: holder} if holder else None)
+    env = {HOLDER_VARIABLE: holder} if holder else {}
+    # The workers stop when this pod stops renewing its heartbeat (killed, deleted): in the
+    # workers' namespace nothing else ties the JobSet to it.
+    with LauncherHeartbeat(storage.join(checkpoint_dir, HEARTBEAT_FILE)) as heartbeat:
+        run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, pod_settings,
+                               max_restarts=max_restarts, pipeline_run=holder,
+                               env={**env, **heartbeat.worker_environment()})

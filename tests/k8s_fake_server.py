@@ -23,6 +23,7 @@ with 503. A `pod_failed(...)` entry is an event rather than a status: one worker
 exit code, a pod condition such as DisruptionTarget) and the server decides what follows as the
 Job and JobSet controllers do: the Job's podFailurePolicy, then backoffLimit, then the JobSet's
 failurePolicy rules (first match by reason and message pattern) against maxRestarts.
+`worker_exited(...)` does the same for a real worker process's exit code, when it happens.
 
 Also as the real cluster does: failure policy rule names are checked as JobSet's webhook checks
 them (422), deleting a pod with `delete_pod` garbage-collects the JobSets it owns
@@ -251,6 +252,17 @@ class FakeKubernetesServer(LoopbackServer):
             return failed(restarts=current["restarts"], reason="ReachedMaxRestarts")
         return dict(current, restarts=current["restarts"] + 1,
                     restartsCountTowardsMax=current["restartsCountTowardsMax"] + counted)
+
+    def worker_exited(self, namespace: str, name: str, worker: int, exit_code: int) -> dict:
+        """Worker `worker` of a live JobSet has just exited with `exit_code` (a real process the test
+        ran with the pod's environment): the controllers decide as for a scripted `pod_failed`, and
+        from now on the JobSet keeps the status that results (its script is over). Returns that status."""
+        with self._lock:
+            key = (namespace, name)
+            jobset = self.jobsets[key]
+            jobset["status"] = self._after_failure(jobset, pod_failed(worker, exit_code))
+            self._polls.pop(key, None)
+            return jobset["status"]
 
     def add_pod(self, namespace: str, name: str, uid: str) -> None:
         """A pod that is not a worker, e.g. the train task's own pod that launches a JobSet."""

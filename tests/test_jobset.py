@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from components import workers
+from components import heartbeat, workers
 from components.errors import UserError
 from pipeline import jobset_run, jobset_spec
 from pipeline.placement import Placement
@@ -107,7 +107,7 @@ def test_spec_is_one_indexed_job_of_all_workers_with_stable_host_names():
 def test_a_user_mistake_fails_the_group_without_restarts():
     document = spec_document()
     container_name = worker_pod(document)["containers"][0]["name"]
-    (_, exit_code_rule) = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    (_, exit_code_rule, _) = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
     assert exit_code_rule == {"action": "FailJob",
                               "onExitCodes": {"containerName": container_name, "operator": "In", "values": [2]}}
     rules = {rule["name"]: rule for rule in document["spec"]["failurePolicy"]["rules"]}
@@ -427,7 +427,26 @@ def test_an_attempt_past_its_deadline_fails_the_jobset():
 def test_restarts_wait_for_the_old_pods_and_rule_names_pass_the_webhook():
     policy = spec_document()["spec"]["failurePolicy"]
     assert policy["restartStrategy"] == "BlockingRecreate"
-    assert [rule["name"] for rule in policy["rules"]] == ["preempted", "userMistake", "deadlineExceeded"]
+    assert [rule["name"] for rule in policy["rules"]] == ["preempted", "userMistake", "launcherGone",
+                                                          "deadlineExceeded"]
+
+
+def test_workers_whose_launcher_is_gone_fail_the_jobset_at_once_and_it_expires():
+    """A worker exits with LAUNCHER_GONE_EXIT_CODE when the launcher's heartbeat stops
+    (tests/test_heartbeat.py): the Job fails by its pod failure policy, the JobSet by its rule,
+    without a restart; the failed JobSet is deleted after its TTL."""
+    document = spec_document(max_restarts=3)
+    *_, launcher_rule = document["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert launcher_rule == {"action": "FailJob", "onExitCodes": {
+        "containerName": "worker", "operator": "In", "values": [heartbeat.LAUNCHER_GONE_EXIT_CODE]}}
+    assert document["spec"]["ttlSecondsAfterFinished"] == jobset_spec.FINISHED_TTL_SECONDS
+    script = [running(), pod_failed(worker=0, exit_code=heartbeat.LAUNCHER_GONE_EXIT_CODE), running()]
+    with FakeKubernetesServer(status_script=script) as server:
+        with pytest.raises(RuntimeError, match=r"failed: FailureRuleMatched: Container worker .* exit code 69 "
+                                               r"matching FailJob rule at index 2") as raised:
+            run(server, document)
+    assert "restart" not in str(raised.value)
+    assert_deleted(server)
 
 
 def test_a_live_jobset_of_another_run_with_the_same_run_name_is_never_touched():
