@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import socket
-import sys
 import threading
 import time
 
@@ -140,7 +139,9 @@ def watch_launcher(environ: dict | None = None) -> threading.Thread | None:
         return None
     timeout_seconds = timeout_from_environment(environ)
     watch = HeartbeatWatch(uri, timeout_seconds)
-    thread = threading.Thread(target=_watch, args=(watch, timeout_seconds * CHECK_FRACTION),
+    # The reason goes to a copy of standard error made now: TensorFlow's import mutes descriptor 2
+    # for a while (components/keras_setup.py), and the watch may fire just then.
+    thread = threading.Thread(target=_watch, args=(watch, timeout_seconds * CHECK_FRACTION, os.dup(2)),
                               name="launcher heartbeat", daemon=True)
     thread.start()
     return thread
@@ -162,12 +163,11 @@ def timeout_from_environment(environ: dict | None = None) -> float:
     return timeout_seconds
 
 
-def _watch(watch: HeartbeatWatch, check_seconds: float) -> None:
+def _watch(watch: HeartbeatWatch, check_seconds: float, stderr: int) -> None:
     while not watch.check():
         time.sleep(check_seconds)
-    print(f"the launcher's heartbeat {watch.uri} was not renewed for {watch.unrenewed_seconds():.0f} s "
-          f"(the train task that started these workers is gone): stopping with exit code {LAUNCHER_GONE_EXIT_CODE}",
-          file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    line = (f"the launcher's heartbeat {watch.uri} was not renewed for {watch.unrenewed_seconds():.0f} s (the "
+            f"train task that started these workers is gone): stopping with exit code {LAUNCHER_GONE_EXIT_CODE}\n")
+    os.write(stderr, line.encode())
     # Not sys.exit: that only ends this thread. os._exit ends the process even mid-collective.
     os._exit(LAUNCHER_GONE_EXIT_CODE)
