@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components import storage
+from components import heartbeat, storage
 from components.errors import UserError
 from components.train import train
 from pipeline.jobset_spec import worker_pod_settings
@@ -60,6 +60,12 @@ def test_train_task_runs_a_jobset_then_writes_the_chiefs_outputs_from_the_shared
     assert flags["--checkpoint-dir"] == checkpoint_dir
     assert flags["--tensorboard-dir"] == storage.join(checkpoint_dir, "tensorboard")
     assert json.loads(flags["--config"]) == config.to_dict()
+    # The pods watch this task's heartbeat beside the checkpoint; it is gone once the task is done.
+    environment = {variable["name"]: variable["value"] for variable in container["env"]}
+    heartbeat_uri = storage.join(checkpoint_dir, heartbeat.HEARTBEAT_FILE)
+    assert environment[heartbeat.HEARTBEAT_VARIABLE] == heartbeat_uri
+    assert environment[heartbeat.TIMEOUT_VARIABLE] == "300"
+    assert not storage.exists(heartbeat_uri)
     assert kubeconfig.requests_to("DELETE", "/jobsets")
 
 
