@@ -21,14 +21,12 @@ Local runs do not use this: their workers die with the process that started them
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
 import time
 
-from components import storage
-from components.errors import UserError
+from components import checks, storage
 
 # The heartbeat object, beside the checkpoint's state.json and lease.json.
 HEARTBEAT_FILE = "launcher-heartbeat.json"
@@ -154,13 +152,10 @@ def timeout_from_environment(environ: dict | None = None) -> float:
     if not text:
         return TIMEOUT_SECONDS
     try:
-        timeout_seconds = float(text)
+        value = float(text)
     except ValueError:
-        timeout_seconds = math.nan
-    if not timeout_seconds > 0 or math.isinf(timeout_seconds):
-        raise UserError(f"{TIMEOUT_VARIABLE} must be a positive number of seconds (default {TIMEOUT_SECONDS:g}); "
-                        f"got {text!r}")
-    return timeout_seconds
+        value = text  # refused below, as received
+    return checks.number(TIMEOUT_VARIABLE, value, above=0, hint=f"give seconds, e.g. {TIMEOUT_SECONDS:g} (the default)")
 
 
 def _watch(watch: HeartbeatWatch, check_seconds: float, stderr: int) -> None:

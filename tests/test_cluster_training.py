@@ -76,3 +76,14 @@ def test_several_workers_on_the_cluster_need_a_gcs_checkpoint(kubeconfig, tmp_pa
                          checkpoint_dir=str(tmp_path / "local-checkpoints"), tensorboard_dir=None, run_id="run-1",
                          cluster_placement=placement)
     assert not kubeconfig.requests_to("POST", "/jobsets")
+
+
+def test_a_bad_heartbeat_timeout_on_the_train_task_stops_it_before_anything_is_created(kubeconfig, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv(heartbeat.TIMEOUT_VARIABLE, "5 min")
+    placement = json.dumps(worker_pod_settings(Placement(image=IMAGE)))
+    with pytest.raises(UserError, match="^CNNPIPE_LAUNCHER_TIMEOUT_SECONDS must be a number > 0, got '5 min'"):
+        train_on_workers(2, "gs://root/dataset", "lenet5", str(tmp_path / "model"), quick_config(),
+                         checkpoint_dir="gs://root/checkpoints/run-1/lenet5", tensorboard_dir=None, run_id="run-1",
+                         cluster_placement=placement)
+    assert not kubeconfig.requests_to("POST", "/jobsets")
