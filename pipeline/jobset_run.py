@@ -54,7 +54,8 @@ def run_workers_on_cluster(name: str, command: list[str], worker_count: int, pod
     is compiled and handed to the task (it is plain JSON). The JobSet goes into the workers'
     namespace it names (k8s/workers/), not the task's own: there its pods can only be cnnpipe
     workers. The task's pod owns the JobSet when both share a namespace and the pod knows itself
-    (pipeline/placement.py). `pipeline_run` is the KFP run id of the task.
+    (pipeline/placement.py); elsewhere the workers stop by themselves when the task's heartbeat
+    stops (pipeline/launch.py, components/heartbeat.py). `pipeline_run` is the KFP run id of the task.
     """
     api_client, _ = kubernetes_client()
     pod_settings = {"namespace": WORKER_NAMESPACE, **pod_settings}  # pipelines compiled before it was named
