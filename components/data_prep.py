@@ -24,6 +24,7 @@ place at the end, so a failed prep leaves nothing half-written where a later ste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -205,9 +206,9 @@ class PixelStatistics:
 class ShardWriter:
     """Writes one split's images into its planned shards, in arrival order, each shard atomically.
 
-    A shard is written to a temporary file with its sha256 computed on the way, then renamed into
-    ``directory`` or, for a gs:// ``location``, uploaded (the upload verifies its checksum) and the
-    local file removed.
+    A shard is written to a temporary file with its sha256 computed on the way and renamed to its
+    name (components/atomic.py) in ``location`` or, for a gs:// ``location``, in the scratch
+    directory, then uploaded (the upload verifies its checksum) and the local file removed.
     """
 
     def __init__(self, split: str, count: int, image_bytes: int, location: str, scratch_dir: str):
@@ -237,19 +238,24 @@ class ShardWriter:
             raise RuntimeError(f"{self.split}: {self.written} images written, expected {self.boundaries[-1]}")
 
     def abort(self) -> None:
+        """Closes and removes the shard being written; called while the failure is being handled."""
         if self._file is not None:
-            self._file.close()
-            os.remove(self._temporary_path)
             self._file = None
+            self._shard.__exit__(*sys.exc_info())
 
     def _name(self, index: int) -> str:
         return f"{self.split}-{index:05d}-of-{self.shard_total:05d}{SHARD_SUFFIX}"
 
-    def _open_next(self) -> None:
-        name = self._name(len(self.shards))
+    def _local_path(self, name: str) -> str:
         directory = self.scratch_dir if self.location.startswith("gs://") else self.location
-        self._temporary_path = os.path.join(directory, f".{name}.tmp")
-        self._file = open(self._temporary_path, "wb")
+        return os.path.join(directory, name)
+
+    def _open_next(self) -> None:
+        # The shard's temporary file stays open across write() calls: the stack holds it until
+        # _finish_current renames it (or abort removes it).
+        self._shard = contextlib.ExitStack()
+        temporary_path = self._shard.enter_context(atomic.replaced_on_success(self._local_path(self._name(len(self.shards)))))
+        self._file = self._shard.enter_context(open(temporary_path, "wb"))
         self._digest = hashlib.sha256()
 
     def _finish_current(self) -> None:
@@ -258,13 +264,11 @@ class ShardWriter:
         name = self._name(len(self.shards))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
         self._file = None
+        self._shard.close()  # closes the file and renames it to its name
         if self.location.startswith("gs://"):
-            storage.upload(self._temporary_path, storage.join(self.location, name))
-            os.remove(self._temporary_path)
-        else:
-            os.replace(self._temporary_path, os.path.join(self.location, name))
+            storage.upload(self._local_path(name), storage.join(self.location, name))
+            os.remove(self._local_path(name))
         start, end = self.boundaries[len(self.shards)], self.boundaries[len(self.shards) + 1]
         self.shards.append({"file": name, "images": end - start})
         self.digests[name] = self._digest.hexdigest()
