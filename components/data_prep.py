@@ -275,35 +275,36 @@ class ShardWriter:
 
 
 class PrepareProgress:
-    """Images done / total with images per second and ETA: progress events, and a bar on a terminal."""
+    """Images done / total with images per second and ETA: progress events every
+    PROGRESS_INTERVAL_SECONDS, and with each a progress line (components/progress.py) on a terminal."""
 
     def __init__(self, total: int):
         self.total = total
         self.started = self.last_report = time.monotonic()
-        self.on_terminal = sys.stderr.isatty()
+        self.rate, self.eta = 0.0, None
+        self.line = progress.ProgressLine(total, self._describe)
 
     def update(self, done: int) -> None:
         now = time.monotonic()
         if now - self.last_report < PROGRESS_INTERVAL_SECONDS:
             return
         self.last_report = now
-        rate = done / max(now - self.started, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else None
-        progress.emit("prepare", "images", images=done, total=self.total, images_per_second=rate, eta_seconds=eta)
-        if self.on_terminal:
-            filled = int(30 * done / max(self.total, 1))
-            print(
-                f"\rprepare [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} images, "
-                f"{rate:.0f} images/s, ETA {eta or 0:.0f} s ",
-                end="", file=sys.stderr, flush=True,
-            )
+        self.rate = done / max(now - self.started, 1e-9)
+        self.eta = (self.total - done) / self.rate if self.rate > 0 else None
+        progress.emit("prepare", "images", images=done, total=self.total, images_per_second=self.rate,
+                      eta_seconds=self.eta)
+        if self.line.on_terminal:  # a log has the events
+            self.line.update(done)
 
     def finish(self) -> None:
         seconds = time.monotonic() - self.started
         progress.emit("prepare", "done", images=self.total, total=self.total, seconds=seconds,
                       images_per_second=self.total / max(seconds, 1e-9), eta_seconds=0)
-        if self.on_terminal:
-            print(file=sys.stderr, flush=True)
+        self.line.finish()
+
+    def _describe(self, done: float, total: float) -> str:
+        return (f"prepare {progress.bar(done, self.total, 30)} {done}/{self.total} images, "
+                f"{self.rate:.0f} images/s, ETA {self.eta or 0:.0f} s ")
 
 
 def _write_dataset(
