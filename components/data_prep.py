@@ -63,9 +63,6 @@ MIN_SHARD_BYTES = 4 * 1024 * 1024
 # A progress event at most this often (seconds): often enough to watch, rare enough for logs.
 PROGRESS_INTERVAL_SECONDS = 2.0
 
-ImagesAndLabels = tuple[np.ndarray, np.ndarray]
-
-
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
