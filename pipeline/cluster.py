@@ -58,6 +58,8 @@ CRON_FIELDS = (
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
 SCHEDULE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# A Kubernetes namespace name: a DNS label (lower-case letters, digits and '-', at most 63).
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Following a run: how long status calls may keep failing before the wait gives up (an API server
 # restart or a port-forward that reconnects takes seconds to minutes), the longest wait between
 # retries, and how long one status call may take (connect, read), all in seconds.
@@ -344,7 +346,7 @@ def connect(host: str, existing_token: str | None = None, namespace: str | None 
 
 def check_namespace(namespace: str) -> str:
     """A Kubernetes namespace name (a DNS label), else a one-line UserError."""
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace or ""):
+    if not NAMESPACE_PATTERN.fullmatch(namespace or ""):
         raise UserError(
             f"--namespace must be a Kubernetes namespace (lower-case letters, digits and '-', at most 63), "
             f"e.g. {MULTI_USER_EXAMPLE_NAMESPACE}; got {namespace!r}")
