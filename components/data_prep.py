@@ -32,7 +32,6 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -46,7 +45,6 @@ from components.sources import check_source, open_source  # noqa: F401  (check_s
 from components.sources.base import SourceStream, checked_image_size
 from components.sources.keyword import KEYWORD_SOURCES
 from components.sources.splits import stratified_split
-from components.processes import process_running
 
 logger = logging.getLogger(__name__)
 
@@ -316,11 +314,7 @@ def _write_dataset(
     from components import storage
 
     output_dir = os.path.abspath(output_dir)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    _remove_abandoned_staging(output_dir)
-    staging_dir = tempfile.mkdtemp(prefix=f"{_staging_prefix(output_dir)}{os.getpid()}-", dir=parent)
-    os.chmod(staging_dir, atomic.plain_mode(directory=True))  # readable by others once published, as os.makedirs
+    staging_dir = atomic.staging_directory(output_dir)
     location = staging_dir
     if shards_location is not None:
         # A fresh sub-folder per prep: an earlier dataset's manifest keeps naming intact shards.
@@ -338,7 +332,7 @@ def _write_dataset(
         manifest = _build_manifest(stream, source, split_labels, writers, statistics, shards_location and location,
                                    file_sha256(os.path.join(staging_dir, PIXEL_MEAN_FILE)))
         dataset_manifest.write(staging_dir, manifest)
-        _replace_directory(staging_dir, output_dir)
+        atomic.replace_directory(staging_dir, output_dir, last=MANIFEST_FILE)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -450,57 +444,3 @@ def _remove_shards(location: str) -> None:
             storage.delete(storage.join(location, name))
     except Exception as error:  # the original failure matters more than leftovers nobody names
         logger.warning("could not remove the partial shards under %s: %s", location, error)
-
-
-# ---------------------------------------------------------------------------------------------
-# Moving the finished directory into place
-# ---------------------------------------------------------------------------------------------
-
-
-def _staging_prefix(output_dir: str) -> str:
-    """Staging directories of ``output_dir`` are its hidden siblings ``.<name>.staging-<pid>-<random>``."""
-    return f".{os.path.basename(output_dir)}.staging-"
-
-
-def _remove_abandoned_staging(output_dir: str) -> None:
-    """Deletes what a killed prep of ``output_dir`` left (its staging directory, or the previous
-    dataset mid-replacement): those whose process no longer runs on this machine."""
-    parent, prefix = os.path.dirname(output_dir), _staging_prefix(output_dir)
-    for name in os.listdir(parent):
-        if not name.startswith(prefix):
-            continue
-        owner = name[len(prefix):].split("-", 1)[0]
-        if owner.isdigit() and not process_running(int(owner)):
-            logger.info("removing %s, left by an interrupted prep", os.path.join(parent, name))
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _replace_directory(staging_dir: str, output_dir: str) -> None:
-    """Rename the staging directory to ``output_dir``, replacing an existing one as a whole."""
-    if not os.path.lexists(output_dir):
-        os.rename(staging_dir, output_dir)
-        return
-    if not os.listdir(output_dir):
-        try:
-            os.rmdir(output_dir)
-            os.rename(staging_dir, output_dir)
-        except OSError:
-            # An empty mount point (a pipeline runner's artifact directory) cannot be removed.
-            _move_contents(staging_dir, output_dir)
-        return
-    previous_dir = f"{staging_dir}.previous"
-    os.rename(output_dir, previous_dir)
-    try:
-        os.rename(staging_dir, output_dir)
-    except BaseException:
-        os.rename(previous_dir, output_dir)
-        raise
-    shutil.rmtree(previous_dir, ignore_errors=True)
-
-
-def _move_contents(staging_dir: str, output_dir: str) -> None:
-    """Move the staged files into an existing empty directory, the manifest last."""
-    names = sorted(os.listdir(staging_dir), key=lambda name: name == MANIFEST_FILE)
-    for name in names:
-        shutil.move(os.path.join(staging_dir, name), os.path.join(output_dir, name))
-    os.rmdir(staging_dir)
