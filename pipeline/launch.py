@@ -11,6 +11,7 @@ import json
 import sys
 
 from components import storage
+from components.checkpoints import HOLDER_VARIABLE
 from components.errors import UserError
 from components.results import TrainResult, read_train_result
 from components.train_worker import worker_arguments
@@ -83,8 +84,6 @@ def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *,
     command = ["python3", "-m", "components.train_worker",
                *worker_arguments(dataset, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
                                  checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
-    from components.checkpoints import HOLDER_VARIABLE
-
     # Every worker pod's chief holds the checkpoint lease as this run, in every attempt of the group.
     run_workers_on_cluster(jobset_name(run_id, model_name), command, worker_count, pod_settings,
                            max_restarts=max_restarts, pipeline_run=holder,
