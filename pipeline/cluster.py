@@ -230,6 +230,14 @@ def check_timeout_seconds(timeout_seconds) -> float | None:
     return checks.number("--timeout", timeout_seconds, above=0, hint="pass e.g. --timeout 7200 (seconds)")
 
 
+def checked_arguments(params: dict | None, pipeline_package_path: str) -> dict:
+    """A run's or schedule's arguments: `params` resolved against the compiled pipeline, once the
+    values the run would start with passed the project's checks."""
+    resolved = resolve_params(params, pipeline_package_path)
+    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
+    return resolved
+
+
 def pipeline_values(resolved: dict, pipeline_package_path: str) -> dict:
     """The values a run would start with: the compiled defaults, overridden by `resolved`."""
     declared = pipeline_parameters(pipeline_package_path)
@@ -406,8 +414,7 @@ def submit(host: str, pipeline_package_path: str, params: dict | None = None,
     """
     poll_seconds = check_poll_seconds(poll_seconds)
     timeout_seconds = check_timeout_seconds(timeout_seconds)
-    resolved = resolve_params(params, pipeline_package_path)
-    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
+    resolved = checked_arguments(params, pipeline_package_path)
     check_pipeline_root(pipeline_root)
     client = connect(host, existing_token, namespace)
     run_name = run_name or f"cnnpipe {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
@@ -544,8 +551,7 @@ def schedule(host: str, name: str, cron: str, pipeline_package_path: str, params
         raise UserError(
             f"--name must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit, "
             f"e.g. nightly-cifar10; got {name!r}")
-    resolved = resolve_params(params, pipeline_package_path)
-    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
+    resolved = checked_arguments(params, pipeline_package_path)
     check_pipeline_root(pipeline_root)
     client = connect(host, existing_token, namespace)
     pipeline_id, version_id, version_name = upload_version(client, name, pipeline_package_path)
