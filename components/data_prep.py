@@ -424,12 +424,10 @@ def _build_manifest(
 
 
 def file_sha256(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as data_file:
-        for block in iter(lambda: data_file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file."""
+    from components.storage.checksums import fed_with_file
+
+    return fed_with_file(path, hashlib.sha256()).hexdigest()
 
 
 def _remove_shards(location: str) -> None:
