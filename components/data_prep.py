@@ -31,7 +31,6 @@ import math
 import os
 import secrets
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -198,6 +197,10 @@ class PixelStatistics:
         return mean.tolist(), np.sqrt(variance).tolist()
 
 
+class _ShardAbandoned(Exception):
+    """Unwinds the context of a shard that is abandoned half-written (ShardWriter.abort)."""
+
+
 class ShardWriter:
     """Writes one split's images into its planned shards, in arrival order, each shard atomically.
 
@@ -233,10 +236,11 @@ class ShardWriter:
             raise RuntimeError(f"{self.split}: {self.written} images written, expected {self.boundaries[-1]}")
 
     def abort(self) -> None:
-        """Closes and removes the shard being written; called while the failure is being handled."""
+        """Closes and removes the shard being written: an error inside its context keeps it from its name."""
         if self._file is not None:
             self._file = None
-            self._shard.__exit__(*sys.exc_info())
+            with contextlib.suppress(_ShardAbandoned), self._shard:
+                raise _ShardAbandoned(self.split)
 
     def _name(self, index: int) -> str:
         return f"{self.split}-{index:05d}-of-{self.shard_total:05d}{SHARD_SUFFIX}"
