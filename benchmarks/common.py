@@ -88,6 +88,13 @@ def machine_description(load_average_at_start: float | None = None) -> dict[str,
     }
 
 
+def cpu_machine_description() -> dict[str, Any]:
+    """Where a CPU figure was measured, without loading TensorFlow: CPU, cores, the load average
+    when the measuring ended, Python's version."""
+    return {"cpu": cpu_model_name(), "cpu_cores": os.cpu_count(), "load_average_1min_at_end": os.getloadavg()[0],
+            "python": sys.version.split()[0]}
+
+
 def has_gpu() -> bool:
     from components.keras_setup import tf
 

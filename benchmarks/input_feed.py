@@ -142,8 +142,7 @@ def main() -> None:
         },
         "gpu_rates": GPU_RATES,
         "runs": runs,
-        "machine": {"cpu": common.cpu_model_name(), "cpu_cores": os.cpu_count(),
-                    "load_average_1min_at_end": os.getloadavg()[0], "python": sys.version.split()[0]},
+        "machine": common.cpu_machine_description(),
     })
 
 

@@ -268,8 +268,7 @@ def main() -> None:
         "decoding_images_per_second": decoding_rates,
         "targets": {"images_per_second_at_60000": ">= 6000 on 2 cores", "peak_rss_ratio": "<= 1.3"},
         "runs": runs,
-        "machine": {"cpu": common.cpu_model_name(), "cpu_cores": os.cpu_count(),
-                    "load_average_1min_at_end": os.getloadavg()[0], "python": sys.version.split()[0]},
+        "machine": common.cpu_machine_description(),
     })
 
 

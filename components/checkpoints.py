@@ -30,6 +30,9 @@ from typing import Any
 
 from components import atomic, storage
 from components.errors import UserError
+from components.processes import process_running
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 FAILURE_FILE = "failed.json"
@@ -118,9 +121,6 @@ def push(local_dir: str, remote_dir: str, state: dict[str, Any]) -> None:
             storage.delete(storage.join(remote_dir, name))
 
 
-logger = logging.getLogger(__name__)
-
-
 def default_holder() -> str:
     """Who trains, when the caller does not say (a pipeline run names itself): this host and process."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -129,8 +129,6 @@ def default_holder() -> str:
 def holder_is_gone(holder: str) -> bool:
     """Whether a holder named by default_holder() on this very host is a process that has ended
     (a local run killed with SIGKILL need not wait for its lease to expire)."""
-    from components.processes import process_running
-
     host, _, pid = holder.rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and not process_running(int(pid))
 

@@ -24,14 +24,13 @@ place at the end, so a failed prep leaves nothing half-written where a later ste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import secrets
 import shutil
-import sys
-import tempfile
 import time
 
 import numpy as np
@@ -45,7 +44,6 @@ from components.sources import check_source, open_source  # noqa: F401  (check_s
 from components.sources.base import SourceStream, checked_image_size
 from components.sources.keyword import KEYWORD_SOURCES
 from components.sources.splits import stratified_split
-from components.processes import process_running
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +59,6 @@ MIN_SHARD_BYTES = 4 * 1024 * 1024
 
 # A progress event at most this often (seconds): often enough to watch, rare enough for logs.
 PROGRESS_INTERVAL_SECONDS = 2.0
-
-ImagesAndLabels = tuple[np.ndarray, np.ndarray]
-
 
 # ---------------------------------------------------------------------------------------------
 # Public API
@@ -202,12 +197,16 @@ class PixelStatistics:
         return mean.tolist(), np.sqrt(variance).tolist()
 
 
+class _ShardAbandoned(Exception):
+    """Unwinds the context of a shard that is abandoned half-written (ShardWriter.abort)."""
+
+
 class ShardWriter:
     """Writes one split's images into its planned shards, in arrival order, each shard atomically.
 
-    A shard is written to a temporary file with its sha256 computed on the way, then renamed into
-    ``directory`` or, for a gs:// ``location``, uploaded (the upload verifies its checksum) and the
-    local file removed.
+    A shard is written to a temporary file with its sha256 computed on the way and renamed to its
+    name (components/atomic.py) in ``location`` or, for a gs:// ``location``, in the scratch
+    directory, then uploaded (the upload verifies its checksum) and the local file removed.
     """
 
     def __init__(self, split: str, count: int, image_bytes: int, location: str, scratch_dir: str):
@@ -237,19 +236,25 @@ class ShardWriter:
             raise RuntimeError(f"{self.split}: {self.written} images written, expected {self.boundaries[-1]}")
 
     def abort(self) -> None:
+        """Closes and removes the shard being written: an error inside its context keeps it from its name."""
         if self._file is not None:
-            self._file.close()
-            os.remove(self._temporary_path)
             self._file = None
+            with contextlib.suppress(_ShardAbandoned), self._shard:
+                raise _ShardAbandoned(self.split)
 
     def _name(self, index: int) -> str:
         return f"{self.split}-{index:05d}-of-{self.shard_total:05d}{SHARD_SUFFIX}"
 
-    def _open_next(self) -> None:
-        name = self._name(len(self.shards))
+    def _local_path(self, name: str) -> str:
         directory = self.scratch_dir if self.location.startswith("gs://") else self.location
-        self._temporary_path = os.path.join(directory, f".{name}.tmp")
-        self._file = open(self._temporary_path, "wb")
+        return os.path.join(directory, name)
+
+    def _open_next(self) -> None:
+        # The shard's temporary file stays open across write() calls: the stack holds it until
+        # _finish_current renames it (or abort removes it).
+        self._shard = contextlib.ExitStack()
+        temporary_path = self._shard.enter_context(atomic.replaced_on_success(self._local_path(self._name(len(self.shards)))))
+        self._file = self._shard.enter_context(open(temporary_path, "wb"))
         self._digest = hashlib.sha256()
 
     def _finish_current(self) -> None:
@@ -258,48 +263,47 @@ class ShardWriter:
         name = self._name(len(self.shards))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
         self._file = None
+        self._shard.close()  # closes the file and renames it to its name
         if self.location.startswith("gs://"):
-            storage.upload(self._temporary_path, storage.join(self.location, name))
-            os.remove(self._temporary_path)
-        else:
-            os.replace(self._temporary_path, os.path.join(self.location, name))
+            storage.upload(self._local_path(name), storage.join(self.location, name))
+            os.remove(self._local_path(name))
         start, end = self.boundaries[len(self.shards)], self.boundaries[len(self.shards) + 1]
         self.shards.append({"file": name, "images": end - start})
         self.digests[name] = self._digest.hexdigest()
 
 
 class PrepareProgress:
-    """Images done / total with images per second and ETA: progress events, and a bar on a terminal."""
+    """Images done / total with images per second and ETA: progress events every
+    PROGRESS_INTERVAL_SECONDS, and with each a progress line (components/progress.py) on a terminal."""
 
     def __init__(self, total: int):
         self.total = total
         self.started = self.last_report = time.monotonic()
-        self.on_terminal = sys.stderr.isatty()
+        self.rate, self.eta = 0.0, None
+        self.line = progress.ProgressLine(total, self._describe)
 
     def update(self, done: int) -> None:
         now = time.monotonic()
         if now - self.last_report < PROGRESS_INTERVAL_SECONDS:
             return
         self.last_report = now
-        rate = done / max(now - self.started, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else None
-        progress.emit("prepare", "images", images=done, total=self.total, images_per_second=rate, eta_seconds=eta)
-        if self.on_terminal:
-            filled = int(30 * done / max(self.total, 1))
-            print(
-                f"\rprepare [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} images, "
-                f"{rate:.0f} images/s, ETA {eta or 0:.0f} s ",
-                end="", file=sys.stderr, flush=True,
-            )
+        self.rate = done / max(now - self.started, 1e-9)
+        self.eta = (self.total - done) / self.rate if self.rate > 0 else None
+        progress.emit("prepare", "images", images=done, total=self.total, images_per_second=self.rate,
+                      eta_seconds=self.eta)
+        if self.line.on_terminal:  # a log has the events
+            self.line.update(done)
 
     def finish(self) -> None:
         seconds = time.monotonic() - self.started
         progress.emit("prepare", "done", images=self.total, total=self.total, seconds=seconds,
                       images_per_second=self.total / max(seconds, 1e-9), eta_seconds=0)
-        if self.on_terminal:
-            print(file=sys.stderr, flush=True)
+        self.line.finish()
+
+    def _describe(self, done: float, total: float) -> str:
+        return (f"prepare {progress.bar(done, self.total, 30)} {done}/{self.total} images, "
+                f"{self.rate:.0f} images/s, ETA {self.eta or 0:.0f} s ")
 
 
 def _write_dataset(
@@ -314,11 +318,7 @@ def _write_dataset(
     from components import storage
 
     output_dir = os.path.abspath(output_dir)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    _remove_abandoned_staging(output_dir)
-    staging_dir = tempfile.mkdtemp(prefix=f"{_staging_prefix(output_dir)}{os.getpid()}-", dir=parent)
-    os.chmod(staging_dir, atomic.plain_mode(directory=True))  # readable by others once published, as os.makedirs
+    staging_dir = atomic.staging_directory(output_dir)
     location = staging_dir
     if shards_location is not None:
         # A fresh sub-folder per prep: an earlier dataset's manifest keeps naming intact shards.
@@ -336,7 +336,7 @@ def _write_dataset(
         manifest = _build_manifest(stream, source, split_labels, writers, statistics, shards_location and location,
                                    file_sha256(os.path.join(staging_dir, PIXEL_MEAN_FILE)))
         dataset_manifest.write(staging_dir, manifest)
-        _replace_directory(staging_dir, output_dir)
+        atomic.replace_directory(staging_dir, output_dir, last=MANIFEST_FILE)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -428,12 +428,10 @@ def _build_manifest(
 
 
 def file_sha256(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as data_file:
-        for block in iter(lambda: data_file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file."""
+    from components.storage.checksums import fed_with_file
+
+    return fed_with_file(path, hashlib.sha256()).hexdigest()
 
 
 def _remove_shards(location: str) -> None:
@@ -448,57 +446,3 @@ def _remove_shards(location: str) -> None:
             storage.delete(storage.join(location, name))
     except Exception as error:  # the original failure matters more than leftovers nobody names
         logger.warning("could not remove the partial shards under %s: %s", location, error)
-
-
-# ---------------------------------------------------------------------------------------------
-# Moving the finished directory into place
-# ---------------------------------------------------------------------------------------------
-
-
-def _staging_prefix(output_dir: str) -> str:
-    """Staging directories of ``output_dir`` are its hidden siblings ``.<name>.staging-<pid>-<random>``."""
-    return f".{os.path.basename(output_dir)}.staging-"
-
-
-def _remove_abandoned_staging(output_dir: str) -> None:
-    """Deletes what a killed prep of ``output_dir`` left (its staging directory, or the previous
-    dataset mid-replacement): those whose process no longer runs on this machine."""
-    parent, prefix = os.path.dirname(output_dir), _staging_prefix(output_dir)
-    for name in os.listdir(parent):
-        if not name.startswith(prefix):
-            continue
-        owner = name[len(prefix):].split("-", 1)[0]
-        if owner.isdigit() and not process_running(int(owner)):
-            logger.info("removing %s, left by an interrupted prep", os.path.join(parent, name))
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _replace_directory(staging_dir: str, output_dir: str) -> None:
-    """Rename the staging directory to ``output_dir``, replacing an existing one as a whole."""
-    if not os.path.lexists(output_dir):
-        os.rename(staging_dir, output_dir)
-        return
-    if not os.listdir(output_dir):
-        try:
-            os.rmdir(output_dir)
-            os.rename(staging_dir, output_dir)
-        except OSError:
-            # An empty mount point (a pipeline runner's artifact directory) cannot be removed.
-            _move_contents(staging_dir, output_dir)
-        return
-    previous_dir = f"{staging_dir}.previous"
-    os.rename(output_dir, previous_dir)
-    try:
-        os.rename(staging_dir, output_dir)
-    except BaseException:
-        os.rename(previous_dir, output_dir)
-        raise
-    shutil.rmtree(previous_dir, ignore_errors=True)
-
-
-def _move_contents(staging_dir: str, output_dir: str) -> None:
-    """Move the staged files into an existing empty directory, the manifest last."""
-    names = sorted(os.listdir(staging_dir), key=lambda name: name == MANIFEST_FILE)
-    for name in names:
-        shutil.move(os.path.join(staging_dir, name), os.path.join(output_dir, name))
-    os.rmdir(staging_dir)

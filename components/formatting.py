@@ -15,56 +15,65 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value) -> bool:
+    """A number every formatter below can show: not missing, not NaN or infinite."""
+    return is_number(value) and math.isfinite(value)
+
+
 def format_percent(fraction, digits: int = 2, missing: str = MISSING) -> str:
     """0.9125 -> '91.25%' (`digits` decimals); `missing` for anything that is not a finite number."""
-    if not is_number(fraction) or not math.isfinite(fraction):
+    if not _is_finite(fraction):
         return missing
     return f"{fraction * 100:.{digits}f}%"
 
 
 def format_points(difference) -> str:
     """A signed difference of fractions in percentage points, e.g. 0.012 -> '+1.20 pp'."""
-    if not is_number(difference) or not math.isfinite(difference):
+    if not _is_finite(difference):
         return MISSING
     return f"{difference * 100:+.2f} pp"
 
 
 def format_number(value, digits: int = 2) -> str:
     """A float with a fixed number of decimals."""
-    if not is_number(value) or not math.isfinite(value):
+    if not _is_finite(value):
         return MISSING
     return f"{value:.{digits}f}"
 
 
 def format_count(value) -> str:
     """A whole number with thousands separators: 272474 -> '272,474'."""
-    if not is_number(value) or not math.isfinite(value):
+    if not _is_finite(value):
         return MISSING
     return f"{round(value):,}"
 
 
+# How a duration of a minute or more reads, under an hour and from an hour on (the report writes
+# words, the console counts like a clock); below a minute both write '12.4 s'.
+REPORT_DURATION_FORMS = ("{minutes} min {seconds:02d} s", "{hours} h {minutes:02d} min")
+CLOCK_DURATION_FORMS = ("{minutes}:{seconds:02d}", "{hours}:{minutes:02d}:{seconds:02d}")
+
+
 def format_duration(seconds) -> str:
     """Seconds as '12.4 s', '3 min 05 s' or '1 h 02 min'."""
-    if not is_number(seconds) or not math.isfinite(seconds):
-        return MISSING
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    return _format_duration(seconds, REPORT_DURATION_FORMS)
 
 
 def format_clock_duration(seconds) -> str:
     """Seconds as the console counts them: 4.2 -> '4.2 s', 185 -> '3:05', 3725 -> '1:02:05'."""
-    if not is_number(seconds) or not math.isfinite(seconds):
+    return _format_duration(seconds, CLOCK_DURATION_FORMS)
+
+
+def _format_duration(seconds, forms: tuple[str, str]) -> str:
+    """Seconds in one of the forms above (whole seconds from a minute on)."""
+    if not _is_finite(seconds):
         return MISSING
     if seconds < 60:
         return f"{seconds:.1f} s"
     whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}:{whole % 60:02d}"
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    under_an_hour, from_an_hour = forms
+    return (under_an_hour if whole < 3600 else from_an_hour).format(
+        hours=whole // 3600, minutes=whole % 3600 // 60, seconds=whole % 60)
 
 
 def format_setting(value) -> str:

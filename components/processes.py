@@ -1,6 +1,6 @@
 """Child processes: whether one still runs, and stopping it with whatever it started.
 
-The worker launcher (components/workers.py), data prep's cleanup of abandoned staging folders and
+The worker launcher (components/workers.py), the cleanup of abandoned staging folders (atomic.py) and
 the local pipeline runner (pipeline/local_run.py) all use these. Linux: process state is read
 from /proc and a child can ask to die with its parent; elsewhere those parts do nothing.
 """

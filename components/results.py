@@ -71,9 +71,7 @@ class EvaluationResult(TrainResult):
 
 
 def write_train_result(model_dir: str, result: TrainResult) -> None:
-    from components import storage
-
-    storage.write_json(os.path.join(model_dir, TRAIN_RESULT_FILE), result.to_dict())
+    _write(model_dir, TRAIN_RESULT_FILE, result)
 
 
 def read_train_result(model_dir: str) -> TrainResult:
@@ -81,13 +79,17 @@ def read_train_result(model_dir: str) -> TrainResult:
 
 
 def write_evaluation_result(result_dir: str, result: EvaluationResult) -> None:
-    from components import storage
-
-    storage.write_json(os.path.join(result_dir, RESULT_FILE), result.to_dict())
+    _write(result_dir, RESULT_FILE, result)
 
 
 def read_evaluation_result(result_dir: str) -> EvaluationResult:
     return _read(EvaluationResult, result_dir, RESULT_FILE, "rerun the evaluate step for this model")
+
+
+def _write(directory: str, file_name: str, result: TrainResult) -> None:
+    from components import storage
+
+    storage.write_json(os.path.join(directory, file_name), result.to_dict())
 
 
 def _read(record_type, directory: str, file_name: str, fix: str):

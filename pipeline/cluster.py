@@ -58,6 +58,8 @@ CRON_FIELDS = (
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
 SCHEDULE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# A Kubernetes namespace name: a DNS label (lower-case letters, digits and '-', at most 63).
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Following a run: how long status calls may keep failing before the wait gives up (an API server
 # restart or a port-forward that reconnects takes seconds to minutes), the longest wait between
 # retries, and how long one status call may take (connect, read), all in seconds.
@@ -228,6 +230,14 @@ def check_timeout_seconds(timeout_seconds) -> float | None:
     return checks.number("--timeout", timeout_seconds, above=0, hint="pass e.g. --timeout 7200 (seconds)")
 
 
+def checked_arguments(params: dict | None, pipeline_package_path: str) -> dict:
+    """A run's or schedule's arguments: `params` resolved against the compiled pipeline, once the
+    values the run would start with passed the project's checks."""
+    resolved = resolve_params(params, pipeline_package_path)
+    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
+    return resolved
+
+
 def pipeline_values(resolved: dict, pipeline_package_path: str) -> dict:
     """The values a run would start with: the compiled defaults, overridden by `resolved`."""
     declared = pipeline_parameters(pipeline_package_path)
@@ -344,7 +354,7 @@ def connect(host: str, existing_token: str | None = None, namespace: str | None 
 
 def check_namespace(namespace: str) -> str:
     """A Kubernetes namespace name (a DNS label), else a one-line UserError."""
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace or ""):
+    if not NAMESPACE_PATTERN.fullmatch(namespace or ""):
         raise UserError(
             f"--namespace must be a Kubernetes namespace (lower-case letters, digits and '-', at most 63), "
             f"e.g. {MULTI_USER_EXAMPLE_NAMESPACE}; got {namespace!r}")
@@ -404,8 +414,7 @@ def submit(host: str, pipeline_package_path: str, params: dict | None = None,
     """
     poll_seconds = check_poll_seconds(poll_seconds)
     timeout_seconds = check_timeout_seconds(timeout_seconds)
-    resolved = resolve_params(params, pipeline_package_path)
-    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
+    resolved = checked_arguments(params, pipeline_package_path)
     check_pipeline_root(pipeline_root)
     client = connect(host, existing_token, namespace)
     run_name = run_name or f"cnnpipe {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
@@ -542,8 +551,7 @@ def schedule(host: str, name: str, cron: str, pipeline_package_path: str, params
         raise UserError(
             f"--name must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit, "
             f"e.g. nightly-cifar10; got {name!r}")
-    resolved = resolve_params(params, pipeline_package_path)
-    check_pipeline_values(pipeline_values(resolved, pipeline_package_path))
+    resolved = checked_arguments(params, pipeline_package_path)
     check_pipeline_root(pipeline_root)
     client = connect(host, existing_token, namespace)
     pipeline_id, version_id, version_name = upload_version(client, name, pipeline_package_path)

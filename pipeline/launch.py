@@ -11,6 +11,7 @@ import json
 import sys
 
 from components import storage
+from components.checkpoints import HOLDER_VARIABLE
 from components.errors import UserError
 from components.heartbeat import HEARTBEAT_FILE, LauncherHeartbeat
 from components.results import TrainResult, read_train_result
@@ -84,8 +85,6 @@ def train_on_jobset(worker_count: int, dataset: str, model_name: str, config, *,
     command = ["python3", "-m", "components.train_worker",
                *worker_arguments(dataset, model_name, WORKER_SCRATCH_OUTPUT, config.to_dict(),
                                  checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir)]
-    from components.checkpoints import HOLDER_VARIABLE
-
     # Every worker pod's chief holds the checkpoint lease as this run, in every attempt of the group.
     env = {HOLDER_VARIABLE: holder} if holder else {}
     # The workers stop when this pod stops renewing its heartbeat (killed, deleted): in the

@@ -23,7 +23,7 @@ from kfp import kubernetes
 
 from components import checks
 from components.errors import UserError
-from pipeline.cluster import WORKER_NAMESPACE
+from pipeline.cluster import NAMESPACE_PATTERN, WORKER_NAMESPACE
 
 # GKE labels every node of an accelerator pool with the accelerator name, e.g. nvidia-l4.
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -110,7 +110,7 @@ class Placement:
             raise UserError(
                 f"gpus_per_task={self.gpus_per_task} needs a GPU pool to land on: give gpu_type "
                 f"(e.g. 'nvidia-l4') or a node_selector, or set gpus_per_task=0 for CPU only")
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.worker_namespace):
+        if not NAMESPACE_PATTERN.fullmatch(self.worker_namespace):
             raise UserError(
                 f"worker_namespace must be a Kubernetes namespace name (lower-case letters, digits and '-', "
                 f"at most 63), the one k8s/workers/ was applied with; got {self.worker_namespace!r}")

@@ -39,14 +39,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import yaml
 
-from tests.loopback_http import HANG, LoopbackServer, RecordedRequest
+from tests.loopback_http import JsonRequestHandler, LoopbackServer, RecordedRequest
 
 JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/"
 NETWORK_POLICIES = "/apis/networking.k8s.io/v1/namespaces/"
@@ -355,44 +353,36 @@ def status(code: int, reason: str, message: str) -> tuple[int, dict]:
                   "reason": reason, "message": message, "code": code}
 
 
+def injected_status(code: int) -> tuple[int, dict]:
+    """The `Status` an injected fault answers with."""
+    reasons = {409: "AlreadyExists", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+    return status(code, reasons.get(code, "Unknown"), f"injected HTTP {code}")
+
+
 def _handler_for(server: FakeKubernetesServer):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonRequestHandler):
         def _serve(self):
-            url = urlsplit(self.path)
-            query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            fault = server.take_fault(self.command, url.path, query)
-            if fault == HANG:
-                return server.hang()
-            if fault is not None:
-                reasons = {409: "AlreadyExists", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
-                return self._send_json(*status(fault, reasons.get(fault, "Unknown"), f"injected HTTP {fault}"))
+            path, query, payload = self.read_request()
+            body = json.loads(payload) if payload else None
+            if self.answered_fault(server, path, query, injected_status):
+                return
             with server._lock:
-                server.requests.append(RecordedRequest(self.command, url.path, query, body))
-                if url.path.startswith(JOBSETS):
+                server.requests.append(RecordedRequest(self.command, path, query, body))
+                if path.startswith(JOBSETS):
                     code, response = server.handle_jobsets(
-                        self.command, url.path[len(JOBSETS):].split("/"), query, body)
-                    return self._send_json(code, response)
-                if url.path.startswith(NETWORK_POLICIES):
-                    return self._send_json(*server.handle_network_policies(
-                        self.command, url.path[len(NETWORK_POLICIES):].split("/"), body))
-                parts = url.path[len(CORE):].split("/") if url.path.startswith(CORE) else []
+                        self.command, path[len(JOBSETS):].split("/"), query, body)
+                    return self.send_json(code, response)
+                if path.startswith(NETWORK_POLICIES):
+                    return self.send_json(*server.handle_network_policies(
+                        self.command, path[len(NETWORK_POLICIES):].split("/"), body))
+                parts = path[len(CORE):].split("/") if path.startswith(CORE) else []
                 if self.command == "GET" and len(parts) == 2 and parts[1] == "pods":
-                    return self._send_json(*server.list_pods(parts[0], query))
+                    return self.send_json(*server.list_pods(parts[0], query))
                 log = (server.pod_log(parts[0], parts[2])
                        if self.command == "GET" and len(parts) == 4 and parts[3] == "log" else None)
                 if log is None:
-                    return self._send_json(*status(404, "NotFound", f"fake Kubernetes server: no route for {url.path}"))
+                    return self.send_json(*status(404, "NotFound", f"fake Kubernetes server: no route for {path}"))
             self._stream_log(log)
-
-        def _send_json(self, code: int, response: dict):
-            encoded = json.dumps(response).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(encoded)))
-            self.end_headers()
-            self.wfile.write(encoded)
 
         def _stream_log(self, lines: list[str]):
             """Streams the log a line at a time without a length, as `follow=true` does until the pod ends."""
@@ -405,9 +395,6 @@ def _handler_for(server: FakeKubernetesServer):
                 time.sleep(0.01)
 
         do_GET = do_POST = do_DELETE = _serve
-
-        def log_message(self, format, *args):  # keep test output quiet
-            pass
 
     return Handler
 

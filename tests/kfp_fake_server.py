@@ -35,10 +35,8 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs, urlsplit
 
-from tests.loopback_http import HANG, LoopbackServer, RecordedRequest
+from tests.loopback_http import JsonRequestHandler, LoopbackServer, RecordedRequest
 
 API = "/apis/v2beta1"
 CREATED_AT = "2025-01-01T00:00:00Z"
@@ -236,35 +234,18 @@ def _parse_multipart_file(content_type: str, payload: bytes) -> str:
 def _handler_for(server: FakeKfpServer):
     """Builds the request handler class bound to one FakeKfpServer."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonRequestHandler):
         def _serve(self):
-            url = urlsplit(self.path)
-            query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-            length = int(self.headers.get("Content-Length") or 0)
-            payload = self.rfile.read(length) if length else b""
+            path, query, payload = self.read_request()
             content_type = self.headers.get("Content-Type", "")
             if content_type.startswith("multipart/form-data"):
                 body = _parse_multipart_file(content_type, payload)
             else:
                 body = json.loads(payload) if payload else None
-            fault = server.take_fault(self.command, url.path, query)
-            if fault == HANG:
-                return server.hang()
-            if fault is not None:
-                return self._send(fault, {"code": 14, "message": f"injected HTTP {fault}"})
-            self._send(*server.handle(self.command, url.path, query, body, self.headers.get("Authorization")))
-
-        def _send(self, status: int, response: dict):
-            encoded = json.dumps(response).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(encoded)))
-            self.end_headers()
-            self.wfile.write(encoded)
+            if self.answered_fault(server, path, query, lambda code: (code, {"code": 14, "message": f"injected HTTP {code}"})):
+                return
+            self.send_json(*server.handle(self.command, path, query, body, self.headers.get("Authorization")))
 
         do_GET = do_POST = do_DELETE = _serve
-
-        def log_message(self, format, *args):  # keep test output quiet
-            pass
 
     return Handler

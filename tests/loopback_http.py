@@ -1,11 +1,15 @@
 """What every loopback API server of the tests shares: serving on 127.0.0.1 in a thread, the
-record of a request, and injected faults (an error status or a hang on chosen requests)."""
+record of a request, injected faults (an error status or a hang on chosen requests), and the
+base of their request handlers (JsonRequestHandler)."""
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 # An injected fault that answers nothing: the request waits until the server stops or
 # HANG_SECONDS pass, then the connection closes without a response.
@@ -74,3 +78,39 @@ class LoopbackServer:
         self._stopping.set()
         self._http.shutdown()
         self._http.server_close()
+
+
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """What the servers' request handlers share: reading a request, answering an injected fault,
+    answering JSON, and a quiet log."""
+
+    def read_request(self) -> tuple[str, dict[str, str], bytes]:
+        """The request's path, its query (the last value of each key) and its body."""
+        url = urlsplit(self.path)
+        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        return url.path, query, self.rfile.read(length) if length else b""
+
+    def answered_fault(self, server: LoopbackServer, path: str, query: dict,
+                       fault_answer: Callable[[int], tuple[int, dict]]) -> bool:
+        """Whether this request drew an injected fault, now answered: HANG waits without an answer,
+        a status code is answered with `fault_answer(code)` (the status and the JSON body)."""
+        fault = server.take_fault(self.command, path, query)
+        if fault is None:
+            return False
+        if fault == HANG:
+            server.hang()
+        else:
+            self.send_json(*fault_answer(fault))
+        return True
+
+    def send_json(self, code: int, response: dict) -> None:
+        encoded = json.dumps(response).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(encoded)))
+        self.end_headers()
+        self.wfile.write(encoded)
+
+    def log_message(self, format, *args):  # keep test output quiet
+        pass

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from datagen import make_cifar_binary_archive, make_image_folder, save_image
 
-from components import data_prep, progress, storage
+from components import atomic, data_prep, progress, storage
 from components.data_prep import check_source, file_sha256, prepare
 from components.dataset import load_split
 from components.errors import UserError
@@ -230,11 +230,11 @@ def test_failed_write_removes_staging_and_keeps_the_previous_dataset(image_folde
     prepare(root, dataset_dir)
     before = read_manifest(dataset_dir)
 
-    def fail_after_writing(staging_dir, output_dir):
+    def fail_after_writing(staging_dir, output_dir, last=None):
         assert os.path.isfile(os.path.join(staging_dir, "manifest.json"))
         raise OSError("disk full")
 
-    monkeypatch.setattr(data_prep, "_replace_directory", fail_after_writing)
+    monkeypatch.setattr(atomic, "replace_directory", fail_after_writing)
     with pytest.raises(OSError, match="disk full"):
         prepare(root, dataset_dir, validation_fraction=0.5)
     assert leftovers(tmp_path) == ["dataset"]

@@ -28,11 +28,16 @@ def md5_of_file(path: str) -> str:
 
 
 def digest_of_file(path: str, checksum) -> str:
-    """Feed a file to a hashlib-style ``checksum`` block by block; base64 of its digest."""
+    """Base64 of a hashlib-style ``checksum``'s digest of a file."""
+    return b64encode(fed_with_file(path, checksum).digest()).decode("ascii")
+
+
+def fed_with_file(path: str, checksum):
+    """``checksum`` (hashlib-style) after feeding it a file block by block."""
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(READ_BLOCK_BYTES), b""):
             checksum.update(block)
-    return b64encode(checksum.digest()).decode("ascii")
+    return checksum
 
 
 def verify_transfer(local_path: str, blob, uri: str) -> None:

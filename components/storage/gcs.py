@@ -250,16 +250,13 @@ def download(uri: str, local_path: str) -> str:
 
 def upload(local_path: str, uri: str) -> None:
     """Copy one local file to a object atomically, verified by size and checksum."""
-    bucket_name, key = split_gcs_uri(uri)
-    if not key:
-        raise UserError(f"GCS URI without an object name: {uri!r}; expected gs://bucket/key")
     size = os.path.getsize(local_path)
     if size > LARGE_OBJECT_BYTES:
         _upload_in_chunks(local_path, uri, size)
         return
+    blob = _blob(uri)
 
     def send() -> None:
-        blob = _client(uri).bucket(bucket_name).blob(key)
         with open(local_path, "rb") as file:
             blob.upload_from_file(file, size=size, retry=None, timeout=REQUEST_TIMEOUT_SECONDS)
         verify_transfer(local_path, blob, uri)
@@ -278,8 +275,7 @@ def _upload_in_chunks(local_path: str, uri: str, size: int, chunk_bytes: int | N
     import requests
 
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    bucket_name, key = split_gcs_uri(uri)
-    blob = _client(uri).bucket(bucket_name).blob(key)
+    blob = _blob(uri)
     progress_line = _transfer_progress("upload", uri, size)
     try:
         with open(local_path, "rb") as file, requests.Session() as http:
