@@ -73,19 +73,12 @@ def measure_prepare(source: str, output_dir: str) -> dict:
     return {"images": images, "seconds": seconds, "peak_memory_mb": peak_kilobytes / 1024}
 
 
-def arrays_pipeline(images, labels, num_classes: int, seed: int, tf, input_pipeline):
-    """The in-memory pipeline used before shards, for comparison."""
+def arrays_pipeline(images, labels, num_classes: int, seed: int, tf):
+    """The in-memory pipeline used before shards, for comparison (uint8 batches, augmented in the step)."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.batch(BATCH_SIZE, drop_remainder=True)
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-    def prepare(batch, batch_seed):
-        batch_images, batch_labels = batch
-        batch_images = input_pipeline.augment_batch(batch_images, (3, 3), True, batch_seed)
-        return tf.cast(batch_images, tf.float32), tf.one_hot(batch_labels, num_classes)
-
-    return tf.data.Dataset.zip(dataset, batch_seeds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(lambda batch_images, batch_labels: (batch_images, tf.one_hot(batch_labels, num_classes))).prefetch(tf.data.AUTOTUNE)
 
 
 def time_steps(model, dataset, warmup: int, steps: int, keras) -> float:
@@ -124,18 +117,19 @@ def main() -> None:
     common.progress(f"prepare: full {full}")
 
     from components import input_pipeline, models
+    from components.augmentation import training_model
     from components.dataset import open_dataset
     from components.keras_setup import keras, tf
 
     reader = open_dataset(full_dataset)
     images, labels = reader.arrays("train")
     pipelines = {
-        "arrays": arrays_pipeline(images, labels, reader.num_classes, 0, tf, input_pipeline),
-        "memory": input_pipeline.make_train_dataset(reader, BATCH_SIZE, 0, shift_pixels=(3, 3), flip=True, cache="memory"),
-        "none": input_pipeline.make_train_dataset(reader, BATCH_SIZE, 0, shift_pixels=(3, 3), flip=True, cache="none"),
+        "arrays": arrays_pipeline(images, labels, reader.num_classes, 0, tf),
+        "memory": input_pipeline.make_train_dataset(reader, BATCH_SIZE, 0, cache="memory"),
+        "none": input_pipeline.make_train_dataset(reader, BATCH_SIZE, 0, cache="none"),
     }
     model_name = TINY_MODEL_NAME if arguments.tiny else MODEL_NAME
-    model = models.build_model(model_name, reader.image_shape, reader.num_classes)
+    model = training_model(models.build_model(model_name, reader.image_shape, reader.num_classes), (3, 3), flip=True, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
     rates = {name: [] for name in pipelines}
     for turn in range(arguments.repeats):

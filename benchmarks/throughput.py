@@ -65,15 +65,16 @@ def train_path_images_per_second(
     augment: bool = True,
 ) -> dict[str, Any]:
     """Training images/s through train.py's own path: uint8 arrays in memory -> make_train_dataset
-    (augmentation as `config` says) -> assemble_model (scaling and mean subtraction inside) ->
-    compile_model with the resolved device settings -> fit.
+    -> assemble_model (scaling and mean subtraction inside) -> training_model (augmentation in the
+    step, as `config` says) -> compile_model with the resolved device settings -> fit.
 
     The first epoch (tracing, autotuning) is not counted: images/s = images per epoch / mean
     seconds of epochs 2.. . Returns that and the settings used.
     """
     from components import train as training
     from components.dataset import open_dataset
-    from components.input_pipeline import make_train_dataset, shift_pixels_for, steps_per_epoch_for
+    from components.augmentation import shift_pixels_for, training_model
+    from components.input_pipeline import make_train_dataset, steps_per_epoch_for
     from components.schedules import make_learning_rate
 
     scratch = tempfile.TemporaryDirectory(prefix="cnnpipe-throughput-")
@@ -84,14 +85,14 @@ def train_path_images_per_second(
     keras.mixed_precision.set_global_policy(device.mixed_precision)
     try:
         pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
-        model = training.assemble_model(model_name, images.shape[1:], num_classes, pixel_mean)
+        shift_pixels = shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
+        model = training_model(training.assemble_model(model_name, images.shape[1:], num_classes, pixel_mean),
+                               shift_pixels, flip=augment, seed=config.seed)
         steps_per_epoch = steps_per_epoch_for(len(images), config.batch_size)
         steps_per_execution = training.resolve_steps_per_execution(config.steps_per_execution, model.count_params(), steps_per_epoch)
         learning_rate = make_learning_rate(config, steps_per_epoch)
         training.compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
-        shift_pixels = shift_pixels_for(images.shape[1:], config.shift_fraction) if augment else (0, 0)
-        dataset = make_train_dataset(reader, config.batch_size, config.seed, shift_pixels=shift_pixels, flip=augment,
-                                     cache=config.cache)
+        dataset = make_train_dataset(reader, config.batch_size, config.seed, cache=config.cache)
         timer = EpochTimer()
         model.fit(dataset.take(steps_per_epoch), epochs=epochs, callbacks=[timer], verbose=0, shuffle=False)
     finally:

@@ -18,14 +18,15 @@ from typing import Any
 
 from components import checkpoints, progress, storage
 from components.errors import UserError
-from components.keras_setup import keras, tf
+from components.event_file import ScalarWriter
+from components.keras_setup import backend, keras, variable_value
 from components.recipe import PlateauState, TrainConfig, update_plateau
 from components.schedules import StepDecayWithPlateau, learning_rate_of_step
 
 
 def optimizer_steps(model: keras.Model) -> int:
     """Optimizer steps taken so far (read from the primary copy under a distribution strategy)."""
-    return int(tf.convert_to_tensor(model.optimizer.iterations.value))
+    return int(variable_value(model.optimizer.iterations))
 
 
 def epoch_learning_rate(model: keras.Model) -> float:
@@ -79,8 +80,12 @@ class PlateauCallback(keras.callbacks.Callback):
         schedule = self.model.optimizer._learning_rate
         if not isinstance(schedule, StepDecayWithPlateau) or not logs or "val_loss" not in logs:
             return
+        scale = self.plateau.scale
         self.plateau = update_plateau(self.plateau, float(logs["val_loss"]), epoch_learning_rate(self.model))
-        schedule.plateau_scale.assign(self.plateau.scale)
+        if self.plateau.scale != scale:
+            schedule.plateau_scale.assign(self.plateau.scale)
+            if backend == "jax":  # a compiled JAX step holds the value it was traced with: trace anew
+                self.model.make_train_function(force=True)
 
 
 class ValidateAveragedWeights(keras.callbacks.Callback):
@@ -198,6 +203,7 @@ class TensorBoardWriter(EpochMeter):
     `validation/` (the tags Keras' own TensorBoard callback uses, so the two overlay), learning
     rate and images/s under `train/`. The x axis is the epoch, so a resumed run continues the
     same curves. With a gs:// `log_dir` the files are written locally and uploaded every epoch.
+    The files are written without TensorFlow (components/event_file.py), alike under both backends.
     """
 
     def __init__(self, log_dir: str, local_dir: str, batch_size: int):
@@ -208,7 +214,7 @@ class TensorBoardWriter(EpochMeter):
         self.writers = {}
 
     def on_train_begin(self, logs=None):
-        self.writers = {name: tf.summary.create_file_writer(os.path.join(self.local_dir, name)) for name in ("train", "validation")}
+        self.writers = {name: ScalarWriter(os.path.join(self.local_dir, name)) for name in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -220,10 +226,9 @@ class TensorBoardWriter(EpochMeter):
             "validation": {"epoch_loss": logs.get("val_loss"), "epoch_accuracy": logs.get("val_accuracy")},
         }
         for name, values in scalars.items():
-            with self.writers[name].as_default():
-                for tag, value in values.items():
-                    if value is not None:
-                        tf.summary.scalar(tag, float(value), step=epoch + 1)
+            for tag, value in values.items():
+                if value is not None:
+                    self.writers[name].scalar(tag, value, step=epoch + 1)
             self.writers[name].flush()
         if storage.is_gcs(self.log_dir):
             for path in _files_under(self.local_dir):

@@ -21,14 +21,17 @@ import tempfile
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components import storage, tfrecord
+from components import keras_setup, storage, tfrecord
 from components import manifest as dataset_manifest
 from components.errors import UserError
 from components.manifest import SPLITS, DatasetManifest
-from components.keras_setup import tf
+
+if TYPE_CHECKING:  # tf.data is TensorFlow's; the JAX backend reads the shards with components/shards.py
+    import tensorflow as tf
 
 # Shards read at once by parallel interleave: enough to overlap file reads and to mix the
 # records of several shards, few enough that their read buffers stay small.
@@ -45,10 +48,11 @@ SHARD_CACHE_ENVIRONMENT_VARIABLE = "CNNPIPE_SHARD_CACHE_DIR"
 # Records parsed at a time when a whole split is loaded into memory.
 ARRAY_BATCH = 4096
 
-_FEATURES = {
-    tfrecord.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
-    tfrecord.LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64),
-}
+
+
+def _features() -> dict:
+    tf = keras_setup.tf
+    return {tfrecord.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string), tfrecord.LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64)}
 
 
 def open_dataset(location: str) -> DatasetReader:
@@ -132,6 +136,7 @@ class DatasetReader:
         """
         if not 0 <= shard_index < shard_count:
             raise UserError(f"shard_index must be in 0..shard_count-1, got {shard_index} of {shard_count}")
+        tf = keras_setup.tf
         paths = self.shard_paths(split)
         split_by_record = shard_count > len(paths)
         if not split_by_record:
@@ -157,7 +162,8 @@ class DatasetReader:
 
     def parse_batch(self, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """A batch of serialized records [B] -> (uint8 images [B, H, W, C], int32 labels [B])."""
-        parsed = tf.io.parse_example(serialized, _FEATURES)
+        tf = keras_setup.tf
+        parsed = tf.io.parse_example(serialized, _features())
         images = tf.reshape(tf.io.decode_raw(parsed[tfrecord.IMAGE_FEATURE], tf.uint8), [-1, *self.image_shape])
         return images, tf.cast(parsed[tfrecord.LABEL_FEATURE], tf.int32)
 
@@ -165,7 +171,7 @@ class DatasetReader:
         """(uint8 image [H, W, C], int32 label) of ``split``, unbatched, one pass."""
         records = self.records(split, shard_index=shard_index, shard_count=shard_count, ordered=ordered)
         # Parsing a batch at a time is one vectorised op instead of one per record.
-        return records.batch(256).map(self.parse_batch, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        return records.batch(256).map(self.parse_batch, num_parallel_calls=keras_setup.tf.data.AUTOTUNE).unbatch()
 
     def share_count(self, split: str, shard_index: int = 0, shard_count: int = 1) -> int:
         """Images in the share of ``split`` that records(..., shard_index, shard_count) reads."""
@@ -214,6 +220,7 @@ class DatasetReader:
                 np.random.default_rng([shuffle_seed, pass_number]).shuffle(order)
             yield from _download_ahead(uris, order, os.path.join(cache_dir, f"pass{pass_number}"))
 
+        tf = keras_setup.tf
         return tf.data.Dataset.from_generator(local_paths, output_signature=tf.TensorSpec([], tf.string))
 
     def _shard_cache_dir(self) -> str:
@@ -239,7 +246,7 @@ def _download_ahead(uris: list[str], order: list[int], directory: str) -> Iterat
 
 
 def _read_file(path: tf.Tensor) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+    return keras_setup.tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
 
 
 def _delete_file(path) -> str:
@@ -253,6 +260,7 @@ def _read_and_delete(path: tf.Tensor) -> tf.data.Dataset:
     The deletion is a dataset concatenated after the records that yields nothing, so it runs
     exactly when the shard's records are exhausted.
     """
+    tf = keras_setup.tf
     deletion = tf.data.Dataset.from_tensors(path).map(
         lambda name: tf.reshape(tf.py_function(_delete_file, [name], tf.string), [])
     )

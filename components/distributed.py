@@ -17,8 +17,13 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from components import checks
-from components.keras_setup import keras, tf
+from typing import TYPE_CHECKING
+
+from components import checks, keras_setup
+from components.keras_setup import keras
+
+if TYPE_CHECKING:  # imported where a strategy is made: the JAX backend runs without TensorFlow
+    import tensorflow as tf
 
 # How long one collective (an all-reduce of gradients, say) may wait for its peers before it
 # fails with DeadlineExceeded, in seconds: a worker that hangs without dying (TensorFlow's health
@@ -53,6 +58,7 @@ def worker_role() -> WorkerRole:
 def distribution_strategy(role: WorkerRole) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy for several workers (created before any other TensorFlow
     work, as its collectives require), MirroredStrategy over several local GPUs, else the default."""
+    tf = keras_setup.tf
     if role.count > 1:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_seconds())
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
@@ -84,6 +90,7 @@ def agreed_resume_epoch(strategy: tf.distribute.Strategy, role: WorkerRole, epoc
     """
     if role.count == 1:
         return epoch
+    tf = keras_setup.tf
 
     @tf.function
     def sums():
@@ -124,6 +131,7 @@ def fit_on_workers(
             identical results, and no worker waits on another's uneven share).
         callbacks: Keras callbacks, called as fit calls them.
     """
+    tf = keras_setup.tf
     distributed = strategy.distribute_datasets_from_function(train_dataset_fn)
     per_example_loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
     optimizer = model.optimizer
@@ -176,5 +184,6 @@ def fit_on_workers(
 
 
 def _correct_count(one_hot_labels, probabilities):
+    tf = keras_setup.tf
     matches = tf.equal(tf.argmax(one_hot_labels, axis=-1), tf.argmax(probabilities, axis=-1))
     return tf.reduce_sum(tf.cast(matches, tf.float32))

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from components import checks, models, storage
+from components import checks, keras_setup, models, storage
 from components.artifacts import HISTORY_FILE, MISTAKES_FILE, MODEL_FILE, TRAIN_RESULT_FILE
 from components.dataset import open_dataset
 from components.errors import UserError
-from components.keras_setup import keras, tf
+from components.input_pipeline import split_arrays
+from components.keras_setup import backend, gpu_compute_capabilities, keras
 from components.results import EvaluationResult, read_train_result, write_evaluation_result
 
 logger = logging.getLogger(__name__)
@@ -61,12 +62,17 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     reader = open_dataset(dataset_dir)
     manifest = reader.manifest
 
-    # The test split is streamed from its shards, never held whole: the pixels pass through the
-    # model once, the labels are read on their own, and only the mistakes shown keep an image.
-    test_batches = reader.examples("test", ordered=True).batch(batch_size)
-    labels = np.concatenate([batch_labels for _, batch_labels in test_batches.as_numpy_iterator()])
     model = load_model_for_inference(model_path)
-    probabilities, seconds = timed_predict(model, test_batches.map(lambda images, _: images), len(labels), batch_size)
+    if backend == "jax":  # the test split in memory, read without TensorFlow
+        test_images, labels = split_arrays(reader, "test")
+        probabilities, seconds = timed_predict_arrays(model, test_images, batch_size)
+    else:
+        # The test split is streamed from its shards, never held whole: the pixels pass through the
+        # model once, the labels are read on their own, and only the mistakes shown keep an image.
+        test_images = None
+        test_batches = reader.examples("test", ordered=True).batch(batch_size)
+        labels = np.concatenate([batch_labels for _, batch_labels in test_batches.as_numpy_iterator()])
+        probabilities, seconds = timed_predict(model, test_batches.map(lambda images, _: images), len(labels), batch_size)
     num_classes = int(manifest.num_classes)
     predictions = probabilities.argmax(axis=1)
     confusion = confusion_matrix(labels, predictions, num_classes)
@@ -93,33 +99,49 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     history_path = os.path.join(model_dir, HISTORY_FILE)
     if os.path.isfile(history_path) and os.path.abspath(model_dir) != os.path.abspath(output_dir):
         shutil.copyfile(history_path, os.path.join(output_dir, HISTORY_FILE))
-    mistaken_images = images_at(reader, "test", [mistake["index"] for mistake in result.mistakes])
+    mistaken = [mistake["index"] for mistake in result.mistakes]
+    mistaken_images = test_images[mistaken] if test_images is not None else images_at(reader, "test", mistaken)
     write_thumbnails(mistaken_images, os.path.join(output_dir, MISTAKES_FILE))
     write_evaluation_result(output_dir, result)
     return result
 
 
 def load_model_for_inference(model_path: str) -> keras.Model:
-    """Loads a saved model without its optimizer; XLA only on GPU (it measured slower on CPU)."""
+    """Loads a saved model without its optimizer; under TensorFlow XLA only on GPU (it measured
+    slower on CPU), JAX always compiles with it."""
     models.allow_deep_graphs()
     model = keras.models.load_model(model_path, compile=False)
-    model.jit_compile = bool(tf.config.list_physical_devices("GPU"))
+    model.jit_compile = backend == "jax" or bool(gpu_compute_capabilities())
     return model
 
 
-def timed_predict(model: keras.Model, batches: tf.data.Dataset, image_count: int, batch_size: int) -> tuple[np.ndarray, float]:
+def timed_predict(model: keras.Model, batches, image_count: int, batch_size: int) -> tuple[np.ndarray, float]:
     """Class probabilities for the uint8 image `batches` (`image_count` images, `batch_size` a
     batch) and the seconds the prediction pass took.
 
     The first and the last batch are predicted first so tracing and compilation are not counted:
     a last batch of another size would otherwise be traced again inside the timed pass.
     """
+    tf = keras_setup.tf
     dataset = batches.map(lambda batch: tf.cast(batch, tf.float32)).prefetch(tf.data.AUTOTUNE)
     model.predict(dataset.take(1), verbose=0)
     if image_count > batch_size and image_count % batch_size:
         model.predict(dataset.skip(image_count // batch_size), verbose=0)
     started = time.perf_counter()
     probabilities = model.predict(dataset, verbose=0)
+    return np.asarray(probabilities, dtype=np.float64), time.perf_counter() - started
+
+
+def timed_predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    """Class probabilities for uint8 `images` held in memory, and the seconds the prediction pass
+    took; as timed_predict, the first and last batch shapes are compiled before the clock starts."""
+
+    starts = range(0, len(images), batch_size)
+    for start in {starts[0], starts[-1]}:
+        model.predict_on_batch(images[start:start + batch_size].astype(np.float32))
+    started = time.perf_counter()
+    probabilities = np.concatenate([model.predict_on_batch(images[start:start + batch_size].astype(np.float32))
+                                    for start in starts])
     return np.asarray(probabilities, dtype=np.float64), time.perf_counter() - started
 
 

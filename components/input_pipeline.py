@@ -1,7 +1,14 @@
 """Training and evaluation input pipelines over a DatasetReader (components/dataset.py).
 
-Everything is tf.data: shard reads, parsing, augmentation and batching run as tensor ops on
-TensorFlow's threads, never a Python generator. The decoded split is kept in memory when it fits
+They hand the training step uint8 image batches and one-hot labels, nothing else: scaling and
+mean subtraction are layers of the model, and augmentation is the training model's first layer
+(components/augmentation.py), so the host only moves bytes however fast the accelerator is.
+Every training batch is full, and an epoch is exactly steps_per_epoch_for(...) steps.
+
+Two feeders, one per backend:
+
+tf.data (TensorFlow): shard reads, parsing and batching run as tensor ops on TensorFlow's
+threads, never a Python generator. The decoded split is kept in memory when it fits
 (``cache``), otherwise it is streamed from the shards every pass:
 
     "memory"  the split is read once into one uint8 tensor; every pass shuffles all its images
@@ -9,21 +16,31 @@ TensorFlow's threads, never a Python generator. The decoded split is kept in mem
     "none"    every pass reads the shards again: shard order shuffled per pass, INTERLEAVE_CYCLE
               shards interleaved, then a shuffle buffer of SHUFFLE_BUFFER_BYTES;
     "auto"    "memory" when the decoded split fits in MEMORY_CACHE_SHARE of the available memory.
+
+NumPy (JAX, where TensorFlow may not be installed): the split is read into memory without
+TensorFlow (components/shards.py) and `ArrayBatches` gathers shuffled batches from it; a split
+that does not fit is refused with the fix (train it with the TensorFlow backend, which streams).
+Its order is a function of (seed, step), so a resumed run continues exactly where the
+interrupted one stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components import checks
-from components.dataset import DatasetReader
-from components.keras_setup import tf
+from components import checks, keras_setup
+from components.errors import UserError
 from components.recipe import CACHE_CHOICES
 from components.resources import available_memory_bytes
+
+if TYPE_CHECKING:  # TensorFlow is imported by the tf.data feeder alone, when it runs
+    import tensorflow as tf
+
+    from components.dataset import DatasetReader
 
 logger = logging.getLogger(__name__)
 
@@ -34,57 +51,6 @@ MEMORY_CACHE_SHARE = 0.25
 # The streaming shuffle buffer, in bytes of images: big enough to mix the records of the
 # interleaved shards well beyond one batch, small next to any training machine's memory.
 SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
-
-
-def shift_and_flip(images: tf.Tensor, row_offsets: tf.Tensor, column_offsets: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
-    """Shifts each image by its own offsets (edge pixels fill the gap) and mirrors the flagged ones.
-
-    Equivalent to edge-padding each image, cropping the window that starts `offset` pixels from
-    the unshifted position, then flipping; done as two batched gathers of clipped indices.
-
-    Args:
-        images: [batch, height, width, channels].
-        row_offsets, column_offsets: int32 [batch]; output pixel (r, c) reads input pixel
-            (r + row_offset, c + column_offset), clipped to the image.
-        flips: bool [batch]; True mirrors the image left-right.
-    """
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    rows = tf.clip_by_value(tf.range(height)[tf.newaxis, :] + row_offsets[:, tf.newaxis], 0, height - 1)
-    columns = tf.clip_by_value(tf.range(width)[tf.newaxis, :] + column_offsets[:, tf.newaxis], 0, width - 1)
-    columns = tf.where(flips[:, tf.newaxis], width - 1 - columns, columns)
-    shifted_rows = tf.gather(images, rows, axis=1, batch_dims=1)
-    return tf.gather(shifted_rows, columns, axis=2, batch_dims=1)
-
-
-def augment_batch(images: tf.Tensor, shift_pixels: int | tuple[int, int], flip: bool, seed: tf.Tensor) -> tf.Tensor:
-    """Random per-image shifts of up to `shift_pixels` and, if `flip`, random horizontal flips.
-
-    Vectorized over the whole batch (no per-image Python); keeps shape and dtype. The seed documents'
-    ImageDataGenerator(width/height_shift_range=0.1, fill_mode='nearest') shifted by fractional
-    amounts with interpolation; whole-pixel shifts with the same edge fill cost two gathers instead.
-
-    Args:
-        images: [batch, height, width, channels] of any dtype.
-        shift_pixels: Largest shift in pixels, one int for both axes or (rows, columns).
-        flip: Whether to mirror a random half of the images.
-        seed: int32/int64 tensor of shape [2] for the stateless random ops, so a batch's
-            augmentation depends only on it.
-    """
-    row_shift, column_shift = (shift_pixels, shift_pixels) if isinstance(shift_pixels, (int, np.integer)) else shift_pixels
-    batch = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(seed, num=3)
-    row_offsets = tf.random.stateless_uniform([batch], seeds[0], -row_shift, row_shift + 1, dtype=tf.int32)
-    column_offsets = tf.random.stateless_uniform([batch], seeds[1], -column_shift, column_shift + 1, dtype=tf.int32)
-    if flip:
-        flips = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
-    else:
-        flips = tf.zeros([batch], dtype=tf.bool)
-    return shift_and_flip(images, row_offsets, column_offsets, flips)
-
-
-def shift_pixels_for(image_shape: Sequence[int], shift_fraction: float) -> tuple[int, int]:
-    """Largest shift in (rows, columns) pixels: round(shift_fraction * size) per axis."""
-    return round(shift_fraction * image_shape[0]), round(shift_fraction * image_shape[1])
 
 
 def steps_per_epoch_for(image_count: int, batch_size: int) -> int:
@@ -112,19 +78,18 @@ def make_train_dataset(
     batch_size: int,
     seed: int,
     *,
-    shift_pixels: tuple[int, int] = (0, 0),
-    flip: bool = False,
     cache: str = "auto",
     shard_index: int = 0,
     shard_count: int = 1,
 ) -> tf.data.Dataset:
-    """An endless stream of shuffled, augmented, full (float32 images, one-hot labels) batches of
-    the train split; fit it with steps_per_epoch=steps_per_epoch_for(reader.count("train"), batch_size).
+    """An endless stream of shuffled, full (uint8 images, one-hot labels) batches of the train
+    split; fit it with steps_per_epoch=steps_per_epoch_for(reader.count("train"), batch_size).
 
     Passes over the split run into each other, so each batch is full and no image is left out:
     a smaller last batch would trace the train step a second time, seconds of graph building on
     a CPU and a full recompile under XLA. shard_index/shard_count select this worker's share.
     """
+    tf = keras_setup.tf
     image_bytes = int(np.prod(reader.image_shape))
     share = reader.share_count("train", shard_index, shard_count)
     if resolve_cache(cache, share * image_bytes) == "memory":
@@ -134,24 +99,15 @@ def make_train_dataset(
         buffer_images = max(batch_size, min(share, SHUFFLE_BUFFER_BYTES // image_bytes))
         records = records.shuffle(buffer_images, seed=seed, reshuffle_each_iteration=True)
         batches = records.batch(batch_size, drop_remainder=True).map(reader.parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    augmenting = flip or any(shift_pixels)
     num_classes = reader.num_classes
-    # One stateless seed pair per batch, different every epoch but fixed by `seed`.
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-    def prepare(batch, batch_seed):
-        batch_images, batch_labels = batch
-        if augmenting:
-            batch_images = augment_batch(batch_images, shift_pixels, flip, batch_seed)
-        return tf.cast(batch_images, tf.float32), tf.one_hot(batch_labels, num_classes)
-
-    dataset = tf.data.Dataset.zip(batches, batch_seeds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _memory_batches(reader: DatasetReader, batch_size: int, seed: int, shard_index: int, shard_count: int) -> tf.data.Dataset:
     """Endless full batches of uint8 images and int32 labels gathered by shuffled index from one
     in-memory tensor: every pass shuffles the whole split, and the images are held once."""
+    tf = keras_setup.tf
     images, labels = reader.arrays("train", shard_index=shard_index, shard_count=shard_count)
     images_tensor, labels_tensor = tf.constant(images), tf.constant(labels)
     del images  # the tensor holds its own copy
@@ -165,9 +121,10 @@ def _memory_batches(reader: DatasetReader, batch_size: int, seed: int, shard_ind
 
 
 def make_eval_dataset(reader: DatasetReader, split: str, batch_size: int, cache: str = "auto") -> tf.data.Dataset:
-    """Batched (float32 images, one-hot labels) of every image of ``split`` in file order; the
-    last batch may be smaller. With cache "memory" the decoded uint8 batches are kept after the
-    first pass (validation runs every epoch)."""
+    """Batched (uint8 images, one-hot labels) of every image of ``split`` in file order; the
+    last batch may be smaller. With cache "memory" the decoded batches are kept after the first
+    pass (validation runs every epoch)."""
+    tf = keras_setup.tf
     image_bytes = int(np.prod(reader.image_shape))
     mode = resolve_cache(cache, reader.count(split) * image_bytes)
     batches = reader.records(split, ordered=True).batch(batch_size).map(reader.parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
@@ -175,7 +132,71 @@ def make_eval_dataset(reader: DatasetReader, split: str, batch_size: int, cache:
         batches = batches.cache()
     num_classes = reader.num_classes
     batches = batches.map(
-        lambda images, labels: (tf.cast(images, tf.float32), tf.one_hot(labels, num_classes)),
+        lambda images, labels: (images, tf.one_hot(labels, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# The NumPy feeder (JAX)
+
+
+def split_arrays(reader: DatasetReader, split: str, cache: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """A whole split in memory, read without TensorFlow: uint8 images [N, H, W, C], int32 labels [N].
+
+    The NumPy feeder cannot stream, so a split that does not fit (or cache "none") is refused
+    with the way out.
+    """
+    from components import shards
+
+    split_bytes = reader.count(split) * int(np.prod(reader.image_shape))
+    if resolve_cache(cache, split_bytes) != "memory":
+        raise UserError(
+            f"the jax backend holds the {split} split in memory ({split_bytes / 1e9:.1f} GB) and cannot stream it "
+            f"(cache {cache}); train with --backend tensorflow, which streams from the shards"
+        )
+    return shards.read_arrays(reader.shard_paths(split), reader.image_shape, reader.count(split))
+
+
+class ArrayBatches(keras_setup.keras.utils.PyDataset):
+    """Full batches of (uint8 images, float32 one-hot labels) gathered from arrays in memory,
+    exactly `steps_per_epoch` of them per epoch: fit it with steps_per_epoch=len(batches).
+
+    The order is a function of (seed, position) alone: pass p over the split is the permutation
+    default_rng([seed, p]).permutation(N), the passes run into each other (so every batch is
+    full), and optimizer step k takes positions k*batch_size ... (k+1)*batch_size - 1 of that
+    stream. Starting at `first_epoch` (a resumed run's completed epochs) continues a run exactly.
+
+    A Keras PyDataset rather than a generator: under JAX, fit stops a compiled call of
+    steps_per_execution steps at the epoch's end only when the epoch's input runs out, and an
+    endless generator ran into the next epoch's batches.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
+                 steps_per_epoch: int, first_epoch: int = 0):
+        super().__init__()  # one worker, in this thread: a batch is one gather
+        self.images, self.labels = images, labels
+        self.one_hot = np.eye(num_classes, dtype=np.float32)
+        self.batch_size, self.seed, self.steps_per_epoch = batch_size, seed, steps_per_epoch
+        self.epoch = first_epoch
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        step = self.epoch * self.steps_per_epoch + index
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        passes, offsets = np.divmod(positions, len(self.labels))
+        indices = np.concatenate([self._order(int(number))[offsets[passes == number]] for number in np.unique(passes)])
+        return self.images[indices], self.one_hot[self.labels[indices]]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def _order(self, pass_number: int) -> np.ndarray:
+        if pass_number not in self._orders:
+            self._orders = {number: order for number, order in self._orders.items() if number >= pass_number - 1}
+            self._orders[pass_number] = np.random.default_rng([self.seed, pass_number]).permutation(len(self.labels))
+        return self._orders[pass_number]

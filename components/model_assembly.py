@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from components import models
+from components.augmentation import training_model
 from components.dataset import DatasetReader
-from components.keras_setup import keras, tf
+from components.keras_setup import backend, gpu_compute_capabilities, keras
 from components.recipe import TrainConfig
 
 # Train images a data-fitted first layer is computed from (see ModelSpec.fit_to_images): enough
@@ -25,13 +26,21 @@ FIT_SAMPLE_BYTES = 64 * 1024 * 1024
 
 
 def build_model(model_name: str, reader: DatasetReader, config: TrainConfig, device: DeviceSettings, learning_rate,
-                steps_per_epoch: int, replicas: int) -> tuple[keras.Model, int]:
-    """A new, compiled zoo model for a run that starts; returns it with its steps_per_execution.
+                steps_per_epoch: int, replicas: int, augmentation: tuple[tuple[int, int], bool],
+                train_images: np.ndarray | None = None) -> tuple[keras.Model, int]:
+    """A new, compiled training model for a run that starts (components/augmentation.py: uint8
+    images in, `augmentation` = (shift_pixels, flip) inside the step, the assembled zoo model
+    after it); returns it with its steps_per_execution. `train_images`: the train split when it
+    is in memory already.
 
     Call inside the distribution strategy's scope."""
     pixel_mean = reader.pixel_mean() if config.subtract_pixel_mean else None
-    sample = sample_train_images(reader) if config.fit_stem_to_data and models.get_spec(model_name).fit_to_images else None
-    model = assemble_model(model_name, reader.image_shape, reader.num_classes, pixel_mean, sample)
+    fits_stem = config.fit_stem_to_data and models.get_spec(model_name).fit_to_images
+    sample = sample_train_images(reader, train_images) if fits_stem else None
+    inference = assemble_model(model_name, reader.image_shape, reader.num_classes, pixel_mean, sample)
+    shift_pixels, flip = augmentation
+    # The augmentation's seed generator starts from the recipe's seed; checkpoints keep its state.
+    model = training_model(inference, shift_pixels, flip, seed=config.seed)
     steps_per_execution = resolve_steps_per_execution(
         config.steps_per_execution, model.count_params(), steps_per_epoch, replicas
     )
@@ -192,17 +201,20 @@ def resolve_device_settings(config: TrainConfig) -> DeviceSettings:
     """Resolves 'auto' precision and XLA for the visible devices.
 
     On GPU: XLA on, bfloat16 on compute capability >= 8 (no loss scaling needed), float16 before.
-    On CPU: float32 and no XLA (slower there for ResNet20, BENCHMARKS.md).
+    On CPU: float32, and under TensorFlow no XLA (slower there for ResNet20, BENCHMARKS.md);
+    JAX always compiles with XLA (without it, JAX runs the step op by op).
     """
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = gpu_compute_capabilities()
     if config.mixed_precision != "auto":
         mixed_precision = config.mixed_precision
     elif not gpus:
         mixed_precision = "float32"
     else:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
-        mixed_precision = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
-    jit_compile = bool(gpus) if config.jit_compile == "auto" else bool(config.jit_compile)
+        mixed_precision = "mixed_bfloat16" if gpus[0] >= (8, 0) else "mixed_float16"
+    if config.jit_compile == "auto":
+        jit_compile = bool(gpus) or backend == "jax"
+    else:
+        jit_compile = bool(config.jit_compile)
     return DeviceSettings(gpus=len(gpus), mixed_precision=mixed_precision, jit_compile=jit_compile)
 
 
@@ -221,15 +233,23 @@ def resolve_steps_per_execution(setting: int | str, params: int, steps_per_epoch
     return max(1, min(int(setting), steps_per_epoch))
 
 
-def sample_train_images(reader: DatasetReader) -> np.ndarray:
+def sample_train_images(reader: DatasetReader, train_images: np.ndarray | None = None) -> np.ndarray:
     """Up to FIT_SAMPLE_IMAGES train images (FIT_SAMPLE_BYTES at most) spread evenly over the
     split (every k-th record, so a split stored class by class still gives every class), uint8
-    [N, H, W, C]."""
+    [N, H, W, C]; taken from `train_images` when the split is in memory already."""
+    if train_images is not None:
+        return spread_sample(train_images)
     count = max(1, min(FIT_SAMPLE_IMAGES, FIT_SAMPLE_BYTES // int(np.prod(reader.image_shape))))
     stride = max(1, reader.count("train") // count)
     examples = reader.examples("train", ordered=True).shard(stride, 0).take(count).batch(count)
     images, _ = next(examples.as_numpy_iterator())
     return images
+
+
+def spread_sample(images: np.ndarray) -> np.ndarray:
+    """What sample_train_images takes from a split held in memory (every k-th image)."""
+    count = max(1, min(FIT_SAMPLE_IMAGES, FIT_SAMPLE_BYTES // int(np.prod(images.shape[1:]))))
+    return images[::max(1, len(images) // count)][:count]
 
 
 def averaged_weights(checkpoint_path: str) -> list[np.ndarray]:

@@ -39,6 +39,7 @@ class TrainResult:
     validation_split: str
     dataset: str
     workers: int
+    backend: str  # the Keras backend it trained on: "tensorflow" or "jax"
     config: dict[str, Any]  # the TrainConfig's fields
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +106,7 @@ def _read(record_type, directory: str, file_name: str, fix: str):
     if not isinstance(fields, dict):
         raise UserError(f"{path} holds a {type(fields).__name__}, not an object; {fix}")
     fields.setdefault("format_version", 1)  # written before the records carried their version
+    fields.setdefault("backend", "tensorflow")  # written before there was a choice of backend
     if fields["format_version"] != FORMAT_VERSION:
         raise UserError(f"{path} has format_version {fields['format_version']!r}, expected {FORMAT_VERSION}; {fix}")
     return from_fields(record_type, fields, path, fix)

@@ -13,7 +13,7 @@ however many steps one compiled call runs, and a resumed run continues the same 
 
 from __future__ import annotations
 
-from components.keras_setup import keras, tf
+from components.keras_setup import keras, variable_value
 from components.recipe import (
     PLATEAU_MIN_LEARNING_RATE,
     STEP_FACTORS,
@@ -21,6 +21,8 @@ from components.recipe import (
     step_boundaries_for,
     warmup_steps_for,
 )
+
+ops = keras.ops
 
 
 @keras.saving.register_keras_serializable(package="cnnpipe")
@@ -41,21 +43,23 @@ class StepDecayWithPlateau(keras.optimizers.schedules.LearningRateSchedule):
         self.boundaries = [int(boundary) for boundary in boundaries]
         self.factors = [float(factor) for factor in factors]
         self.min_learning_rate = float(min_learning_rate)
-        # A variable, so a new scale reaches the compiled train step without retracing it.
-        self.plateau_scale = tf.Variable(float(plateau_scale), trainable=False, dtype=tf.float32, name="plateau_scale")
+        # A variable, so a new scale reaches TensorFlow's compiled train step without retracing
+        # it (a JAX step is traced anew: components.callbacks.PlateauCallback).
+        self.plateau_scale = keras.Variable(float(plateau_scale), trainable=False, dtype="float32", name="plateau_scale")
 
     def __call__(self, step):
-        milestones_passed = tf.reduce_sum(tf.cast(tf.cast(step, tf.int64) > tf.constant(self.boundaries, tf.int64), tf.int32))
-        factor = tf.gather(tf.constant([1.0, *self.factors], tf.float32), milestones_passed)
+        # int32 steps: JAX computes in 32 bits unless told otherwise; 2**31 steps are never reached.
+        passed = ops.cast(step, "int32") > ops.convert_to_tensor(self.boundaries, "int32")
+        factor = ops.take(ops.convert_to_tensor([1.0, *self.factors], "float32"), ops.sum(ops.cast(passed, "int32")))
         scheduled = self.peak_learning_rate * factor
-        return tf.maximum(scheduled * self.plateau_scale, tf.minimum(scheduled, self.min_learning_rate))
+        return ops.maximum(scheduled * self.plateau_scale.value, ops.minimum(scheduled, self.min_learning_rate))
 
     def get_config(self):
         return {
             "peak_learning_rate": self.peak_learning_rate,
             "boundaries": self.boundaries,
             "factors": self.factors,
-            "plateau_scale": float(self.plateau_scale.numpy()),
+            "plateau_scale": float(variable_value(self.plateau_scale)),
             "min_learning_rate": self.min_learning_rate,
         }
 
@@ -71,10 +75,10 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.decay_steps = int(decay_steps)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = ops.cast(step, "float32")
         warming = step / max(self.warmup_steps, 1)
-        decaying = 1.0 - tf.minimum((step - self.warmup_steps) / self.decay_steps, 1.0)
-        return self.peak_learning_rate * tf.where(step < self.warmup_steps, warming, decaying)
+        decaying = 1.0 - ops.minimum((step - self.warmup_steps) / self.decay_steps, 1.0)
+        return self.peak_learning_rate * ops.where(step < self.warmup_steps, warming, decaying)
 
     def get_config(self):
         return {"peak_learning_rate": self.peak_learning_rate, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps}
@@ -105,4 +109,4 @@ def learning_rate_of_step(optimizer, step: int) -> float:
     learning_rate = optimizer._learning_rate  # the schedule itself; `.learning_rate` evaluates it at the current step
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         return float(learning_rate(step))
-    return float(tf.convert_to_tensor(optimizer.learning_rate.value))  # the primary copy under a strategy
+    return float(variable_value(optimizer.learning_rate))

@@ -33,14 +33,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from components import checkpoints, models, storage
+from components import checkpoints, keras_setup, models, storage
 from components.artifacts import HISTORY_FILE, MODEL_FILE
+from components.augmentation import inference_model
+from components.backends import check_workers
 from components.dataset import DatasetReader, open_dataset
 from components.distributed import WorkerRole, agreed_resume_epoch, distribution_strategy, worker_role
 from components.errors import StorageError, UserError, one_line
-from components.fit import fit_epochs, flips_allowed
-from components.input_pipeline import steps_per_epoch_for
-from components.keras_setup import keras, tf
+from components.fit import augmentation_settings, fit_epochs, flips_allowed
+from components.input_pipeline import split_arrays, steps_per_epoch_for
+from components.keras_setup import backend, keras
 from components.manifest import DatasetManifest
 from components.model_assembly import (
     averaged_weights,
@@ -103,7 +105,9 @@ def train(
             on the cluster); default $CNNPIPE_RUN_HOLDER, else this host and process.
     """
     role = worker_role()
-    strategy = distribution_strategy(role)  # before any other TensorFlow work
+    check_workers(backend, role.count)
+    # TensorFlow's strategy comes before any other TensorFlow work; JAX trains in this process alone.
+    strategy = distribution_strategy(role) if backend == "tensorflow" else None
     reader = open_dataset(dataset_dir)
     spec = models.get_spec(model_name)
     output_dir = os.path.abspath(output_dir)
@@ -154,7 +158,7 @@ class TrainingRun:
     config: TrainConfig
     reader: DatasetReader
     role: WorkerRole
-    strategy: tf.distribute.Strategy
+    strategy: Any  # a tf.distribute.Strategy under TensorFlow, None under JAX
     location: str | None
     scratch: str
     tensorboard_dir: str | None
@@ -197,29 +201,34 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
         logger.info("all %d epochs already done in %s; writing outputs only", state["epoch"], location)
         return dict(state, resumed_from_epoch=resumed_from_epoch)
 
-    keras.utils.set_random_seed(config.seed)
+    keras_setup.set_random_seed(config.seed)
     validation_split = reader.validation_split
     steps_per_epoch = steps_per_epoch_for(reader.count("train"), config.batch_size)
     plateau = PlateauState(**state["plateau"]) if state else PlateauState()
+    # JAX trains from the split in memory, read without TensorFlow (components/input_pipeline.py).
+    train_arrays = split_arrays(reader, "train", config.cache) if backend == "jax" else None
+    replicas = strategy.num_replicas_in_sync if strategy else 1
 
     device = resolve_device_settings(config)
     keras.mixed_precision.set_global_policy(device.mixed_precision)
-    with strategy.scope():
+    with strategy.scope() if strategy else contextlib.nullcontext():
         learning_rate = make_learning_rate(config, steps_per_epoch, plateau.scale)
         if state is None:
-            model, steps_per_execution = build_model(run.model_name, reader, config, device, learning_rate,
-                                                     steps_per_epoch, strategy.num_replicas_in_sync)
+            model, steps_per_execution = build_model(
+                run.model_name, reader, config, device, learning_rate, steps_per_epoch, replicas,
+                augmentation_settings(config, reader), train_arrays[0] if train_arrays else None,
+            )
             state = _new_state(run.model_name, run.fingerprint, run.fingerprint_inputs, model.count_params(), validation_split)
         else:
             model, steps_per_execution = restore_model(state["checkpoint_path"], config, device, learning_rate,
-                                                       steps_per_epoch, strategy.num_replicas_in_sync)
+                                                       steps_per_epoch, replicas)
             logger.info("resuming %s from %s after epoch %d", run.model_name, location, resumed_from_epoch)
 
     fit_epochs(
         model, strategy, reader, config, run.role, model_name=run.model_name, state=state, plateau=plateau,
         resumed_from_epoch=resumed_from_epoch, validation_split=validation_split, steps_per_epoch=steps_per_epoch,
         steps_per_execution=steps_per_execution, device=device, write_dir=run.write_dir, remote_dir=run.remote_dir, scratch=run.scratch,
-        tensorboard_dir=run.tensorboard_dir, extra_callbacks=extra_callbacks,
+        tensorboard_dir=run.tensorboard_dir, extra_callbacks=extra_callbacks, train_arrays=train_arrays,
     )
     return dict(checkpoints.load(run.write_dir), resumed_from_epoch=resumed_from_epoch)
 
@@ -260,9 +269,10 @@ def _write_outputs(
     """Writes the best model (for inference: no optimizer state, loads with plain Keras),
     history.csv, and train_result.json last, as the commit point."""
     models.allow_deep_graphs()
-    best_model = keras.models.load_model(state["best_checkpoint_path"], compile=False)
+    best_training_model = keras.models.load_model(state["best_checkpoint_path"], compile=False)
     if config.weight_average_momentum:
-        best_model.set_weights(averaged_weights(state["best_checkpoint_path"]))
+        best_training_model.set_weights(averaged_weights(state["best_checkpoint_path"]))
+    best_model = inference_model(best_training_model)  # without the augmentation
     if config.test_time_flip and flips_allowed(config, reader):
         best_model = with_test_time_flip(best_model)
     checkpoints.save_model_atomically(best_model, os.path.join(output_dir, MODEL_FILE))
@@ -290,6 +300,7 @@ def _write_outputs(
         validation_split=state["validation_split"],
         dataset=reader.name,
         workers=role.count,
+        backend=backend,
         config=config.to_dict(),
     )
     write_train_result(output_dir, result)

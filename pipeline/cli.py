@@ -17,6 +17,7 @@ from typing import Sequence
 
 from components import storage
 from components.artifacts import REPORT_HTML_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
+from components.backends import BACKENDS, check_workers, select_backend
 from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError, one_line
 from components.recipe import CACHE_CHOICES, SCHEDULES
 from pipeline.cluster import WORKER_NAMESPACE
@@ -147,12 +148,19 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_execution_arguments(parser: argparse.ArgumentParser) -> None:
-    """How training runs, not what it learns: worker processes and the dataset cache."""
+    """How training runs, not what it learns: the Keras backend, worker processes and the dataset cache."""
+    add_backend_argument(parser)
     parser.add_argument("--workers", type=int, default=1,
-                        help="train each model data-parallel on N worker processes (default: 1)")
+                        help="train each model data-parallel on N worker processes (default: 1; tensorflow only)")
     parser.add_argument("--cache", choices=CACHE_CHOICES,
                         help="keep the decoded dataset in memory (memory), stream it from its shards (none), "
                         "or memory when it fits (auto, the default)")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser, default: str | None = BACKENDS[0]) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=default,
+                        help="Keras backend of training and evaluation: tensorflow (default; tf.data, several "
+                        "workers) or jax (one process; the data in memory; no TensorFlow needed)")
 
 
 def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +192,7 @@ def resolve_run_config(args: argparse.Namespace):
         cache=args.cache,
         workers=args.workers,
         image_size=args.image_size,
+        backend=args.backend,
     )
 
 
@@ -336,6 +345,7 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="with --wait: stop following after this long, exit 1 (the run keeps going; default: no limit)")
     submit.add_argument("--workers", type=int, help="train each model on N worker pods (a JobSet); same as --param workers=N")
+    add_backend_argument(submit, default=None)
     submit.set_defaults(handler=command_submit)
 
     schedule = commands.add_parser(
@@ -406,6 +416,9 @@ def command_submit(args: argparse.Namespace) -> int:
     params = cluster.parse_params(args.param)
     if args.workers is not None:
         params["workers"] = str(args.workers)
+    if args.backend is not None:
+        params["backend"] = args.backend
+    check_workers(params.get("backend", ""), int(params.get("workers", 1)))
     run = cluster.submit(
         args.host,
         args.package,
@@ -479,6 +492,7 @@ def add_component_commands(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--dataset", required=True, metavar="DIR")
     evaluate.add_argument("--model-dir", required=True, metavar="DIR", help="output of `component train`")
     evaluate.add_argument("--output", required=True, metavar="DIR")
+    add_backend_argument(evaluate)
     evaluate.set_defaults(handler=component_evaluate)
 
     report = steps.add_parser("report", help="write report.html, report.md and summary.json")
@@ -500,6 +514,8 @@ def component_prepare(args: argparse.Namespace) -> int:
 
 
 def component_train(args: argparse.Namespace) -> int:
+    select_backend(args.backend)  # before anything imports Keras
+    check_workers(args.backend, args.workers)
     from components.recipe import TrainConfig
     from pipeline.config import get_preset
     from pipeline.launch import train_on_workers
@@ -523,6 +539,7 @@ def component_train(args: argparse.Namespace) -> int:
 
 
 def component_evaluate(args: argparse.Namespace) -> int:
+    select_backend(args.backend)  # before anything imports Keras
     from components.evaluate import evaluate
 
     result = evaluate(args.dataset, args.model_dir, args.output)

@@ -13,6 +13,7 @@ import types
 from typing import Any, Mapping
 
 from components import checks
+from components.backends import BACKENDS, DEFAULT_BACKEND, check_workers
 from components.errors import UserError
 
 
@@ -83,6 +84,7 @@ class RunConfig:
     train: Mapping[str, Any]
     workers: int = 1  # processes training each model data-parallel
     image_size: int = 0  # side every image is resized to by prep; 0 keeps the source's size
+    backend: str = "tensorflow"  # Keras backend of training and evaluation (components/backends.py)
 
     @property
     def seed(self) -> int:
@@ -98,6 +100,7 @@ class RunConfig:
             "train": dict(self.train),
             "workers": self.workers,
             "image_size": self.image_size,
+            "backend": self.backend,
         }
 
 
@@ -114,6 +117,7 @@ def resolve(
     validation_fraction: float | None = None,
     workers: int | None = None,
     image_size: int | None = None,
+    backend: str | None = None,
     **train_overrides: Any,
 ) -> RunConfig:
     """Merge a preset with overrides (``None`` means "keep the preset's value") and validate it.
@@ -141,13 +145,17 @@ def resolve(
     # None means "decide from the data" (e.g. horizontal_flip); KFP parameters cannot hold None,
     # and from_dict restores the default when the key is absent.
     resolved_train = {key: value for key, value in TrainConfig.from_dict(train).to_dict().items() if value is not None}
+    backend = checks.choice("--backend", backend or DEFAULT_BACKEND, BACKENDS)
+    workers = checks.integer("--workers", 1 if workers is None else workers, minimum=1, why="1 = one process")
+    check_workers(backend, workers)
     return RunConfig(
         preset=base.name,
         dataset=dataset or base.dataset,
         models=chosen_models,
         validation_fraction=fraction,
         train=types.MappingProxyType(resolved_train),
-        workers=checks.integer("--workers", 1 if workers is None else workers, minimum=1, why="1 = one process"),
+        workers=workers,
         image_size=checks.integer("--image-size", 0 if image_size is None else image_size, minimum=0,
                                   why="0 = keep the images' size"),
+        backend=backend,
     )

@@ -73,6 +73,7 @@ def build_pipeline(
         workers: int = defaults.workers,
         image_size: int = defaults.image_size,
         tensorboard_root: str = "",
+        backend: str = defaults.backend,
     ):
         prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed, image_size=image_size)
         disable_cache_for_mutable_source(prep)
@@ -85,6 +86,7 @@ def build_pipeline(
                 run_name=run_name,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 workers=workers,
+                backend=backend,
                 tensorboard_root=tensorboard_root,
                 cluster_placement=json.dumps({**worker_pod_settings(placement), "max_restarts": placement.train_retries})
                 if placement else "",
@@ -105,6 +107,7 @@ def build_pipeline(
                 promotion_margin=promotion_margin,
                 run_name=run_name,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                backend=backend,
             )
         report = write_report(
             dataset=prep.outputs["dataset"],

@@ -48,6 +48,7 @@ def train_model(
     run_name: str,
     pipeline_job_id: str,
     workers: int,
+    backend: str,
     tensorboard_root: str,
     cluster_placement: str,
     model: Output[Model],
@@ -62,6 +63,7 @@ def train_model(
             retried task, or the same local command run again, resumes instead of starting over.
         pipeline_job_id: The KFP job id, which stays the same when the cluster retries a task.
         workers: Worker processes training the model data-parallel (1 = this process alone).
+        backend: Keras backend, tensorflow or jax (jax: one worker, the data in memory, no TensorFlow).
         tensorboard_root: Directory or gs:// prefix for TensorBoard files, a folder per model
             ('' = inside the model artifact).
         cluster_placement: Where a JobSet's worker pods go, set by `cnnpipe compile` ('' = local processes).
@@ -69,6 +71,7 @@ def train_model(
     import os
 
     from components import storage
+    from components.backends import select_backend
     from components.errors import pipeline_step
     from components.recipe import TrainConfig
     from pipeline.launch import train_on_workers
@@ -78,6 +81,7 @@ def train_model(
     checkpoint_dir = storage.join(checkpoint_root, run_id, model_name) if checkpoint_root else None
     tensorboard_dir = storage.join(tensorboard_root, model_name) if tensorboard_root else os.path.join(model.path, "tensorboard")
     with pipeline_step():
+        select_backend(backend)  # before anything imports Keras; worker processes inherit it
         result = train_on_workers(
             workers, dataset_location(dataset), model_name, model.path, TrainConfig.from_dict(train_config),
             checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir, run_id=run_id,
@@ -95,6 +99,7 @@ def evaluate_model(
     promotion_margin: float,
     run_name: str,
     pipeline_job_id: str,
+    backend: str,
     result: Output[Artifact],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
@@ -107,13 +112,17 @@ def evaluate_model(
         promotion_margin: How much higher (a fraction) the new test accuracy must be to replace the champion.
         run_name: Names the published version ('' = the pipeline job id).
         pipeline_job_id: The KFP job id.
+        backend: Keras backend, tensorflow or jax.
     """
+    from components.backends import select_backend
     from components.errors import pipeline_step
-    from components.evaluate import evaluate
     from components.publish import publish
     from pipeline.step_inputs import dataset_location, version_id
 
     with pipeline_step():
+        select_backend(backend)  # before anything imports Keras
+        from components.evaluate import evaluate
+
         evaluation = evaluate(dataset_location(dataset), model.path, result.path)
         if registry:
             decision = publish(dataset_location(dataset), model.path, result.path, registry,

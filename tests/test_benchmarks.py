@@ -84,6 +84,8 @@ def test_tiny_run_exits_zero_and_writes_its_json(tiny_runs, name):
     assert result["tiny"] is True
     assert isinstance(result["ratio"], (int, float))
     assert result["machine"]["cpu_cores"] >= 1
+    if name == "gpu":  # the GPU machines have no TensorFlow
+        assert result["tensorflow_imported"] is False
     if name in IMAGE_SCRIPTS and not docker_image.missing_requirement():
         assert "skipped" not in result, f"{name}.py skipped with a Docker engine here: {result['skipped']}"
         assert math.isfinite(result["ratio"])

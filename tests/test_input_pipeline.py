@@ -9,7 +9,15 @@ from datagen import make_numbered_folder
 from components import data_prep, input_pipeline
 from components.data_prep import prepare
 from components.dataset import open_dataset
-from components.input_pipeline import make_eval_dataset, make_train_dataset, resolve_cache, steps_per_epoch_for
+from components.errors import UserError
+from components.input_pipeline import (
+    ArrayBatches,
+    make_eval_dataset,
+    make_train_dataset,
+    resolve_cache,
+    split_arrays,
+    steps_per_epoch_for,
+)
 
 
 @pytest.fixture
@@ -34,7 +42,7 @@ def test_train_batches_are_full_labelled_and_cover_every_image(reader, cache):
     dataset = make_train_dataset(reader, batch_size, seed=1, cache=cache)
     seen = collections.Counter()
     for images, labels in dataset.take(3 * steps).as_numpy_iterator():
-        assert images.shape == (batch_size, 4, 4, 3) and images.dtype == np.float32
+        assert images.shape == (batch_size, 4, 4, 3) and images.dtype == np.uint8  # augmented in the step
         assert labels.shape == (batch_size, 3)
         numbers = image_numbers(images)
         # Numbers 0..5 are class a, 6..11 class b, 12..17 class c: each image keeps its label.
@@ -58,15 +66,6 @@ def test_memory_cache_shuffles_every_pass_and_follows_the_seed(reader):
     assert first_passes(4) != passes
 
 
-def test_augmentation_shifts_and_flips_within_the_batch(reader):
-    dataset = make_train_dataset(reader, 6, seed=0, shift_pixels=(1, 1), flip=True, cache="none")
-    images, labels = next(iter(dataset))
-    # Numbered images are uniform, so shifts and flips keep every pixel: augmentation runs
-    # without mixing images or labels.
-    assert images.shape == (6, 4, 4, 3)
-    assert np.all(np.asarray(images) == np.asarray(images)[:, :1, :1, :1])
-
-
 def test_worker_share_trains_on_its_own_images(reader):
     dataset = make_train_dataset(reader, 2, seed=0, cache="none", shard_index=0, shard_count=2)
     numbers = {number for images, _ in dataset.take(20).as_numpy_iterator() for number in image_numbers(images)}
@@ -82,7 +81,7 @@ def test_eval_dataset_is_every_image_in_file_order(reader, cache):
         batches = list(dataset.as_numpy_iterator())
         assert [len(labels) for _, labels in batches] == [4, 2]
         numbers = image_numbers(np.concatenate([images for images, _ in batches]))
-        assert numbers == list(range(18, 24))
+        assert numbers == list(range(18, 24)) and batches[0][0].dtype == np.uint8
         assert np.concatenate([labels for _, labels in batches]).argmax(axis=1).tolist() == [0, 0, 1, 1, 2, 2]
 
 
@@ -97,3 +96,46 @@ def test_auto_cache_follows_available_memory(monkeypatch):
 
 def test_available_memory_is_plausible():
     assert 0 < input_pipeline.available_memory_bytes() < 1 << 50
+
+
+# --- the NumPy feeder (JAX) ----------------------------------------------------------------------
+
+
+def batch_numbers(batches, epochs):
+    """The image numbers of every batch of `epochs` epochs, as fit reads them."""
+    taken = []
+    for _ in range(epochs):
+        taken += [image_numbers(batches[index][0]) for index in range(len(batches))]
+        batches.on_epoch_end()
+    return taken
+
+
+def test_array_batches_are_full_passes_run_into_each_other_and_follow_the_seed(reader):
+    images, labels = split_arrays(reader, "train")
+    np.testing.assert_array_equal(images, reader.arrays("train")[0])  # read without TensorFlow, the same
+    batches = ArrayBatches(images, labels, 3, batch_size=4, seed=2, steps_per_epoch=steps_per_epoch_for(18, 4))
+    assert len(batches) == 5
+    first_images, first_labels = batches[0]
+    assert first_images.shape == (4, 4, 4, 3) and first_images.dtype == np.uint8 and first_labels.shape == (4, 3)
+    assert [number // 6 for number in image_numbers(first_images)] == first_labels.argmax(axis=1).tolist()
+    numbers = sum(batch_numbers(batches, 4), [])  # 80 images: four passes of 18, and 8 of the fifth
+    passes = [numbers[start:start + 18] for start in range(0, 72, 18)]
+    assert all(sorted(one_pass) == list(range(18)) for one_pass in passes) and passes[0] != passes[1]
+    again = ArrayBatches(images, labels, 3, 4, seed=2, steps_per_epoch=5)
+    assert batch_numbers(again, 1)[0] == numbers[:4]
+    assert batch_numbers(ArrayBatches(images, labels, 3, 4, seed=3, steps_per_epoch=5), 1)[0] != numbers[:4]
+
+
+def test_array_batches_resume_exactly_where_a_run_stopped(reader):
+    images, labels = split_arrays(reader, "train")
+    uninterrupted = batch_numbers(ArrayBatches(images, labels, 3, batch_size=5, seed=1, steps_per_epoch=4), 3)
+    resumed = batch_numbers(ArrayBatches(images, labels, 3, batch_size=5, seed=1, steps_per_epoch=4, first_epoch=2), 1)
+    assert resumed == uninterrupted[8:]
+
+
+def test_a_split_the_numpy_feeder_cannot_hold_is_refused_with_the_fix(reader, monkeypatch):
+    monkeypatch.setattr(input_pipeline, "available_memory_bytes", lambda: 100)
+    with pytest.raises(UserError, match="jax backend holds the train split in memory.*--backend tensorflow"):
+        split_arrays(reader, "train")
+    with pytest.raises(UserError, match="cache none"):
+        split_arrays(reader, "train", cache="none")

@@ -12,7 +12,7 @@ TRAIN_FIELDS = {
     "name": "lenet5", "family": "lenet", "params": 61706, "epochs": 2, "train_seconds": 3.5,
     "train_images_per_second": 120.0, "best_validation_accuracy": 0.5, "best_epoch": 2, "resumed_from_epoch": 0,
     "optimizer_steps": 6, "steps_per_epoch": 3, "images_seen": 48, "validation_split": "test",
-    "dataset": "digits", "workers": 1, "config": {"epochs": 2},
+    "dataset": "digits", "workers": 1, "backend": "jax", "config": {"epochs": 2},
 }
 EVALUATION_FIELDS = {
     **TRAIN_FIELDS, "test_accuracy": 0.75, "test_loss": 0.7, "test_images": 12, "inference_images_per_second": 900.0,
@@ -40,6 +40,11 @@ def test_an_evaluation_result_keeps_promotion_out_of_the_file_until_published(tm
 def test_a_file_of_the_previous_format_without_a_version_still_reads(tmp_path):
     (tmp_path / "train_result.json").write_text(json.dumps(TRAIN_FIELDS))
     assert results.read_train_result(str(tmp_path)).format_version == 1
+
+
+def test_a_file_from_before_the_choice_of_backend_reads_as_tensorflow(tmp_path):
+    (tmp_path / "train_result.json").write_text(json.dumps({key: value for key, value in TRAIN_FIELDS.items() if key != "backend"}))
+    assert results.read_train_result(str(tmp_path)).backend == "tensorflow"
 
 
 @pytest.mark.parametrize("fields, named", [

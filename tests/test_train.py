@@ -28,7 +28,7 @@ from components.recipe import (
 )
 from components.schedules import make_learning_rate
 from components.dataset import load_split, open_dataset
-from components.input_pipeline import augment_batch, make_train_dataset, shift_and_flip, shift_pixels_for, steps_per_epoch_for
+from components.input_pipeline import make_train_dataset, steps_per_epoch_for
 from components.model_assembly import make_optimizer
 from components.train import train
 from schedule_reference import cosine_learning_rate, learning_rate_at, learning_rate_at_step, step_learning_rate
@@ -210,61 +210,6 @@ def test_plateau_reduces_after_patience_epochs_without_improvement_and_resets_on
 def test_plateau_does_not_reduce_an_already_minimal_rate():
     state = PlateauState(scale=0.5, best_validation_loss=1.0, wait=PLATEAU_PATIENCE - 1)
     assert update_plateau(state, 2.0, PLATEAU_MIN_LEARNING_RATE).scale == 0.5
-
-
-# --- augmentation -------------------------------------------------------------------------------
-
-
-def edge_pad_crop(image, row_offset, column_offset, pad):
-    """Reference: numpy edge-pad by `pad`, crop the window shifted by the offsets."""
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    height, width = image.shape[:2]
-    return padded[pad + row_offset : pad + row_offset + height, pad + column_offset : pad + column_offset + width]
-
-
-def test_shift_and_flip_matches_edge_padded_crops_for_known_offsets():
-    images = np.arange(3 * 5 * 6 * 2, dtype=np.uint8).reshape(3, 5, 6, 2)
-    row_offsets, column_offsets, flips = [1, -2, 0], [-1, 2, 0], [False, False, True]
-    shifted = shift_and_flip(
-        tf.constant(images), tf.constant(row_offsets), tf.constant(column_offsets), tf.constant(flips)
-    ).numpy()
-    assert shifted.dtype == np.uint8
-    np.testing.assert_array_equal(shifted[0], edge_pad_crop(images[0], 1, -1, pad=2))
-    np.testing.assert_array_equal(shifted[1], edge_pad_crop(images[1], -2, 2, pad=2))
-    np.testing.assert_array_equal(shifted[2], images[2][:, ::-1])
-
-
-def test_augment_batch_keeps_shape_and_dtype_and_applies_shifts_and_flips_within_range():
-    generator = np.random.default_rng(0)
-    images = generator.integers(0, 256, size=(64, 6, 6, 3), dtype=np.uint8)
-    augmented = augment_batch(tf.constant(images), shift_pixels=1, flip=True, seed=tf.constant([3, 4])).numpy()
-    assert augmented.shape == images.shape and augmented.dtype == np.uint8
-    seen_offsets, seen_flips = set(), set()
-    for image, result in zip(images, augmented):
-        matches = [
-            (row, column, flip)
-            for row in (-1, 0, 1)
-            for column in (-1, 0, 1)
-            for flip in (False, True)
-            if np.array_equal(result, (lambda crop: crop[:, ::-1] if flip else crop)(edge_pad_crop(image, row, column, pad=1)))
-        ]
-        assert matches, "every augmented image is some shift (and maybe flip) of its source"
-        seen_offsets.add(matches[0][:2])
-        seen_flips.add(matches[0][2])
-    assert len(seen_offsets) > 4 and seen_flips == {False, True}
-
-
-def test_augment_batch_is_deterministic_per_seed_and_identity_without_shift_or_flip():
-    images = tf.constant(np.random.default_rng(1).integers(0, 256, size=(16, 8, 8, 1), dtype=np.uint8))
-    first = augment_batch(images, (2, 1), True, tf.constant([1, 2])).numpy()
-    np.testing.assert_array_equal(first, augment_batch(images, (2, 1), True, tf.constant([1, 2])).numpy())
-    assert not np.array_equal(first, augment_batch(images, (2, 1), True, tf.constant([1, 3])).numpy())
-    np.testing.assert_array_equal(augment_batch(images, 0, False, tf.constant([1, 2])).numpy(), images.numpy())
-
-
-def test_shift_pixels_round_the_fraction_of_each_side():
-    assert shift_pixels_for((32, 32, 3), 0.1) == (3, 3)
-    assert shift_pixels_for((8, 28, 1), 0.1) == (1, 3)
 
 
 @pytest.mark.parametrize("cache", ["memory", "none"])

@@ -89,6 +89,7 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
         entry["reference_accuracy"] = finite_or_none(result.get("reference_accuracy"))
         entry["seed_accuracy"] = finite_or_none(result.get("seed_accuracy"))
         entry["family"] = result.get("family")
+        entry["backend"] = result.get("backend", "tensorflow")  # the Keras backend it trained and was evaluated on
         entry["best_validation_accuracy"] = finite_or_none(result.get("best_validation_accuracy"))
         # The work done, as counted by the optimizer: epochs x ceil(train images / batch) steps.
         entry["optimizer_steps"] = result.get("optimizer_steps")

@@ -1,0 +1,152 @@
+"""The training step on Keras' JAX backend: no TensorFlow imported, a killed run resumes to the
+very model an uninterrupted run trains, and epochs, per-step learning rates and files are those
+of the TensorFlow backend.
+
+Each run is a process of its own, since a process has one Keras backend (components/backends.py).
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from components.checkpoints import load as load_checkpoint
+from components.recipe import TrainConfig
+from schedule_reference import learning_rate_at_step
+from test_train import write_dataset
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Shifts, flips and a cosine schedule with warmup: everything a resumed run has to continue.
+CONFIG = {"epochs": 4, "batch_size": 8, "steps_per_execution": 2, "seed": 3, "schedule": "cosine",
+          "warmup_epochs": 1, "horizontal_flip": True, "shift_fraction": 0.25}
+TRAIN_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from components.keras_setup import keras
+    from components.recipe import TrainConfig
+    from components.train import train
+
+    class Slow(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(float(sys.argv[5]))  # leaves time to kill the process between checkpoints
+
+    dataset, output, checkpoints, fields = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    train(dataset, "lenet5", output, TrainConfig.from_dict(fields), checkpoint_dir=checkpoints,
+          tensorboard_dir=checkpoints + "-tensorboard", callbacks=[Slow()])
+    print("tensorflow imported:", "tensorflow" in sys.modules)
+""")
+
+
+def start_training(backend, dataset, root, name, pause_seconds=0.0):
+    """The training process (`backend`) writing root/name and root/name-checkpoints."""
+    command = [sys.executable, "-c", TRAIN_SCRIPT, dataset, str(root / name), str(root / f"{name}-checkpoints"),
+               json.dumps(CONFIG), str(pause_seconds)]
+    environment = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPOSITORY)
+    return subprocess.Popen(command, cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def read_history(output_dir):
+    with open(os.path.join(output_dir, "history.csv")) as history_file:
+        return list(csv.DictReader(history_file))
+
+
+def read_result(output_dir):
+    with open(os.path.join(output_dir, "train_result.json")) as result_file:
+        return json.load(result_file)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted JAX run, a JAX run killed after a checkpoint and then resumed, and a
+    TensorFlow run of the same recipe: {name: output directory}."""
+    root = tmp_path_factory.mktemp("backends")
+    dataset = write_dataset(root / "dataset")
+    uninterrupted = start_training("jax", dataset, root, "jax")
+    tensorflow = start_training("tensorflow", dataset, root, "tensorflow")
+    killed = start_training("jax", dataset, root, "resumed", pause_seconds=2.0)
+    try:
+        deadline = time.monotonic() + 600
+        while load_checkpoint(str(root / "resumed-checkpoints")) is None:
+            assert killed.poll() is None, "training exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.2)
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.communicate()
+    killed_at = load_checkpoint(str(root / "resumed-checkpoints"))["epoch"]
+    assert 1 <= killed_at < CONFIG["epochs"]
+    resumed = start_training("jax", dataset, root, "resumed")
+    outputs = {"jax": finish(uninterrupted), "tensorflow": finish(tensorflow), "resumed": finish(resumed)}
+    return {name: {"dir": root / name, "stdout": stdout, "killed_at": killed_at} for name, stdout in outputs.items()}
+
+
+@pytest.mark.slow
+def test_the_jax_step_imports_no_tensorflow(runs):
+    assert "tensorflow imported: False" in runs["jax"]["stdout"]
+    assert "tensorflow imported: False" in runs["resumed"]["stdout"]
+    assert "tensorflow imported: True" in runs["tensorflow"]["stdout"]  # the check can fail
+
+
+@pytest.mark.slow
+def test_a_killed_jax_run_resumes_to_the_model_of_an_uninterrupted_run(runs):
+    """Same batches, same augmentation draws, same optimizer state: the resumed run's epochs after
+    the kill and its final model match the uninterrupted run's."""
+    resumed, uninterrupted = runs["resumed"], runs["jax"]
+    assert read_result(resumed["dir"])["resumed_from_epoch"] == resumed["killed_at"]
+    for column in ("loss", "val_loss", "val_accuracy", "learning_rate"):
+        np.testing.assert_allclose([float(row[column]) for row in read_history(resumed["dir"])],
+                                   [float(row[column]) for row in read_history(uninterrupted["dir"])], rtol=1e-4, err_msg=column)
+    from components.keras_setup import keras
+
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 1)).astype(np.float32)
+    predictions = [keras.models.load_model(run["dir"] / "model.keras").predict(images, verbose=0) for run in (resumed, uninterrupted)]
+    np.testing.assert_allclose(*predictions, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_both_backends_run_the_same_epochs_rates_and_files(runs):
+    jax_history, tensorflow_history = read_history(runs["jax"]["dir"]), read_history(runs["tensorflow"]["dir"])
+    jax_result, tensorflow_result = read_result(runs["jax"]["dir"]), read_result(runs["tensorflow"]["dir"])
+    steps_per_epoch = jax_result["steps_per_epoch"]
+    assert steps_per_epoch == tensorflow_result["steps_per_epoch"] > 1
+    expected_rates = [learning_rate_at_step(epoch * steps_per_epoch - 1, steps_per_epoch, TrainConfig.from_dict(CONFIG))
+                      for epoch in range(1, CONFIG["epochs"] + 1)]
+    for history in (jax_history, tensorflow_history):
+        assert [int(row["steps"]) for row in history] == [steps_per_epoch] * CONFIG["epochs"]
+        assert [float(row["learning_rate"]) for row in history] == pytest.approx(expected_rates, rel=1e-5)
+    assert (jax_result["backend"], tensorflow_result["backend"]) == ("jax", "tensorflow")
+    assert set(jax_result) == set(tensorflow_result)
+    assert sorted(os.listdir(runs["jax"]["dir"])) == sorted(os.listdir(runs["tensorflow"]["dir"]))
+    for run in ("jax", "tensorflow"):
+        tensorboard = f"{runs[run]['dir']}-checkpoints-tensorboard"
+        assert sorted(os.listdir(tensorboard)) == ["train", "validation"]
+        assert all(name.startswith("events.out.tfevents.") for name in os.listdir(os.path.join(tensorboard, "train")))
+
+
+def test_several_workers_are_refused_under_jax_in_one_line(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset")
+    script = textwrap.dedent(f"""
+        from components.errors import UserError
+        from components.recipe import TrainConfig
+        from components.train import train
+        try:
+            train({dataset!r}, "lenet5", {str(tmp_path / 'out')!r}, TrainConfig(epochs=1, batch_size=8))
+        except UserError as error:
+            print("refused:", error)
+    """)
+    tf_config = json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}})
+    environment = dict(os.environ, KERAS_BACKEND="jax", TF_CONFIG=tf_config, PYTHONPATH=REPOSITORY)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
+    assert "refused: --workers 2 needs --backend tensorflow: the jax backend trains in one process" in done.stdout, done.stderr[-2000:]
