@@ -172,6 +172,7 @@ def pipeline_arguments(
         "workers": config.workers,
         "image_size": config.image_size,
         "tensorboard_root": tensorboard_root,
+        "backend": config.backend,
     }
 
 

@@ -150,3 +150,32 @@ def test_several_workers_are_refused_under_jax_in_one_line(tmp_path):
     environment = dict(os.environ, KERAS_BACKEND="jax", TF_CONFIG=tf_config, PYTHONPATH=REPOSITORY)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
     assert "refused: --workers 2 needs --backend tensorflow: the jax backend trains in one process" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_killed_jax_pipeline_run_resumes_and_reports_its_backend(tmp_path):
+    """`cnnpipe run --backend jax` end to end through the KFP local runner: killed (the whole
+    process group, as a lost machine) once the first epoch is checkpointed, the same command
+    resumes from that epoch, and the records name the backend."""
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--backend", "jax", "--models", "lenet5", "--output", str(output)]
+    run = subprocess.Popen([*command, "--epochs", "400"], cwd=REPOSITORY, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    state = output / "checkpoints" / "local" / "lenet5" / "state.json"
+    try:
+        deadline = time.monotonic() + 600
+        while not state.exists():
+            assert run.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    again = subprocess.run([*command, "--epochs", str(killed_at + 1)], cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    result = json.loads(next((output / "pipeline").rglob("train_result.json")).read_text())
+    assert result["resumed_from_epoch"] == killed_at and result["epochs"] == killed_at + 1 and result["backend"] == "jax"
+    summary = json.loads((output / "summary.json").read_text())
+    assert [model["backend"] for model in summary["models"]] == ["jax"]
+    assert json.loads((output / "config.json").read_text())["backend"] == "jax"
