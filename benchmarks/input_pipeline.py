@@ -1,8 +1,9 @@
 """Input pipeline overhead: is the augmented input pipeline of train.py hidden behind the model?
 
-ours:     train.py's path — uint8 images in memory, shuffled and batched by tf.data, random
-          shifts and flips as vectorized tensor ops per batch, scaling and mean subtraction as
-          layers inside the model — at the seed preset's recipe (Adam 1e-3, batch 128).
+ours:     train.py's path — uint8 images in memory, shuffled and batched by tf.data and handed
+          over as uint8, random shifts and flips per image inside the compiled step
+          (components/augmentation.py), scaling and mean subtraction as layers inside the model —
+          at the seed preset's recipe (Adam 1e-3, batch 128).
 baseline: plain `model.fit` on float32 arrays that were scaled and mean-subtracted beforehand,
           no augmentation, same model, optimizer, batch size and steps_per_execution.
 figure:   ours images/s ÷ baseline images/s (target >= 0.95). A second ratio compares with
