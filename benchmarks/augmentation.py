@@ -55,7 +55,7 @@ def batches(images, labels, batch_size: int, seed: int, augment_on_cpu: bool):
 
 
 def images_per_second(arguments, images, labels, in_step: bool) -> float:
-    from components import train as training
+    from components import model_assembly as training
     from components.augmentation import training_model
     from components.input_pipeline import steps_per_epoch_for
     from components.keras_setup import keras

@@ -62,8 +62,7 @@ def training_step_speed(model_name: str, images, labels, fields: dict, epochs: i
     from components.keras_setup import keras
     from components.recipe import PlateauState, TrainConfig
     from components.schedules import make_learning_rate
-    from components.train import (
-        _new_state,
+    from components.model_assembly import (
         assemble_model,
         compile_model,
         resolve_device_settings,
@@ -71,6 +70,7 @@ def training_step_speed(model_name: str, images, labels, fields: dict, epochs: i
         shorten_batch_norm_momentum,
         spread_sample,
     )
+    from components.train import _new_state
 
     config = TrainConfig.from_dict({**fields, "epochs": epochs})
     keras_setup.set_random_seed(config.seed)

@@ -71,7 +71,7 @@ def train_path_images_per_second(
     The first epoch (tracing, autotuning) is not counted: images/s = images per epoch / mean
     seconds of epochs 2.. . Returns that and the settings used.
     """
-    from components import train as training
+    from components import model_assembly as training
     from components.dataset import open_dataset
     from components.augmentation import shift_pixels_for, training_model
     from components.input_pipeline import make_train_dataset, steps_per_epoch_for
