@@ -59,7 +59,8 @@ def test_mirrored_strategy_over_two_logical_devices(dataset, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-        from components import checkpoints, train as training
+        from components import checkpoints, model_assembly as training
+        from components.augmentation import training_model
         from components.callbacks import ValidateAveragedWeights
         from components.dataset import open_dataset
         from components.input_pipeline import make_train_dataset, make_eval_dataset
@@ -70,7 +71,9 @@ def test_mirrored_strategy_over_two_logical_devices(dataset, tmp_path):
         config = TrainConfig(epochs=2, batch_size=8, seed=1, schedule="cosine", warmup_epochs=1, weight_average_momentum=0.5)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
-            model = training.assemble_model("resnet20_v1", reader.image_shape, reader.num_classes, reader.pixel_mean())
+            # Shift and flip inside the step: its seed generator's state is a mirrored variable too.
+            model = training_model(training.assemble_model("resnet20_v1", reader.image_shape, reader.num_classes,
+                                                           reader.pixel_mean()), (1, 1), flip=True, seed=1)
             steps_per_execution = training.resolve_steps_per_execution("auto", model.count_params(), 3,
                                                                        strategy.num_replicas_in_sync)
             training.compile_model(model, config, jit_compile=False, steps_per_execution=steps_per_execution,
