@@ -37,7 +37,7 @@ def test_mixed_bfloat16_trains_with_a_float32_softmax(dataset, tmp_path):
     config = TrainConfig(epochs=1, batch_size=8, seed=1, mixed_precision="mixed_bfloat16")
     result = train(dataset, "resnet20_v1", str(tmp_path / "output"), config, callbacks=[settings])
     assert "bfloat16" in settings.compute_dtypes and settings.output_dtype == "float32"
-    assert np.isfinite(result["best_validation_accuracy"])
+    assert np.isfinite(result.best_validation_accuracy)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the step
 
 
@@ -46,7 +46,7 @@ def test_xla_compiled_training(dataset, tmp_path):
     config = TrainConfig(epochs=1, batch_size=8, seed=1, jit_compile=True, steps_per_execution=2)
     result = train(dataset, "lenet5", str(tmp_path / "output"), config, callbacks=[settings])
     assert settings.jit_compile is True
-    assert result["optimizer_steps"] == 3 and np.isfinite(result["best_validation_accuracy"])
+    assert result.optimizer_steps == 3 and np.isfinite(result.best_validation_accuracy)
 
 
 def test_mirrored_strategy_over_two_logical_devices(dataset, tmp_path):
