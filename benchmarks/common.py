@@ -20,15 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from components import atomic
-
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPOSITORY_ROOT, "benchmarks", "results")
 
-# The scripts run as `python benchmarks/<name>.py` from a checkout that may not be installed.
+# The scripts run as `python benchmarks/<name>.py` from a checkout that may not be installed
+# (the GPU machines: benchmarks/gpu.py), so the repository goes on the path before any import of it.
 if REPOSITORY_ROOT not in sys.path:
     sys.path.insert(0, REPOSITORY_ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+from components import atomic  # noqa: E402  (needs the path above)
 
 
 def parse_arguments(name: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
