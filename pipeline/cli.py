@@ -418,7 +418,6 @@ def command_submit(args: argparse.Namespace) -> int:
         params["workers"] = str(args.workers)
     if args.backend is not None:
         params["backend"] = args.backend
-    check_workers(params.get("backend", ""), int(params.get("workers", 1)))
     run = cluster.submit(
         args.host,
         args.package,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import yaml
 
 from components import checks
+from components.backends import BACKENDS, check_workers
 from components.errors import UserError
 
 TOKEN_ENVIRONMENT_VARIABLE = "KFP_TOKEN"
@@ -254,6 +255,8 @@ def check_pipeline_values(values: dict) -> None:
     for name, check in PIPELINE_VALUE_CHECKS.items():
         if name in values:
             check(values[name])
+    if "backend" in values and "workers" in values:  # several workers are TensorFlow's
+        check_workers(values["backend"], int(values["workers"]))
 
 
 def _check_models(models) -> None:
@@ -292,6 +295,7 @@ PIPELINE_VALUE_CHECKS = {
     "workers": _check_workers,
     "preset": _check_preset,
     "validation_fraction": lambda value: checks.fraction("validation_fraction", value),
+    "backend": lambda value: checks.choice("backend", value, BACKENDS),
 }
 
 

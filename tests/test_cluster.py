@@ -386,6 +386,8 @@ def project_package(tmp_path_factory):
     ({"train_config": '{"epoch": 3}'}, "unknown train config field(s) epoch"),
     ({"workers": "0"}, "workers must be an integer >= 1"),
     ({"preset": "quick"}, "unknown preset 'quick'"),
+    ({"backend": "torch"}, "backend must be one of tensorflow, jax, got 'torch'"),
+    ({"backend": "jax", "workers": "2"}, "--workers 2 needs --backend tensorflow: the jax backend trains in one process"),
 ])
 def test_bad_models_and_recipes_are_refused_before_submit_and_schedule(server, project_package, params, problem):
     with pytest.raises(UserError) as raised:

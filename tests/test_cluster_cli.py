@@ -49,6 +49,21 @@ def test_submit_workers_sets_the_pipeline_parameter(server, tmp_path, capsys):
     assert create.body["runtime_config"]["parameters"]["workers"] == 4
 
 
+def test_submit_backend_sets_the_pipeline_parameter(server, tmp_path, capsys):
+    from kfp import compiler
+
+    from pipeline.pipeline import build_pipeline
+    from pipeline.placement import Placement
+
+    package = str(tmp_path / "pipeline.yaml")
+    compiler.Compiler().compile(build_pipeline(Placement(image="example.com/cnnpipe:1")), package)
+    code, _, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package,
+                         "--pipeline-root", "gs://bucket/root", "--backend", "jax")
+    assert code == 0
+    (create,) = server.requests_to("POST", "/runs")
+    assert create.body["runtime_config"]["parameters"]["backend"] == "jax"
+
+
 def test_submit_wait_prints_each_task_state_and_succeeds(server, package_path, capsys):
     server.run_script = successful_script(("prep", "train"))
     code, out, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package_path,
