@@ -90,7 +90,7 @@ def training_step_speed(model_name: str, images, labels, fields: dict, epochs: i
     state = _new_state(model_name, "benchmark", {}, model.count_params(), "none")
     checkpointer = EpochCheckpointer(checkpoint_dir, state, PlateauCallback(PlateauState()), config.batch_size)
     batches = ArrayBatches(images, labels, 10, config.batch_size, config.seed, steps_per_epoch)
-    model.fit(batches, steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[timer, checkpointer], verbose=0)
+    model.fit(batches, steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[batches.epoch_callback(), timer, checkpointer], verbose=0)
     history = checkpointer.state["history"]
     speed = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
     progress(f"{model_name} batch {config.batch_size}, {device.mixed_precision}, XLA {device.jit_compile}: {speed:,.0f} images/s")

@@ -93,9 +93,10 @@ def fit_epochs(
     )
     if backend == "jax":
         # The batch order is a function of seed and step: a resumed run continues it exactly.
-        batches = ArrayBatches(*train_arrays, reader.num_classes, config.batch_size, config.seed, steps_per_epoch, resumed_from_epoch)
+        batches = ArrayBatches(*train_arrays, reader.num_classes, config.batch_size, config.seed, steps_per_epoch)
         validation_images, validation_labels = split_arrays(reader, validation_split, config.cache)
         validation_data = (validation_images, np.eye(reader.num_classes, dtype=np.float32)[validation_labels])
+        fit_arguments["callbacks"] = [batches.epoch_callback(), *fit_arguments["callbacks"]]
         model.fit(batches, steps_per_epoch=steps_per_epoch, validation_data=validation_data,
                   validation_batch_size=config.batch_size, **fit_arguments)
         return

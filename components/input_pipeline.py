@@ -161,12 +161,16 @@ def split_arrays(reader: DatasetReader, split: str, cache: str = "auto") -> tupl
 
 class ArrayBatches(keras_setup.keras.utils.PyDataset):
     """Full batches of (uint8 images, float32 one-hot labels) gathered from arrays in memory,
-    exactly `steps_per_epoch` of them per epoch: fit it with steps_per_epoch=len(batches).
+    exactly `steps_per_epoch` of them per epoch: fit it with steps_per_epoch=len(batches) and
+    `epoch_callback()` among the callbacks.
 
     The order is a function of (seed, position) alone: pass p over the split is the permutation
     default_rng([seed, p]).permutation(N), the passes run into each other (so every batch is
     full), and optimizer step k takes positions k*batch_size ... (k+1)*batch_size - 1 of that
-    stream. Starting at `first_epoch` (a resumed run's completed epochs) continues a run exactly.
+    stream, so a resumed run continues exactly. Batch `index` of a call is that of the epoch fit
+    announces (`start_epoch`, by `epoch_callback`): Keras also calls the PyDataset's own epoch
+    hooks around the batch it reads to build the model's metrics before the first epoch, so
+    counting those would start training one epoch into the stream.
 
     A Keras PyDataset rather than a generator: under JAX, fit stops a compiled call of
     steps_per_execution steps at the epoch's end only when the epoch's input runs out, and an
@@ -174,12 +178,12 @@ class ArrayBatches(keras_setup.keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
-                 steps_per_epoch: int, first_epoch: int = 0):
+                 steps_per_epoch: int):
         super().__init__()  # one worker, in this thread: a batch is one gather
         self.images, self.labels = images, labels
         self.one_hot = np.eye(num_classes, dtype=np.float32)
         self.batch_size, self.seed, self.steps_per_epoch = batch_size, seed, steps_per_epoch
-        self.epoch = first_epoch
+        self.epoch = 0  # of fit, counted from 0: set by start_epoch
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -192,8 +196,14 @@ class ArrayBatches(keras_setup.keras.utils.PyDataset):
         indices = np.concatenate([self._order(int(number))[offsets[passes == number]] for number in np.unique(passes)])
         return self.images[indices], self.one_hot[self.labels[indices]]
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
+    def start_epoch(self, epoch: int) -> None:
+        """The batches read next are those of fit's `epoch` (from 0; a resumed run's first is its
+        completed epochs)."""
+        self.epoch = epoch
+
+    def epoch_callback(self) -> keras_setup.keras.callbacks.Callback:
+        """The callback that hands fit's epoch to `start_epoch` as each epoch begins."""
+        return keras_setup.keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: self.start_epoch(epoch))
 
     def _order(self, pass_number: int) -> np.ndarray:
         if pass_number not in self._orders:

@@ -101,12 +101,12 @@ def test_available_memory_is_plausible():
 # --- the NumPy feeder (JAX) ----------------------------------------------------------------------
 
 
-def batch_numbers(batches, epochs):
-    """The image numbers of every batch of `epochs` epochs, as fit reads them."""
+def batch_numbers(batches, epochs, first_epoch=0):
+    """The image numbers of every batch of fit's epochs first_epoch .. first_epoch + epochs - 1."""
     taken = []
-    for _ in range(epochs):
+    for epoch in range(first_epoch, first_epoch + epochs):
+        batches.start_epoch(epoch)
         taken += [image_numbers(batches[index][0]) for index in range(len(batches))]
-        batches.on_epoch_end()
     return taken
 
 
@@ -129,7 +129,7 @@ def test_array_batches_are_full_passes_run_into_each_other_and_follow_the_seed(r
 def test_array_batches_resume_exactly_where_a_run_stopped(reader):
     images, labels = split_arrays(reader, "train")
     uninterrupted = batch_numbers(ArrayBatches(images, labels, 3, batch_size=5, seed=1, steps_per_epoch=4), 3)
-    resumed = batch_numbers(ArrayBatches(images, labels, 3, batch_size=5, seed=1, steps_per_epoch=4, first_epoch=2), 1)
+    resumed = batch_numbers(ArrayBatches(images, labels, 3, batch_size=5, seed=1, steps_per_epoch=4), 1, first_epoch=2)
     assert resumed == uninterrupted[8:]
 
 

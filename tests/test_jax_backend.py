@@ -179,3 +179,49 @@ def test_a_killed_jax_pipeline_run_resumes_and_reports_its_backend(tmp_path):
     summary = json.loads((output / "summary.json").read_text())
     assert [model["backend"] for model in summary["models"]] == ["jax"]
     assert json.loads((output / "config.json").read_text())["backend"] == "jax"
+
+
+FEEDER_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from components import fit
+    from components.input_pipeline import ArrayBatches, split_arrays
+    from components.dataset import open_dataset
+    from components.recipe import TrainConfig
+    from components.train import train
+
+    served = []
+
+    class RecordedBatches(ArrayBatches):
+        def __getitem__(self, index):
+            batch = super().__getitem__(index)
+            served.append(batch[0])
+            return batch
+
+    fit.ArrayBatches = RecordedBatches
+    dataset, output, fields = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    config = TrainConfig.from_dict(fields)
+    train(dataset, "lenet5", output, config, checkpoint_dir=output + "-checkpoints")
+    images, _ = split_arrays(open_dataset(dataset), "train")
+    passes = np.concatenate([np.random.default_rng([config.seed, number]).permutation(len(images)) for number in range(4)])
+    print(json.dumps({"served": [batch.tolist() for batch in served], "stream": images[passes].tolist()}))
+""")
+
+
+def test_jax_fit_trains_on_the_batch_stream_from_its_first_position(tmp_path):
+    """Optimizer step k of a JAX run takes stream positions k*batch .. (k+1)*batch - 1 (the order
+    that a resumed run continues): Keras reads one batch and ends an epoch of the PyDataset before
+    training to build the metrics, which must not move the stream one epoch ahead."""
+    dataset = write_dataset(tmp_path / "dataset")
+    fields = dict(CONFIG, epochs=2)
+    command = [sys.executable, "-c", FEEDER_SCRIPT, dataset, str(tmp_path / "run"), json.dumps(fields)]
+    environment = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPOSITORY)
+    done = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    steps = read_result(tmp_path / "run")["optimizer_steps"]
+    batch_size = CONFIG["batch_size"]
+    trained = np.asarray(record["served"][-steps:])  # after the batch read to build the metrics
+    stream = np.asarray(record["stream"])
+    assert steps == 2 * read_result(tmp_path / "run")["steps_per_epoch"]
+    np.testing.assert_array_equal(trained.reshape(stream[:steps * batch_size].shape), stream[:steps * batch_size])
