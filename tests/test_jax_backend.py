@@ -225,3 +225,59 @@ def test_jax_fit_trains_on_the_batch_stream_from_its_first_position(tmp_path):
     stream = np.asarray(record["stream"])
     assert steps == 2 * read_result(tmp_path / "run")["steps_per_epoch"]
     np.testing.assert_array_equal(trained.reshape(stream[:steps * batch_size].shape), stream[:steps * batch_size])
+
+
+STEP_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from components.augmentation import training_model
+    from components.dataset import open_dataset
+    from components.input_pipeline import split_arrays, steps_per_epoch_for
+    from components.keras_setup import backend, keras
+    from components.model_assembly import assemble_model, compile_model, shorten_batch_norm_momentum
+    from components.recipe import TrainConfig
+    from components.schedules import make_learning_rate
+
+    dataset, weights_file, config = sys.argv[1], sys.argv[2], TrainConfig.from_dict(json.loads(sys.argv[3]))
+    reader = open_dataset(dataset)
+    images, labels = split_arrays(reader, "train")
+    test_images, test_labels = split_arrays(reader, "test")
+    steps_per_epoch = steps_per_epoch_for(len(labels), config.batch_size)
+    keras.utils.set_random_seed(config.seed)
+    model = training_model(assemble_model("resnet20_v1", reader.image_shape, reader.num_classes, reader.pixel_mean()),
+                           (0, 0), False, config.seed)
+    shorten_batch_norm_momentum(model, steps_per_epoch)
+    if os.path.exists(weights_file):  # the other backend's initial weights
+        model.set_weights(list(np.load(weights_file).values()))
+    else:
+        np.savez(weights_file, *model.get_weights())
+    compile_model(model, config, backend == "jax", 1, make_learning_rate(config, steps_per_epoch))
+    one_hot = np.eye(reader.num_classes, dtype=np.float32)
+    history = model.fit(images, one_hot[labels], batch_size=config.batch_size, epochs=config.epochs, shuffle=False,
+                        validation_data=(test_images, one_hot[test_labels]), verbose=0)
+    moving_variances = [variable for variable in model.non_trainable_variables if "moving_variance" in variable.path]
+    print(json.dumps({**history.history, "moving_variance": keras.ops.convert_to_numpy(moving_variances[-1]).tolist(),
+                      "learning_rate": float(model.optimizer.learning_rate)}))
+""")
+
+
+@pytest.mark.slow
+def test_the_training_step_is_the_same_on_both_backends(tmp_path):
+    """From the same initial weights on the same batches (no augmentation: its draws are the
+    backend's own), TensorFlow's and JAX's steps give the same losses, accuracies, batch-norm
+    statistics and learning rate: loss, label smoothing, AdamW with weight decay on kernels alone,
+    the warmup-and-cosine schedule and the shortened batch-norm momentum are the same code on both."""
+    dataset = write_dataset(tmp_path / "dataset")
+    fields = {"epochs": 2, "batch_size": 8, "seed": 1, "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
+              "weight_decay": 0.05, "weight_decay_on_norm_and_bias": False, "augment": False}
+    weights_file = str(tmp_path / "initial_weights.npz")
+    results = {}
+    for backend in ("tensorflow", "jax"):  # TensorFlow writes the initial weights, JAX reads them
+        environment = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPOSITORY)
+        done = subprocess.run([sys.executable, "-c", STEP_SCRIPT, dataset, weights_file, json.dumps(fields)], cwd=REPOSITORY,
+                              env=environment, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["tensorflow"]["loss"][0] != results["tensorflow"]["loss"][1]  # it trained
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "moving_variance", "learning_rate"):
+        np.testing.assert_allclose(results["jax"][key], results["tensorflow"][key], rtol=2e-3, atol=1e-5, err_msg=key)
