@@ -16,6 +16,7 @@ TRAIN_RESULT_FILE = "train_result.json"  # written last, the commit point
 # Evaluate (and publish, which adds the registry decision): the result directory.
 RESULT_FILE = "result.json"
 MISTAKES_FILE = "mistakes.npy"  # thumbnails of result["mistakes"], same order
+CORRECTNESS_FILE = "correctness.json"  # per-image correct/wrong bits on the test split, for paired tests
 
 # Report: the run's comparison.
 REPORT_HTML_FILE = "report.html"
@@ -26,7 +27,9 @@ REPORT_FILES = (REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, SUMMARY_FILE)
 # A local run's output folder: its resolved settings beside the report.
 RUN_CONFIG_FILE = "config.json"
 
-# Model store: a dataset/model's pointer to its serving version, and each version's record of
-# what it was made from (the same file name as the dataset manifest, a different record).
+# Model store: a test set's and an architecture's pointer to its champion version, each version's
+# record of what it was made from (the same file name as the dataset manifest, a different record),
+# and the test set a lineage of versions is measured on.
 CHAMPION_FILE = "champion.json"
 VERSION_RECORD_FILE = "manifest.json"
+LINEAGE_FILE = "lineage.json"
