@@ -21,6 +21,7 @@ from components.backends import BACKENDS, check_workers, select_backend
 from components.errors import ERROR_LINE_PREFIX, USER_ERROR_EXIT_CODE, UserError, one_line
 from components.recipe import CACHE_CHOICES, SCHEDULES
 from pipeline.cluster import WORKER_NAMESPACE
+from pipeline.registry_cli import add_registry_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(handler=command_presets)
 
     add_cluster_commands(commands)
+    add_registry_commands(commands)
 
     bench = commands.add_parser(
         "bench",
@@ -171,6 +173,14 @@ def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--promotion-margin", type=float, default=0.0,
         help="how much higher (a fraction, e.g. 0.005) the test accuracy must be to replace the champion",
+    )
+    parser.add_argument(
+        "--promotion-alpha", type=float, default=0.05,
+        help="significance level of the paired test (McNemar, one-sided) a challenger must pass (default: 0.05)",
+    )
+    parser.add_argument(
+        "--retrain", action="store_true",
+        help="train even when the registry holds a version of the same data and recipe (default: reuse it)",
     )
 
 
