@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from components import checkpoints, progress, storage
+from components import checkpoints, checks, progress, storage
 from components.errors import UserError
 from components.event_file import ScalarWriter
 from components.keras_setup import backend, keras, variable_value
@@ -70,18 +70,23 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 
 class PlateauCallback(keras.callbacks.Callback):
-    """Reduce-on-plateau on the validation loss for the step schedule; the state is checkpointed."""
+    """Reduce-on-plateau for the step schedule; the state is checkpointed.
 
-    def __init__(self, plateau: PlateauState):
+    It watches the validation loss; a run without a validation split passes monitor="loss" and
+    it watches the training loss instead, so the test split never steers the learning rate.
+    """
+
+    def __init__(self, plateau: PlateauState, monitor: str = "val_loss"):
         super().__init__()
         self.plateau = plateau
+        self.monitor = checks.choice("plateau monitor", monitor, ("val_loss", "loss"))
 
     def on_epoch_end(self, epoch, logs=None):
         schedule = self.model.optimizer._learning_rate
-        if not isinstance(schedule, StepDecayWithPlateau) or not logs or "val_loss" not in logs:
+        if not isinstance(schedule, StepDecayWithPlateau) or not logs or self.monitor not in logs:
             return
         scale = self.plateau.scale
-        self.plateau = update_plateau(self.plateau, float(logs["val_loss"]), epoch_learning_rate(self.model))
+        self.plateau = update_plateau(self.plateau, float(logs[self.monitor]), epoch_learning_rate(self.model))
         if self.plateau.scale != scale:
             schedule.plateau_scale.assign(self.plateau.scale)
             if backend == "jax":  # a compiled JAX step holds the value it was traced with: trace anew
@@ -136,8 +141,10 @@ class EpochCheckpointer(EpochMeter):
             "images": steps * self.batch_size,
             "seconds": seconds,
         }
+        # Without a validation split no epoch is chosen: the last one is kept.
         best = self.state["best_validation_accuracy"]
-        is_best = best is None or row["val_accuracy"] > best
+        has_validation = "val_accuracy" in logs
+        is_best = not has_validation or best is None or row["val_accuracy"] > best
         state = dict(
             self.state,
             epoch=epoch + 1,
@@ -147,7 +154,7 @@ class EpochCheckpointer(EpochMeter):
             optimizer_steps=optimizer_steps(self.model),
         )
         if is_best:
-            state.update(best_validation_accuracy=row["val_accuracy"], best_epoch=epoch + 1)
+            state.update(best_validation_accuracy=row["val_accuracy"] if has_validation else None, best_epoch=epoch + 1)
         self.state = checkpoints.save(self.checkpoint_dir, self.model, state, is_best)
         if self.remote_dir:
             checkpoints.push(self.checkpoint_dir, self.remote_dir, self.state)

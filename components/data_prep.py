@@ -129,7 +129,9 @@ def _plan_splits(stream: SourceStream, validation_fraction: float, seed: int) ->
     train_labels = stream.labels["train"]
     held_out = np.zeros(len(train_labels), dtype=bool)
     if validation_fraction > 0:
-        _, held_out_indices = stratified_split(train_labels, validation_fraction, seed)
+        # At least one image of each class, so that a small dataset still gets a validation split
+        # (and no epoch is ever chosen on the test split).
+        _, held_out_indices = stratified_split(train_labels, validation_fraction, seed, minimum_per_class=1)
         if not len(held_out_indices):
             raise UserError(
                 f"validation_fraction={validation_fraction} holds out no image of the {len(train_labels)} "

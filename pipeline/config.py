@@ -27,6 +27,12 @@ class Preset:
     train: Mapping[str, Any]  # fields of components.recipe.TrainConfig
 
 
+# The share of the training images every preset holds out to choose the epoch and steer the
+# plateau schedule, so that nothing is chosen on the test split: 10 %, as the papers hold out
+# 5,000 of CIFAR-10's 50,000 training images.
+VALIDATION_FRACTION = 0.1
+
+
 def _frozen(**values: Any) -> Mapping[str, Any]:
     return types.MappingProxyType(values)
 
@@ -37,7 +43,7 @@ PRESETS: dict[str, Preset] = {
         description="about two minutes on a laptop CPU: the bundled digits and three architectures",
         dataset="digits",
         models=("alexnet8", "inception10", "resnet20_v1"),
-        validation_fraction=0.0,
+        validation_fraction=VALIDATION_FRACTION,
         train=_frozen(
             epochs=3, batch_size=64, optimizer="adam", learning_rate=2e-3, schedule="cosine",
             warmup_epochs=0.5, shift_fraction=0.125, subtract_pixel_mean=True,
@@ -48,7 +54,7 @@ PRESETS: dict[str, Preset] = {
         description="the seed documents' recipe for ResNet on CIFAR-10: adam 1e-3, step decay at 80/120/160/180, 200 epochs",
         dataset="cifar10",
         models=("resnet20_v1",),
-        validation_fraction=0.0,
+        validation_fraction=VALIDATION_FRACTION,
         train=_frozen(
             epochs=200, batch_size=128, optimizer="adam", learning_rate=1e-3, schedule="step",
             warmup_epochs=0.0, label_smoothing=0.0, weight_decay=0.0, shift_fraction=0.1,
@@ -62,7 +68,7 @@ PRESETS: dict[str, Preset] = {
         "and flip-averaged predictions",
         dataset="cifar10",
         models=("fastnet8_small",),
-        validation_fraction=0.0,
+        validation_fraction=VALIDATION_FRACTION,
         train=_frozen(
             epochs=10, batch_size=512, reference_batch_size=512, optimizer="sgd", learning_rate=0.8, momentum=0.9,
             schedule="linear", warmup_epochs=0.5, label_smoothing=0.1, weight_decay=5e-4,

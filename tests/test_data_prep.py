@@ -374,10 +374,16 @@ def test_bad_seed_is_named(image_folder, tmp_path, seed):
     assert leftovers(tmp_path) == []
 
 
-def test_validation_fraction_too_small_for_the_data_is_named(image_folder, tmp_path):
+def test_a_small_validation_fraction_holds_out_one_image_of_each_class(image_folder, tmp_path):
     root, _ = image_folder
+    manifest = prepare(root, str(tmp_path / "dataset"), validation_fraction=0.01)
+    assert manifest["class_counts"]["validation"] == [1, 1] and manifest["class_counts"]["train"] == [3, 3]
+
+
+def test_validation_fraction_too_small_for_the_data_is_named(tmp_path):
+    make_image_folder(tmp_path / "single", per_class=(1, 1))  # a class keeps its only training image
     with pytest.raises(ValueError, match="validation_fraction=0.01 holds out no image"):
-        prepare(root, str(tmp_path / "dataset"), validation_fraction=0.01)
+        prepare(str(tmp_path / "single"), str(tmp_path / "dataset"), validation_fraction=0.01)
 
 
 def test_unknown_keyword_lists_the_keywords(tmp_path):

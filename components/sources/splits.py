@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out): a seeded random ``fraction`` of each class is held out.
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, minimum_per_class: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): a seeded random ``fraction`` of each class is held out, at least
+    ``minimum_per_class`` images of it.
 
     Each class keeps at least one image; both index arrays are sorted, so the source order survives.
     """
@@ -15,7 +18,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     for label in np.unique(labels):
         indices = np.flatnonzero(labels == label)
         generator.shuffle(indices)
-        count = min(int(round(fraction * len(indices))), len(indices) - 1)
+        count = min(max(int(round(fraction * len(indices))), minimum_per_class), len(indices) - 1)
         held_out.append(indices[:count])
     held_out_indices = np.sort(np.concatenate(held_out)) if held_out else np.array([], dtype=np.int64)
     kept_indices = np.setdiff1d(np.arange(len(labels)), held_out_indices)
