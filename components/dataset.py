@@ -96,9 +96,10 @@ class DatasetReader:
         return tuple(int(side) for side in self.manifest.image_shape)
 
     @property
-    def validation_split(self) -> str:
-        """The split to validate on while training: "validation" when the dataset has one, else "test"."""
-        return "validation" if self.count("validation") > 0 else "test"
+    def validation_split(self) -> str | None:
+        """The split to validate on while training: "validation" when the dataset has one, else None
+        (nothing is validated: the test split never chooses an epoch or steers a schedule)."""
+        return "validation" if self.count("validation") > 0 else None
 
     def count(self, split: str) -> int:
         """Images in ``split`` (0 for a split the dataset does not have)."""

@@ -113,7 +113,7 @@ def fit_on_workers(
     model: keras.Model,
     strategy: tf.distribute.Strategy,
     train_dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
-    validation_dataset: tf.data.Dataset,
+    validation_dataset: tf.data.Dataset | None,
     *,
     global_batch_size: int,
     label_smoothing: float,
@@ -171,12 +171,13 @@ def fit_on_workers(
             correct_sum += float(correct)
             logs = {"loss": loss_sum / (step + 1), "accuracy": correct_sum / ((step + 1) * global_batch_size)}
             callback_list.on_train_batch_end(step, logs)
-        validation = [0.0, 0.0, 0.0]
-        callback_list.on_test_begin()
-        for images, labels in validation_dataset:
-            validation = [total + float(value) for total, value in zip(validation, validation_step(images, labels))]
-        callback_list.on_test_end()
-        logs.update(val_loss=validation[0] / validation[2], val_accuracy=validation[1] / validation[2])
+        if validation_dataset is not None:  # None: the dataset has no validation split
+            validation = [0.0, 0.0, 0.0]
+            callback_list.on_test_begin()
+            for images, labels in validation_dataset:
+                validation = [total + float(value) for total, value in zip(validation, validation_step(images, labels))]
+            callback_list.on_test_end()
+            logs.update(val_loss=validation[0] / validation[2], val_accuracy=validation[1] / validation[2])
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

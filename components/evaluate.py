@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from components import checks, keras_setup, models, storage
-from components.artifacts import HISTORY_FILE, MISTAKES_FILE, MODEL_FILE, TRAIN_RESULT_FILE
+from components.artifacts import CORRECTNESS_FILE, HISTORY_FILE, MISTAKES_FILE, MODEL_FILE, TRAIN_RESULT_FILE
 from components.dataset import open_dataset
 from components.errors import UserError
 from components.input_pipeline import split_arrays
 from components.keras_setup import backend, gpu_compute_capabilities, keras
 from components.results import EvaluationResult, read_train_result, write_evaluation_result
+from components.significance import Correctness
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     reference_accuracy and seed_accuracy, and `mistakes`: the test images the model gets most
     confidently wrong (index, true and predicted class, probabilities), whose thumbnails
     (uint8 [N, H, W, C], at most THUMBNAIL_MAX_SIZE pixels a side) go to mistakes.npy in the same
-    order. history.csv is copied beside it.
+    order. history.csv is copied beside it, and correctness.json records which test images the
+    model got right (a bit per image, with the test set's identity) for paired comparisons.
 
     Args:
         dataset_dir: Dataset artifact written by data prep.
@@ -77,9 +79,11 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     predictions = probabilities.argmax(axis=1)
     confusion = confusion_matrix(labels, predictions, num_classes)
     spec = models.MODELS.get(train_result.name)
+    correctness = Correctness(manifest.test_identity, predictions == labels)
     result = EvaluationResult(
         **train_result.to_dict(),
-        test_accuracy=float(np.mean(predictions == labels)),
+        test_accuracy=correctness.accuracy,
+        test_identity=correctness.test_identity,
         test_loss=cross_entropy(probabilities, labels),
         test_images=int(len(labels)),
         inference_images_per_second=len(labels) / seconds if seconds > 0 else None,
@@ -102,6 +106,7 @@ def evaluate(dataset_dir: str, model_dir: str, output_dir: str, batch_size: int 
     mistaken = [mistake["index"] for mistake in result.mistakes]
     mistaken_images = test_images[mistaken] if test_images is not None else images_at(reader, "test", mistaken)
     write_thumbnails(mistaken_images, os.path.join(output_dir, MISTAKES_FILE))
+    storage.write_json(os.path.join(output_dir, CORRECTNESS_FILE), correctness.to_dict())
     write_evaluation_result(output_dir, result)
     return result
 

@@ -52,7 +52,7 @@ def augmentation_settings(config: TrainConfig, reader: DatasetReader) -> tuple[t
 
 def fit_epochs(
     model: keras.Model, strategy: tf.distribute.Strategy | None, reader: DatasetReader, config: TrainConfig, role: WorkerRole,
-    *, model_name: str, state: dict[str, Any], plateau: PlateauState, resumed_from_epoch: int, validation_split: str,
+    *, model_name: str, state: dict[str, Any], plateau: PlateauState, resumed_from_epoch: int, validation_split: str | None,
     steps_per_epoch: int, steps_per_execution: int, device: DeviceSettings, write_dir: str, remote_dir: str | None,
     scratch: str, tensorboard_dir: str | None, extra_callbacks: list[keras.callbacks.Callback],
     train_arrays: tuple[np.ndarray, np.ndarray] | None = None,
@@ -67,11 +67,14 @@ def fit_epochs(
         "peak learning rate %g (%s schedule), steps_per_execution %d, jit_compile %s, precision %s, %d GPU(s), "
         "%s backend, %s on %d worker(s), shift %s px, flip %s (inside the step)",
         model_name, model.count_params(), resumed_from_epoch + 1, config.epochs, reader.count("train"),
-        reader.count(validation_split), validation_split, config.batch_size, steps_per_epoch, config.peak_learning_rate,
+        reader.count(validation_split) if validation_split else 0, validation_split or "validation",
+        config.batch_size, steps_per_epoch, config.peak_learning_rate,
         config.schedule, steps_per_execution, device.jit_compile, device.mixed_precision, device.gpus,
         backend, type(strategy).__name__ if strategy else "one process", role.count, shift_pixels, flip,
     )
-    plateau_callback = PlateauCallback(plateau)
+    # Without a validation split nothing is validated: the last epoch is kept and the plateau
+    # schedule watches the training loss, so the test split steers nothing.
+    plateau_callback = PlateauCallback(plateau, monitor="val_loss" if validation_split else "loss")
     step_callbacks = [
         StopOnDivergence(config),
         plateau_callback,
@@ -94,8 +97,10 @@ def fit_epochs(
     if backend == "jax":
         # The batch order is a function of seed and step: a resumed run continues it exactly.
         batches = ArrayBatches(*train_arrays, reader.num_classes, config.batch_size, config.seed, steps_per_epoch)
-        validation_images, validation_labels = split_arrays(reader, validation_split, config.cache)
-        validation_data = (validation_images, np.eye(reader.num_classes, dtype=np.float32)[validation_labels])
+        validation_data = None
+        if validation_split:
+            validation_images, validation_labels = split_arrays(reader, validation_split, config.cache)
+            validation_data = (validation_images, np.eye(reader.num_classes, dtype=np.float32)[validation_labels])
         fit_arguments["callbacks"] = [batches.epoch_callback(), *fit_arguments["callbacks"]]
         model.fit(batches, steps_per_epoch=steps_per_epoch, validation_data=validation_data,
                   validation_batch_size=config.batch_size, **fit_arguments)
@@ -112,7 +117,9 @@ def fit_epochs(
             reader, batch_size, seed, cache=config.cache, shard_index=shard_index, shard_count=shard_count,
         ).take(steps_per_epoch).apply(tf.data.experimental.assert_cardinality(steps_per_epoch))  # known even when streamed
 
-    validation_dataset = make_eval_dataset(reader, validation_split, config.batch_size, cache=config.cache)
+    validation_dataset = (
+        make_eval_dataset(reader, validation_split, config.batch_size, cache=config.cache) if validation_split else None
+    )
     if role.count > 1:
         fit_on_workers(
             model, strategy,

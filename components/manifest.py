@@ -9,6 +9,8 @@ unknown, is refused in one line that names the file and the fix.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,15 @@ class DatasetManifest:
     def to_dict(self) -> dict[str, Any]:
         """The manifest as its JSON object (what `write` stores)."""
         return dataclasses.asdict(self)
+
+    @property
+    def test_identity(self) -> str:
+        """The identity of the test set: sha256 over the test shards' sha256 in file order (so the
+        images, their labels and their order count) and the ordered class names (so a renamed or
+        reordered class list counts too). Accuracies are comparable only under one identity."""
+        shard_digests = [self.sha256[shard["file"]] for shard in self.shards["test"]]
+        encoded = json.dumps({"test_shards": shard_digests, "class_names": list(self.class_names)})
+        return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def manifest_path(location: str) -> str:

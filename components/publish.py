@@ -13,13 +13,16 @@ train at all: ``reuse_trained`` fills the train step's output from that version 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 
-from components import data_prep, registry, storage
+from components import manifest as dataset_manifest
+from components import registry, storage
 from components.artifacts import (
     CHAMPION_FILE,
     CORRECTNESS_FILE,
@@ -30,30 +33,37 @@ from components.artifacts import (
     TRAIN_RESULT_FILE,
 )
 from components.errors import UserError
+from components.manifest import DatasetManifest
+from components.results import (
+    EvaluationResult,
+    read_evaluation_result,
+    read_train_result,
+    write_evaluation_result,
+    write_train_result,
+)
 from components.significance import Correctness
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILES = (MODEL_FILE, HISTORY_FILE, TRAIN_RESULT_FILE)
 SAVED_MODEL_DIR = "saved_model"
 
 
-def task_of(manifest: dict) -> registry.Task:
+def task_of(manifest: DatasetManifest) -> registry.Task:
     """The registry's test-set identity of a prepared dataset."""
-    return registry.Task(
-        dataset=manifest["name"],
-        test_identity=manifest.get("test_identity") or data_prep.test_identity(manifest),
-        class_names=tuple(manifest["class_names"]),
-        test_images=int(manifest["splits"]["test"]),
-    )
+    return registry.Task(dataset=manifest.name, test_identity=manifest.test_identity,
+                         class_names=tuple(manifest.class_names), test_images=int(manifest.splits["test"]))
 
 
-def training_key(manifest: dict, model_name: str, config: dict) -> str:
+def training_key(manifest: DatasetManifest, model_name: str, config: dict) -> str:
     """What a model is trained from: every prepared file's content (train, validation and test
     shards, the mean image), the architecture, and the whole recipe with its epochs."""
     from components.recipe import TrainConfig
+    from components.train import dataset_fingerprint
 
-    dataset_sha = hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()
     recipe = TrainConfig.from_dict(config)
-    encoded = json.dumps({"fingerprint": recipe.fingerprint(model_name, dataset_sha), "epochs": recipe.epochs})
+    encoded = json.dumps({"fingerprint": recipe.fingerprint(model_name, dataset_fingerprint(manifest)),
+                          "epochs": recipe.epochs})
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
@@ -73,9 +83,8 @@ def publish(
     ``result_dir/result.json``.
     """
     rule = registry.PromotionRule(margin=margin, alpha=alpha)
-    manifest = data_prep.read_manifest(dataset_dir)
-    result_path = os.path.join(result_dir, RESULT_FILE)
-    result = storage.read_json(result_path)
+    manifest = dataset_manifest.read(dataset_dir)
+    result = read_evaluation_result(result_dir)
     correctness = read_correctness(result_dir)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-publish-") as staging:
         for name in MODEL_FILES:
@@ -83,12 +92,11 @@ def publish(
         if os.path.isfile(os.path.join(result_dir, MISTAKES_FILE)):
             shutil.copyfile(os.path.join(result_dir, MISTAKES_FILE), os.path.join(staging, MISTAKES_FILE))
         export_saved_model(os.path.join(model_dir, MODEL_FILE), os.path.join(staging, SAVED_MODEL_DIR))
-        key = training_key(manifest, result["name"], result["config"])
         decision = registry.publish_model(
-            staging, registry_root, task_of(manifest), result["name"], run_id, result, correctness, manifest,
-            rule, training_key=key,
+            staging, registry_root, task_of(manifest), result.name, run_id, result.to_dict(), correctness,
+            manifest.to_dict(), rule, training_key=training_key(manifest, result.name, result.config),
         )
-    storage.write_json(result_path, {**result, "promotion": decision})
+    write_evaluation_result(result_dir, dataclasses.replace(result, promotion=decision))
     return decision
 
 
@@ -100,55 +108,55 @@ def read_correctness(result_dir: str) -> Correctness:
     return Correctness.from_dict(storage.read_json(path), where=path)
 
 
-def reuse_trained(registry_root: str, dataset_dir: str, model_name: str, config: dict, model_dir: str) -> dict | None:
+def reuse_trained(registry_root: str, dataset_dir: str, model_name: str, config: dict, model_dir: str):
     """Fill ``model_dir`` from a complete version trained from the same data and recipe.
 
-    Returns the version's train result with ``reused_from`` (run id, uri, when it completed) added,
-    or None when the registry has no such version (then the step trains).
+    Returns the version's TrainResult with ``reused_from`` (run id, uri, when it completed), or
+    None when the registry has no such version (then the step trains).
     """
-    manifest = data_prep.read_manifest(dataset_dir)
+    manifest = dataset_manifest.read(dataset_dir)
     version = registry.find_reusable(
         registry_root, task_of(manifest), model_name, training_key(manifest, model_name, config))
     if version is None:
         return None
+    logger.info("%s unchanged since %s (same data and recipe): reusing %s, nothing to train (--retrain trains)",
+                model_name, version["run_id"], version["uri"])
     os.makedirs(model_dir, exist_ok=True)
-    for name in (MODEL_FILE, HISTORY_FILE):
+    for name in MODEL_FILES:
         storage.download(storage.join(version["uri"], name), os.path.join(model_dir, name))
-    train_result = storage.read_json(storage.join(version["uri"], TRAIN_RESULT_FILE))
-    train_result["reused_from"] = {key: version[key] for key in ("run_id", "uri", "completed_at")}
-    storage.write_json(os.path.join(model_dir, TRAIN_RESULT_FILE), train_result)
+    reused_from = {key: version[key] for key in ("run_id", "uri", "completed_at")}
+    train_result = dataclasses.replace(read_train_result(model_dir), reused_from=reused_from)
+    write_train_result(model_dir, train_result)
     return train_result
 
 
-def reuse_evaluated(model_dir: str, output_dir: str, registry_root: str) -> dict | None:
+def reuse_evaluated(model_dir: str, output_dir: str, registry_root: str) -> EvaluationResult | None:
     """Fill the evaluate step's ``output_dir`` from the version a reused model came from.
 
-    Returns the version's result (its promotion block now ``not-compared``: unchanged since that
-    run), or None when ``model_dir`` was trained in this run.
+    Returns the version's evaluation (its promotion block now ``not-compared``: unchanged since
+    that run), or None when ``model_dir`` was trained in this run.
     """
-    train_result = storage.read_json(os.path.join(model_dir, TRAIN_RESULT_FILE))
-    source = train_result.get("reused_from")
+    source = read_train_result(model_dir).reused_from
     if not source:
         return None
     os.makedirs(output_dir, exist_ok=True)
-    for name in (CORRECTNESS_FILE, MISTAKES_FILE, HISTORY_FILE):
+    for name in (CORRECTNESS_FILE, MISTAKES_FILE, HISTORY_FILE, RESULT_FILE):
         uri = storage.join(source["uri"], name)
         if storage.exists(uri):
             storage.download(uri, os.path.join(output_dir, name))
-    result = storage.read_json(storage.join(source["uri"], RESULT_FILE))
-    earlier = result.get("promotion") or {}
-    champion = _current_champion_name(registry_root, source["uri"])
+    published = read_evaluation_result(output_dir)
+    earlier = (published.promotion or {}).get("decision", "unknown")
     reason = (
         f"unchanged since {source['run_id']}: the same data and recipe as that published version, so nothing "
-        f"was trained, evaluated or published again (its decision then: {earlier.get('decision', 'unknown')})"
+        f"was trained, evaluated or published again (its decision then: {earlier})"
     )
-    result = {key: value for key, value in result.items() if key != "promotion"}
-    result.update(reused_from=source, promotion=registry.not_compared(reason, champion))
-    storage.write_json(os.path.join(output_dir, RESULT_FILE), result)
+    result = dataclasses.replace(published, reused_from=source,
+                                 promotion=registry.not_compared(reason, _current_champion_name(source["uri"])))
+    write_evaluation_result(output_dir, result)
     return result
 
 
-def _current_champion_name(registry_root: str, version_uri: str) -> str | None:
+def _current_champion_name(version_uri: str) -> str | None:
     """``<model>/<run id>`` of the champion of the version's architecture, now."""
     pointer = storage.join(version_uri.rstrip("/").rsplit("/", 1)[0], CHAMPION_FILE)
     if not storage.exists(pointer):

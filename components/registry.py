@@ -12,7 +12,8 @@ Layout under a registry root::
     <root>/<dataset>/<lineage>/champion.json   the task's champion across architectures (what serving reads)
     <root>/<dataset>/<lineage>/<model>/champion.json   the architecture's champion
     <root>/<dataset>/<lineage>/<model>/<run id>/       one immutable version: the model files,
-        result.json, manifest.json, correctness.json (per-image correct/wrong bits), and _COMPLETE last
+        result.json, manifest.json (the version record: what it was made from), correctness.json
+        (per-image correct/wrong bits), and _COMPLETE last
 
 ``<lineage>`` is the first LINEAGE_DIGITS hex digits of the test identity; lineage.json holds
 the whole identity and a publish checks it.
@@ -54,7 +55,7 @@ from components.artifacts import (
     CHAMPION_FILE,
     CORRECTNESS_FILE,
     LINEAGE_FILE,
-    MANIFEST_FILE,
+    VERSION_RECORD_FILE,
     RESULT_FILE,
 )
 from components.errors import UserError
@@ -68,7 +69,7 @@ LINEAGE_DIGITS = 16
 MAX_PROMOTION_ROUNDS = 10
 MODEL_CLAIM_FILE = "claim-model.json"
 TASK_CLAIM_FILE = "claim-task.json"
-_RESERVED_NAMES = (COMPLETE_MARKER, RESULT_FILE, MANIFEST_FILE, CORRECTNESS_FILE, LINEAGE_FILE, CHAMPION_FILE,
+_RESERVED_NAMES = (COMPLETE_MARKER, RESULT_FILE, VERSION_RECORD_FILE, CORRECTNESS_FILE, LINEAGE_FILE, CHAMPION_FILE,
                    MODEL_CLAIM_FILE, TASK_CLAIM_FILE)
 _RECORDED_PACKAGES = ("cnnpipe", "tensorflow", "keras", "numpy")
 
@@ -102,8 +103,8 @@ class PromotionRule:
     alpha: float = DEFAULT_ALPHA  # McNemar one-sided significance level
 
     def __post_init__(self):
-        checks.fraction("margin", self.margin, hint="e.g. 0.005 for half a point")
-        checks.number("promotion alpha", self.alpha, above=0, at_most=1, hint="e.g. 0.05")
+        checks.fraction("promotion_margin", self.margin, hint="e.g. 0.005 for half a point")
+        checks.number("promotion_alpha", self.alpha, above=0, at_most=1, hint="e.g. 0.05")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +164,7 @@ def publish_model(
     run_id: str,
     result: dict,
     correctness: Correctness,
-    manifest: dict,
+    dataset_manifest: dict,
     rule: PromotionRule = PromotionRule(),
     training_key: str = "",
 ) -> dict:
@@ -178,7 +179,7 @@ def publish_model(
             step) completes or confirms the version; with another result it is refused.
         result: evaluation result with ``test_accuracy`` (a fraction); saved as result.json.
         correctness: the model's per-image correctness on ``task``'s test set.
-        manifest: the dataset manifest, recorded with the version.
+        dataset_manifest: the dataset manifest's fields, recorded in the version record.
         rule: margin and significance level of promotion.
         training_key: what the model was trained from (data and recipe); a later run with the same
             key can reuse this version instead of training (``find_reusable``).
@@ -202,10 +203,16 @@ def publish_model(
     if is_complete(version):
         _check_same_result(version, run_id, accuracy)
     else:
-        record = _registry_manifest(task, model_name, run_id, result, manifest, training_key)
+        record = _version_record(task, model_name, run_id, result, dataset_manifest, training_key)
         _upload_version(model_dir, version, run_id, accuracy, result, correctness, record, training_key)
     challenger = {"model": model_name, "run_id": run_id, "uri": version, "test_accuracy": accuracy}
     promotion = _contend(model_uri(registry_root, task, model_name), challenger, rule, MODEL_CLAIM_FILE, task)
+    others = _other_lineages(registry_root, task) if promotion["decision"] == FIRST else []
+    if others:
+        promotion["reason"] += (
+            f"; {task.dataset} has versions on {len(others)} other test set{'s' if len(others) > 1 else ''} "
+            f"({', '.join(others)}), measured on other images, labels or classes: not compared"
+        )
     if promotion["decision"] in (FIRST, PROMOTED):
         task_promotion = _contend(lineage_uri(registry_root, task), challenger, rule, TASK_CLAIM_FILE, task)
     else:
@@ -335,7 +342,7 @@ def _racing_claimant(root: str, champion: dict, rule: PromotionRule, claim_file:
         version = storage.join(root, name[: -len(suffix)])
         if version == champion["uri"] or storage.read_json(storage.join(root, name)).get("against") != replaced_key:
             continue
-        contender = _version_record(version)
+        contender = _version_summary(version)
         verdict = _verdict(contender, champion, rule, task)
         if verdict.promote:
             return contender, verdict
@@ -354,7 +361,7 @@ def promote_by_hand(registry_root: str, reference: str, pin: bool = False, note:
     A pointer pinned to another version is refused: unpin it first.
     """
     version = _version_reference(registry_root, reference)
-    record = _version_record(version)
+    record = _version_summary(version)
     lineage = storage.join(registry_root, *reference.split("/")[:2])
     pointers = [storage.join(lineage, record["model"], CHAMPION_FILE), storage.join(lineage, CHAMPION_FILE)]
     current = [_read_pointer(pointer) for pointer in pointers]
@@ -376,7 +383,7 @@ def promote_by_hand(registry_root: str, reference: str, pin: bool = False, note:
 def unpin(registry_root: str, reference: str) -> list[str]:
     """Unpin the pointers that pin the version ``reference``; returns the pointers changed."""
     version = _version_reference(registry_root, reference)
-    record = _version_record(version)
+    record = _version_summary(version)
     lineage = storage.join(registry_root, *reference.split("/")[:2])
     changed = []
     for pointer in (storage.join(lineage, record["model"], CHAMPION_FILE), storage.join(lineage, CHAMPION_FILE)):
@@ -424,7 +431,7 @@ def list_registry(registry_root: str) -> list[dict]:
 
 
 def show(registry_root: str, reference: str) -> dict:
-    """A version's records (result figures, manifest, its marker), or a lineage's listing."""
+    """A version's records (result figures, version record, its marker), or a lineage's listing."""
     parts = reference.strip("/").split("/")
     if len(parts) == 2:
         matches = [entry for entry in list_registry(registry_root) if entry["reference"] == "/".join(parts)]
@@ -439,7 +446,7 @@ def show(registry_root: str, reference: str) -> dict:
         "uri": version,
         "complete": storage.read_json(storage.join(version, COMPLETE_MARKER)),
         "result": {key: result.get(key) for key in shown if key in result},
-        "manifest": storage.read_json(storage.join(version, MANIFEST_FILE)),
+        "record": storage.read_json(storage.join(version, VERSION_RECORD_FILE)),
     }
 
 
@@ -508,6 +515,13 @@ def _ensure_lineage(registry_root: str, task: Task) -> None:
         )
 
 
+def _other_lineages(registry_root: str, task: Task) -> list[str]:
+    """The other test sets' lineages filed under the same dataset name."""
+    names = storage.list_files(storage.join(registry_root, task.dataset))
+    return sorted(name.split("/")[0] for name in names
+                  if name.count("/") == 1 and name.endswith("/" + LINEAGE_FILE) and not name.startswith(task.lineage + "/"))
+
+
 def _check_same_result(version: str, run_id: str, accuracy: float) -> None:
     """A retried publish of a complete version must carry the same result."""
     marker = storage.read_json(storage.join(version, COMPLETE_MARKER))
@@ -518,7 +532,7 @@ def _check_same_result(version: str, run_id: str, accuracy: float) -> None:
         )
 
 
-def _registry_manifest(
+def _version_record(
     task: Task, model_name: str, run_id: str, result: dict, dataset_manifest: dict, training_key: str
 ) -> dict:
     """What a version was made from: test set, data fingerprint, config, package versions, container image."""
@@ -540,7 +554,7 @@ def _registry_manifest(
 
 def _upload_version(
     model_dir: str, version: str, run_id: str, accuracy: float, result: dict, correctness: Correctness,
-    manifest: dict, training_key: str,
+    record: dict, training_key: str,
 ) -> None:
     """Upload the model files and records, then the ``_COMPLETE`` marker last."""
     names = [name for name in storage.list_files(model_dir) if name not in _RESERVED_NAMES]
@@ -553,13 +567,13 @@ def _upload_version(
         storage.copy(storage.join(model_dir, *name.split("/")), storage.join(version, name))
     storage.write_json(storage.join(version, RESULT_FILE), result)
     storage.write_json(storage.join(version, CORRECTNESS_FILE), correctness.to_dict())
-    storage.write_json(storage.join(version, MANIFEST_FILE), manifest)
+    storage.write_json(storage.join(version, VERSION_RECORD_FILE), record)
     marker = {"run_id": run_id, "test_accuracy": accuracy, "completed_at": _now(), "training_key": training_key,
-              "files": sorted(names + [RESULT_FILE, CORRECTNESS_FILE, MANIFEST_FILE])}
+              "files": sorted(names + [RESULT_FILE, CORRECTNESS_FILE, VERSION_RECORD_FILE])}
     storage.write_json(storage.join(version, COMPLETE_MARKER), marker)
 
 
-def _version_record(version: str) -> dict:
+def _version_summary(version: str) -> dict:
     """The pointer-sized description of a complete version: model, run id, uri, test accuracy."""
     model, run_id = version.rstrip("/").split("/")[-2:]
     marker = storage.read_json(storage.join(version, COMPLETE_MARKER))

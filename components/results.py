@@ -30,17 +30,22 @@ class TrainResult:
     epochs: int  # epochs completed, resumed ones included
     train_seconds: float
     train_images_per_second: float | None
-    best_validation_accuracy: float
+    best_validation_accuracy: float | None  # None without a validation split
     best_epoch: int
     resumed_from_epoch: int
     optimizer_steps: int
     steps_per_epoch: int
     images_seen: int
-    validation_split: str
+    validation_split: str | None  # None: the dataset has none, nothing was validated
     dataset: str
     workers: int
     backend: str  # the Keras backend it trained on: "tensorflow" or "jax"
     config: dict[str, Any]  # the TrainConfig's fields
+    # Which epoch the model is: "validation" (the best by validation accuracy) or "last" (no
+    # validation split); None in files written before it was recorded.
+    epoch_chosen_by: str | None = dataclasses.field(default=None, kw_only=True)
+    # The registry version an unchanged run reused instead of training: {"run_id", "uri", "completed_at"}.
+    reused_from: dict[str, Any] | None = dataclasses.field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,6 +57,7 @@ class EvaluationResult(TrainResult):
     `promotion` is the registry's decision, present once the model was published."""
 
     test_accuracy: float
+    test_identity: str | None = dataclasses.field(default=None, kw_only=True)  # the test set's (manifest.test_identity)
     test_loss: float
     test_images: int
     inference_images_per_second: float | None

@@ -58,6 +58,10 @@ from components.schedules import make_learning_rate
 
 logger = logging.getLogger(__name__)
 
+# Which epoch's model train writes (train_result.json's epoch_chosen_by): the best by validation
+# accuracy, or, without a validation split, the last one (the test split never chooses).
+EPOCH_CHOSEN_BY_VALIDATION = "validation"
+EPOCH_CHOSEN_AS_LAST = "last"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "steps", "images", "seconds")
 
 
@@ -80,8 +84,9 @@ def train(
 
     Writes output_dir/model.keras (best by validation accuracy, without optimizer state; takes
     raw uint8-valued images), output_dir/history.csv and output_dir/train_result.json, and
-    returns the TrainResult (None on a worker other than the chief). Validation uses the dataset's validation split when it has one,
-    else its test split. An epoch is exactly ceil(train images / batch_size) optimizer steps.
+    returns the TrainResult (None on a worker other than the chief). Validation uses the dataset's
+    validation split; a dataset without one validates nothing, and the last epoch's model is
+    written. An epoch is exactly ceil(train images / batch_size) optimizer steps.
 
     With `checkpoint_dir` (local or gs://), every epoch is checkpointed there (model with
     optimizer state plus schedule state) and a rerun resumes after the last completed epoch; a
@@ -234,7 +239,7 @@ def _train_with_checkpoints(run: TrainingRun, extra_callbacks: list[keras.callba
 
 
 def _new_state(
-    model_name: str, fingerprint: str, fingerprint_inputs: dict[str, Any], params: int, validation_split: str
+    model_name: str, fingerprint: str, fingerprint_inputs: dict[str, Any], params: int, validation_split: str | None
 ) -> dict[str, Any]:
     """The checkpoint state of a run that has completed no epoch yet."""
     return {
@@ -298,6 +303,7 @@ def _write_outputs(
         steps_per_epoch=steps_per_epoch_for(reader.count("train"), config.batch_size),
         images_seen=optimizer_steps * config.batch_size,  # every batch is full
         validation_split=state["validation_split"],
+        epoch_chosen_by=EPOCH_CHOSEN_BY_VALIDATION if state["validation_split"] else EPOCH_CHOSEN_AS_LAST,
         dataset=reader.name,
         workers=role.count,
         backend=backend,

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", default="local", help="names the checkpoints of this run (default: local)")
     add_registry_arguments(run)
     run.add_argument(
+        "--retrain", action="store_true",
+        help="train even when the registry holds a version of the same data and recipe (default: reuse it)",
+    )
+    run.add_argument(
         "--runner",
         choices=("subprocess", "docker"),
         default="subprocess",
@@ -178,10 +182,13 @@ def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
         "--promotion-alpha", type=float, default=0.05,
         help="significance level of the paired test (McNemar, one-sided) a challenger must pass (default: 0.05)",
     )
-    parser.add_argument(
-        "--retrain", action="store_true",
-        help="train even when the registry holds a version of the same data and recipe (default: reuse it)",
-    )
+
+
+def check_promotion_arguments(args: argparse.Namespace) -> None:
+    """--promotion-margin and --promotion-alpha, checked before any step starts."""
+    from components.registry import PromotionRule
+
+    PromotionRule(margin=args.promotion_margin, alpha=args.promotion_alpha)
 
 
 def resolve_run_config(args: argparse.Namespace):
@@ -214,6 +221,7 @@ def command_run(args: argparse.Namespace) -> int:
     from components.data_prep import check_source
 
     config = resolve_run_config(args)
+    check_promotion_arguments(args)
     check_source(config.dataset)
     output_dir = os.path.abspath(args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     checkpoint_root = args.checkpoint_root or os.path.join(output_dir, "checkpoints")
@@ -243,6 +251,8 @@ def command_run(args: argparse.Namespace) -> int:
                 registry=args.registry,
                 promotion_margin=args.promotion_margin,
                 tensorboard_root=tensorboard_root,
+                promotion_alpha=args.promotion_alpha,
+                retrain=args.retrain,
             )
     except PipelineFailed as error:
         # Not a user mistake (exit 2), but the task's own traceback is in its log: one line here.
@@ -389,6 +399,7 @@ def command_compile(args: argparse.Namespace) -> int:
     from pipeline.placement import Placement, parse_node_selector
 
     config = resolve_run_config(args)
+    check_promotion_arguments(args)
     placement = Placement(
         image=args.image,
         gpu_type=args.gpu_type or None,
@@ -406,6 +417,7 @@ def command_compile(args: argparse.Namespace) -> int:
         checkpoint_root=args.checkpoint_root,
         registry=args.registry,
         promotion_margin=args.promotion_margin,
+        promotion_alpha=args.promotion_alpha,
     )
     compiler.Compiler().compile(pipeline_function, args.output)
     print(f"compiled {args.output}: image {args.image}, {describe_placement(placement)}")

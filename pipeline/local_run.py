@@ -155,12 +155,14 @@ def unique_local_paths(inputs: tuple, outputs: tuple, pipeline_root: str = "") -
 
 def pipeline_arguments(
     config: RunConfig, checkpoint_root: str, run_name: str, registry: str = "", promotion_margin: float = 0.0,
-    tensorboard_root: str = "",
+    tensorboard_root: str = "", promotion_alpha: float = 0.05, retrain: bool = False,
 ) -> dict:
     """The pipeline's parameters for one run: exactly the names `cnnpipe compile` exposes."""
     return {
         "registry": registry,
         "promotion_margin": promotion_margin,
+        "promotion_alpha": promotion_alpha,
+        "retrain": retrain,
         "dataset": config.dataset,
         "models": list(config.models),
         "train_config": dict(config.train),
@@ -190,6 +192,8 @@ def run_pipeline(
     registry: str = "",
     promotion_margin: float = 0.0,
     tensorboard_root: str = "",
+    promotion_alpha: float = 0.05,
+    retrain: bool = False,
 ) -> str:
     """Execute the pipeline with the runner set by ``init_local_runner``; returns the run's directory.
 
@@ -211,7 +215,7 @@ def run_pipeline(
             # The subprocess runner warns that the components name an image; here that is the point.
             warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
             pipeline_function(**pipeline_arguments(config, checkpoint_root, run_name, registry, promotion_margin,
-                                                   tensorboard_root))
+                                                   tensorboard_root, promotion_alpha, retrain))
     except RuntimeError as error:
         raise failure(console, str(error)) from None
     created = sorted(set(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*"))) - before)

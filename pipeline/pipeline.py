@@ -43,13 +43,15 @@ def build_pipeline(
     checkpoint_root: str = "",
     registry: str = "",
     promotion_margin: float = 0.0,
+    promotion_alpha: float = 0.05,
 ) -> Callable:
     """The pipeline function.
 
     ``placement`` puts tasks on cluster node pools (and names the image); ``image`` alone only
     replaces the image (``cnnpipe run --runner docker``); ``parallelism`` caps concurrent train
     tasks (0 = no cap); ``defaults`` (the smoke preset if not given), ``checkpoint_root``,
-    ``registry`` and ``promotion_margin`` become the compiled defaults of the pipeline's parameters.
+    ``registry``, ``promotion_margin`` and ``promotion_alpha`` become the compiled defaults of the
+    pipeline's parameters.
 
     (No ``from __future__ import annotations`` here: KFP reads the parameter types at run time.)
     """
@@ -70,6 +72,8 @@ def build_pipeline(
         preset: str = defaults.preset,
         registry: str = registry,
         promotion_margin: float = promotion_margin,
+        promotion_alpha: float = promotion_alpha,
+        retrain: bool = False,
         workers: int = defaults.workers,
         image_size: int = defaults.image_size,
         tensorboard_root: str = "",
@@ -88,6 +92,8 @@ def build_pipeline(
                 workers=workers,
                 backend=backend,
                 tensorboard_root=tensorboard_root,
+                registry=registry,
+                retrain=retrain,
                 cluster_placement=json.dumps({**worker_pod_settings(placement), "max_restarts": placement.train_retries})
                 if placement else "",
             )
@@ -105,6 +111,7 @@ def build_pipeline(
                 model=model,
                 registry=registry,
                 promotion_margin=promotion_margin,
+                promotion_alpha=promotion_alpha,
                 run_name=run_name,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 backend=backend,
@@ -127,6 +134,7 @@ def build_pipeline(
                 place_gpu_task(evaluation, placement)
             else:
                 place_cpu_task(evaluation, placement)
+            retry_preempted(evaluation, placement)  # publishing again under the same run id is safe
             for train in trains:
                 if not placement.uses_gpu:
                     place_cpu_task(train, placement)

@@ -21,7 +21,8 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
     Args:
         source: `digits`, `cifar10`, `fashion_mnist`, `mnist`, an image folder (<class>/*.jpg, or
             train/<class>/ and test/<class>/) or a CIFAR-10 binary archive; local path or gs:// URI.
-        validation_fraction: Share of the training images held out for validation (0 = use the test split).
+        validation_fraction: Share of the training images held out for validation (0 = none: the last
+            epoch's model is kept and nothing is validated).
         seed: Random seed of the validation split and of the bundled dataset's train/test split.
         image_size: Side every image is resized to (0 = the source's size; large photos are
             scaled to 128 pixels on the longer side).
@@ -51,6 +52,8 @@ def train_model(
     backend: str,
     tensorboard_root: str,
     cluster_placement: str,
+    registry: str,
+    retrain: bool,
     model: Output[Model],
 ):
     """Train one zoo model with augmentation, an LR schedule and per-epoch checkpoints.
@@ -67,12 +70,16 @@ def train_model(
         tensorboard_root: Directory or gs:// prefix for TensorBoard files, a folder per model
             ('' = inside the model artifact).
         cluster_placement: Where a JobSet's worker pods go, set by `cnnpipe compile` ('' = local processes).
+        registry: Model registry root; a complete version of the same data and recipe there is
+            reused instead of training ('' = always train).
+        retrain: Train even when the registry holds such a version.
     """
     import os
 
     from components import storage
     from components.backends import select_backend
     from components.errors import pipeline_step
+    from components.publish import reuse_trained
     from components.recipe import TrainConfig
     from pipeline.launch import train_on_workers
     from pipeline.step_inputs import checkpoint_run_id, dataset_location
@@ -82,7 +89,9 @@ def train_model(
     tensorboard_dir = storage.join(tensorboard_root, model_name) if tensorboard_root else os.path.join(model.path, "tensorboard")
     with pipeline_step():
         select_backend(backend)  # before anything imports Keras; worker processes inherit it
-        result = train_on_workers(
+        reused = reuse_trained(registry, dataset_location(dataset), model_name, train_config, model.path) \
+            if registry and not retrain else None
+        result = reused or train_on_workers(
             workers, dataset_location(dataset), model_name, model.path, TrainConfig.from_dict(train_config),
             checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir, run_id=run_id,
             cluster_placement=cluster_placement, holder=pipeline_job_id,
@@ -97,6 +106,7 @@ def evaluate_model(
     model: Input[Model],
     registry: str,
     promotion_margin: float,
+    promotion_alpha: float,
     run_name: str,
     pipeline_job_id: str,
     backend: str,
@@ -105,29 +115,35 @@ def evaluate_model(
     classification: Output[ClassificationMetrics],
 ):
     """Test loss and accuracy, per-class precision/recall, confusion matrix and inference speed;
-    then, with a registry, publish the model and promote it if it beats the champion.
+    then, with a registry, publish the model and promote it on a significant win over the champion.
+    A model the train step reused from the registry is not evaluated or published again.
 
     Args:
         registry: Model registry root (local dir or gs:// prefix); '' publishes nothing.
         promotion_margin: How much higher (a fraction) the new test accuracy must be to replace the champion.
+        promotion_alpha: Significance level of the paired test (McNemar, one-sided) it must also pass.
         run_name: Names the published version ('' = the pipeline job id).
         pipeline_job_id: The KFP job id.
         backend: Keras backend, tensorflow or jax.
     """
     from components.backends import select_backend
     from components.errors import pipeline_step
-    from components.publish import publish
+    from components.publish import publish, reuse_evaluated
     from pipeline.step_inputs import dataset_location, version_id
 
     with pipeline_step():
         select_backend(backend)  # before anything imports Keras
         from components.evaluate import evaluate
 
-        evaluation = evaluate(dataset_location(dataset), model.path, result.path)
-        if registry:
-            decision = publish(dataset_location(dataset), model.path, result.path, registry,
-                               version_id(run_name, pipeline_job_id), promotion_margin)
-            result.metadata["promotion"] = decision["decision"]
+        evaluation = reuse_evaluated(model.path, result.path, registry)
+        promotion = evaluation.promotion if evaluation else None
+        if evaluation is None:
+            evaluation = evaluate(dataset_location(dataset), model.path, result.path)
+            if registry:
+                promotion = publish(dataset_location(dataset), model.path, result.path, registry,
+                                    version_id(run_name, pipeline_job_id), promotion_margin, promotion_alpha)
+        if promotion:
+            result.metadata["promotion"] = promotion["decision"]
     for key in ("test_accuracy", "test_loss", "inference_images_per_second", "params"):
         metrics.log_metric(key, getattr(evaluation, key))
     classification.log_confusion_matrix(evaluation.class_names, evaluation.confusion_matrix)

@@ -143,3 +143,19 @@ def make_numbered_folder(root, classes=("a", "b", "c"), per_class=(6, 2), size=(
         return images
 
     return write_folder(root, classes, per_class, numbered_images)
+
+
+def make_digits_folder(root, test_per_class=30) -> None:
+    """scikit-learn's bundled handwritten digits (real, learnable, 10 classes of 8x8 grayscale
+    images) as ``root/{train,test}/digit<d>/NNNN.png``: the first ``test_per_class`` images of each
+    digit are its test images, so the test set stays the same whatever seed a run uses."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255 / 16)).round().astype(np.uint8)[..., np.newaxis]  # 0..16 -> 0..255
+    seen = dict.fromkeys(range(10), 0)
+    for index, (image, label) in enumerate(zip(images, digits.target)):
+        seen[label] += 1
+        directory = os.path.join(root, "test" if seen[label] <= test_per_class else "train", f"digit{label}")
+        os.makedirs(directory, exist_ok=True)
+        save_image(image, os.path.join(directory, f"{index:04d}.png"), mode="L")

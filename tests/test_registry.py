@@ -122,6 +122,7 @@ def test_a_different_test_set_under_the_same_name_starts_its_own_lineage(registr
     publish(registry_root, tmp_path, "run-1", BASE_CORRECT)
     other = publish(registry_root, tmp_path, "run-2", np.zeros(TEST_IMAGES, bool), task=OTHER_TASK)
     assert other["decision"] == "first" and other["champion_run"] is None  # never compared with run-1's 0.8
+    assert f"digits has versions on 1 other test set ({TASK.lineage}), measured on other images" in other["reason"]
     assert registry.read_champion(registry_root, TASK, MODEL)["run_id"] == "run-1"
     assert registry.read_champion(registry_root, OTHER_TASK, MODEL)["run_id"] == "run-2"
     listed = registry.list_registry(registry_root)
@@ -180,9 +181,9 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     model_dir, _ = make_model_dir(tmp_path / "model")
     good = {"test_accuracy": 0.5}
     correctness = Correctness(TASK.test_identity, BASE_CORRECT)
-    with pytest.raises(ValueError, match=re.escape("margin must be a fraction in [0, 1), got -0.1; e.g. 0.005 for half a point")):
+    with pytest.raises(ValueError, match=re.escape("promotion_margin must be a fraction in [0, 1), got -0.1; e.g. 0.005 for half a point")):
         registry.PromotionRule(margin=-0.1)
-    with pytest.raises(ValueError, match=re.escape("promotion alpha must be a number in (0, 1], got 0; e.g. 0.05")):
+    with pytest.raises(ValueError, match=re.escape("promotion_alpha must be a number in (0, 1], got 0; e.g. 0.05")):
         registry.PromotionRule(alpha=0)
     with pytest.raises(ValueError, match="test_accuracy"):
         registry.publish_model(model_dir, root, TASK, MODEL, "run-1", {"test_accuracy": 91.2}, correctness, {})

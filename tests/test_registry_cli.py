@@ -40,7 +40,7 @@ def test_list_names_each_test_set_its_champions_and_versions(populated, capsys):
 def test_show_prints_a_version_and_a_lineage(populated, capsys):
     code, out, _ = cnnpipe(capsys, "registry", "show", "--registry", populated, f"digits/{TASK.lineage}/{MODEL}/run-1")
     shown = json.loads(out)
-    assert code == 0 and shown["result"]["test_accuracy"] == 0.8 and shown["manifest"]["test_identity"] == TASK.test_identity
+    assert code == 0 and shown["result"]["test_accuracy"] == 0.8 and shown["record"]["test_identity"] == TASK.test_identity
     code, out, _ = cnnpipe(capsys, "registry", "show", "--registry", populated, f"digits/{TASK.lineage}")
     assert json.loads(out)["champion"]["run_id"] == "run-2"
 

@@ -240,21 +240,32 @@ def test_markdown_has_one_table_row_per_model(report):
     assert "Best model: **resnet20_v1**" in markdown
 
 
-def test_promotion_decisions_get_a_model_registry_table(tmp_path):
-    result_dir = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
-    promotion = [{"model": "lenet5", "decision": "kept champion", "champion_accuracy": 0.65,
-                  "challenger_accuracy": 0.6, "reason": "challenger <worse> by 5 pp"}]
-    summary = write_report_files([result_dir], str(tmp_path / "out"), MANIFEST, {**RUN_CONFIG, "promotion": promotion})
+def test_each_model_states_its_registry_decision_and_which_split_chose_its_epoch(tmp_path):
+    kept = write_result_dir(tmp_path / "lenet5", "lenet5", MODEL_VALUES["lenet5"])
+    promotion = {"decision": "kept", "champion_run": "lenet5/nightly-1", "champion_accuracy": 0.62, "wins": 12,
+                 "losses": 8, "p_value": 0.2517, "reason": "kept lenet5/nightly-1: <not significant>",
+                 "task": {"decision": "not-compared", "champion_run": None, "wins": None, "losses": None,
+                          "p_value": None, "reason": "not its architecture's champion"}}
+    with open(tmp_path / "lenet5" / "result.json", encoding="utf-8") as file:
+        result = json.load(file)
+    result.update(promotion=promotion, epoch_chosen_by="last", validation_split=None)
+    with open(tmp_path / "lenet5" / "result.json", "w", encoding="utf-8") as file:
+        json.dump(result, file)
+    unpublished = write_result_dir(tmp_path / "resnet20_v1", "resnet20_v1", MODEL_VALUES["resnet20_v1"])
+    manifest = {**MANIFEST, "splits": {"train": 108, "test": 30, "validation": 12}}
+    summary = write_report_files([kept, unpublished], str(tmp_path / "out"), manifest, RUN_CONFIG)
+    by_name = {entry["name"]: entry for entry in summary["models"]}
+    assert by_name["lenet5"]["promotion"] == promotion and by_name["lenet5"]["epoch_chosen_by"] == "last"
+    assert "without a validation split" in by_name["lenet5"]["epoch_choice"]
+    assert by_name["resnet20_v1"]["promotion"]["decision"] == "not-compared"
+    assert "no --registry given" in by_name["resnet20_v1"]["promotion"]["reason"]
+    assert by_name["resnet20_v1"]["epoch_chosen_by"] == "validation"
+    assert "on 12 training images held out as the validation split" in by_name["resnet20_v1"]["epoch_choice"]
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "<h2>Model registry</h2>" in page
-    assert "challenger &lt;worse&gt; by 5 pp" in page and "65.00%" in page
-    assert summary["promotion"] == promotion
-    assert "## Model registry" in (tmp_path / "out" / "report.md").read_text()
-
-
-def test_report_without_promotion_has_no_registry_section(report):
-    _, output_dir = report
-    assert "Model registry" not in (output_dir / "report.html").read_text()
+    assert "<h2>Model registry</h2>" in page and "kept lenet5/nightly-1: &lt;not significant&gt;" in page
+    assert "12 / 8" in page and "0.252" in page and "62.00%" in page
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Which epoch each model is" in markdown and "the test split was not looked at" in markdown
 
 
 def test_empty_result_dirs_raise(tmp_path):

@@ -33,10 +33,8 @@ def write_report_files(result_dirs: list[str], output_dir: str, manifest: dict, 
         result_dirs: evaluate output directories, each holding result.json and history.csv.
         output_dir: directory for the three report files (created if missing).
         manifest: the dataset manifest (components.manifest.read(...).to_dict()) the models were trained on.
-        run_config: the resolved run settings; at least {"preset", "dataset"}, optionally
-            "promotion": [{"model", "decision", "champion_accuracy", "challenger_accuracy", "reason"}].
-            Without it, the registry decisions that the publish step stored in each result.json
-            (its "promotion" field) are shown.
+        run_config: the resolved run settings; at least {"preset", "dataset"}. Each model's
+            registry decision is the "promotion" block the publish step stored in its result.json.
 
     Returns:
         The summary dict written to summary.json.
@@ -48,9 +46,6 @@ def write_report_files(result_dirs: list[str], output_dir: str, manifest: dict, 
     if not result_dirs:
         raise UserError("result_dirs is empty; pass at least one evaluate output directory (with result.json)")
     results = sort_by_accuracy([read_result(result_dir) for result_dir in result_dirs])
-    if "promotion" not in run_config:
-        promotion = [item.result["promotion"] for item in results if item.result.get("promotion")]
-        run_config = {**run_config, "promotion": promotion} if promotion else run_config
     summary = build_summary(results, manifest, run_config)
     files = {
         SUMMARY_FILE: json.dumps(summary, indent=2, allow_nan=False) + "\n",

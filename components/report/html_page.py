@@ -25,6 +25,7 @@ from components.report.plots import (
     plot_training_curves,
     plot_validation_overview,
 )
+from components.report import decisions
 from components.report.summary import ModelResult, reference_note
 from components.report.tables import comparison_columns, promotion_columns
 
@@ -74,9 +75,15 @@ def render_html(results: list[ModelResult], summary: dict, manifest: dict, run_c
         "<h2>Validation accuracy over epochs</h2>",
         html_image(plot_validation_overview(results), "validation accuracy of every model over epochs"),
     ]
-    promotion = run_config.get("promotion") or []
-    if promotion:
-        parts += ["<h2>Model registry</h2>", html_promotion_table(promotion)]
+    parts += ["<h2>Which epoch each model is</h2>",
+              html_sentences([f"{entry['name']}: {entry['epoch_choice']}" for entry in summary["models"]])]
+    parts.append("<h2>Model registry</h2>")
+    if decisions.any_published(summary["models"]):
+        parts += [html_promotion_table(summary["models"]), html_sentences(
+            [sentence for entry in summary["models"]
+             for sentence in decisions.promotion_sentences(entry["name"], entry["promotion"])])]
+    else:
+        parts.append(f'<p class="muted">{html.escape(decisions.NOT_PUBLISHED)}</p>')
     for index, model in enumerate(results):
         parts.append(html_model_section(index, model, manifest))
     parts.append("</body></html>")
@@ -164,15 +171,20 @@ def gap_class(text: str) -> str:
     return ""
 
 
-def html_promotion_table(promotion: list[dict]) -> str:
-    """The champion/challenger decisions of the model registry."""
+def html_promotion_table(entries: list[dict]) -> str:
+    """The champion/challenger decisions of the model registry, a row per model."""
     columns = promotion_columns()
     header = "".join(f'<th class="text">{html.escape(name)}</th>' for name, _ in columns)
     rows = "".join(
-        "<tr>" + "".join(f'<td class="text">{html.escape(str(cell(decision)))}</td>' for _, cell in columns) + "</tr>"
-        for decision in promotion
+        "<tr>" + "".join(f'<td class="text">{html.escape(str(cell(entry)))}</td>' for _, cell in columns) + "</tr>"
+        for entry in entries
     )
     return f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def html_sentences(sentences: list[str]) -> str:
+    """Sentences as an escaped bullet list."""
+    return "<ul>" + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in sentences) + "</ul>"
 
 
 def html_model_section(index: int, model: ModelResult, manifest: dict) -> str:

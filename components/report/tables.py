@@ -86,11 +86,25 @@ def comparison_text_table(summary: dict) -> str:
 
 
 def promotion_columns() -> list[Column]:
-    """(header, cell function over a promotion decision) for the model registry table."""
+    """(header, cell function over a summary entry) for the model registry table: the paired test
+    against the architecture's champion, and the decision about the task's champion."""
     return [
-        ("Model", lambda decision: decision.get("model", MISSING)),
-        ("Decision", lambda decision: decision.get("decision", MISSING)),
-        ("Champion accuracy", lambda decision: format_percent(decision.get("champion_accuracy"))),
-        ("Challenger accuracy", lambda decision: format_percent(decision.get("challenger_accuracy"))),
-        ("Reason", lambda decision: decision.get("reason", "")),
+        ("Model", name_cell),
+        ("Decision", lambda entry: entry["promotion"]["decision"]),
+        ("Against champion", lambda entry: entry["promotion"].get("champion_run") or MISSING),
+        ("Champion accuracy", lambda entry: format_percent(entry["promotion"].get("champion_accuracy"))),
+        ("Test accuracy", accuracy_cell),
+        ("Wins / losses", wins_and_losses_cell),
+        ("p (McNemar, one-sided)", p_value_cell),
+        ("Task champion", lambda entry: (entry["promotion"].get("task") or {}).get("decision", MISSING)),
     ]
+
+
+def wins_and_losses_cell(entry: dict) -> str:
+    promotion = entry["promotion"]
+    return MISSING if promotion.get("wins") is None else f"{promotion['wins']} / {promotion['losses']}"
+
+
+def p_value_cell(entry: dict) -> str:
+    value = entry["promotion"].get("p_value")
+    return MISSING if value is None else f"{value:.3g}"

@@ -1,0 +1,93 @@
+"""The registry's rules through `cnnpipe run` and `cnnpipe registry`: real pipelines (kfp.local),
+real Keras training, a local registry and one on the GCS emulator.
+
+A nightly on unchanged data retrains nothing; a rerun that differs only in its random seed is not
+promoted; a clearly better model is; a pin survives a better run; two folders with one basename
+never share a champion.
+"""
+
+import json
+
+import pytest
+
+from components import registry, storage
+from datagen import make_digits_folder, make_image_folder
+from pipeline.cli import main
+
+pytestmark = pytest.mark.slow
+
+# Weak: one epoch of large batches. Strong: six epochs of small batches (about 80 % on the 300 test
+# images; two seeds differ on about 60 of them, evenly).
+WEAK = ("--epochs", "1", "--batch-size", "64")
+STRONG = ("--epochs", "6", "--batch-size", "16")
+
+
+def run(output, registry_root, dataset, *flags, model="inception10"):
+    """`cnnpipe run` of one model; returns its summary entry."""
+    code = main(["run", "--dataset", str(dataset), "--models", model, "--registry", registry_root,
+                 "--output", str(output), *flags])
+    assert code == 0
+    return json.loads((output / "summary.json").read_text())["models"][0]
+
+
+def test_pins_significance_and_reuse_through_the_cli_and_the_pipeline(tmp_path, capsys):
+    make_digits_folder(tmp_path / "digits")
+    root = str(tmp_path / "models")
+
+    weak = run(tmp_path / "weak", root, tmp_path / "digits", *WEAK)
+    assert weak["promotion"]["decision"] == "first" and weak["epoch_chosen_by"] == "validation"
+    (lineage,) = registry.list_registry(root)
+    weak_version = lineage["models"]["inception10"]["versions"][0]["reference"]
+
+    assert main(["registry", "pin", "--registry", root, weak_version, "--note", "rollback"]) == 0
+    pinned = run(tmp_path / "pinned", root, tmp_path / "digits", *STRONG)
+    assert pinned["promotion"]["decision"] == "kept" and "pinned" in pinned["promotion"]["reason"]
+    assert pinned["promotion"]["p_value"] < 0.001  # a clear win, and still the pin holds
+    assert main(["registry", "unpin", "--registry", root, weak_version]) == 0
+
+    better = run(tmp_path / "better", root, tmp_path / "digits", *STRONG, "--seed", "1")
+    assert better["promotion"]["decision"] == "promoted" and better["promotion"]["p_value"] < 0.001
+    assert better["promotion"]["task"]["decision"] == "promoted"
+    assert "promoted over inception10/" in (tmp_path / "better" / "report.md").read_text()
+
+    # The nightly on unchanged data and recipe: nothing is trained, evaluated or published.
+    unchanged = run(tmp_path / "unchanged", root, tmp_path / "digits", *STRONG)
+    pinned_run = pinned["promotion"]["version_uri"].rsplit("/", 1)[-1]
+    assert unchanged["promotion"]["decision"] == "not-compared" and unchanged["unchanged_since"] == pinned_run
+    assert unchanged["test_accuracy"] == pinned["test_accuracy"]
+    assert f"unchanged since {pinned_run}" in (tmp_path / "unchanged" / "report.md").read_text()
+    assert not (tmp_path / "unchanged" / "checkpoints").exists()  # no epoch ran
+    assert len(registry.list_registry(root)[0]["models"]["inception10"]["versions"]) == 3
+
+    # The same recipe trained again, differing from the champion only in its random seed: not promoted.
+    seed_only = run(tmp_path / "seed-only", root, tmp_path / "digits", *STRONG, "--retrain")
+    promotion = seed_only["promotion"]
+    assert promotion["decision"] == "kept" and promotion["p_value"] > 0.05, promotion
+    assert "not a significant win" in promotion["reason"]
+    champion = registry.read_champion(root, registry.Task(**{
+        key: value for key, value in lineage["lineage"].items() if key != "created_at"}))
+    assert champion["uri"] == better["promotion"]["version_uri"]
+    listed = capsys.readouterr().out
+    assert f"pinned {weak_version}" in listed and f"unpinned {weak_version}" in listed
+
+
+def test_two_folders_with_one_basename_never_share_a_champion(gcs_emulator, tmp_path):
+    root = gcs_emulator.url("registry")
+    for bucket_folder, seed in (("a", 0), ("b", 1)):
+        make_image_folder(tmp_path / bucket_folder / "images", per_class=(4, 3), size=(8, 8), seed=seed)
+        storage.upload_tree(str(tmp_path / bucket_folder / "images"), gcs_emulator.url(f"{bucket_folder}/images"))
+    entries = [
+        run(tmp_path / f"run-{folder}", root, gcs_emulator.url(f"{folder}/images"), "--epochs", "1",
+            "--validation-fraction", "0", model="lenet5")
+        for folder in ("a", "b")
+    ]
+    assert [entry["promotion"]["decision"] for entry in entries] == ["first", "first"]
+    assert all(entry["epoch_chosen_by"] == "last" for entry in entries)
+    lineages = registry.list_registry(root)
+    assert [entry["lineage"]["dataset"] for entry in lineages] == ["images", "images"]
+    assert len({entry["reference"] for entry in lineages}) == 2
+    assert {entry["champion"]["uri"] for entry in lineages} == {entry["promotion"]["version_uri"] for entry in entries}
+    report = (tmp_path / "run-b" / "report.md").read_text()
+    assert "first model on this test set" in report and "without a validation split" in report
+    assert f"images has versions on 1 other test set ({lineages[0]['reference'].split('/')[1]}" in report \
+        or f"images has versions on 1 other test set ({lineages[1]['reference'].split('/')[1]}" in report
