@@ -36,26 +36,27 @@ def test_gcs_dataset_checkpoints_and_registry_end_to_end(gcs_emulator, tmp_path,
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dataset"] == "shapes" and summary["num_classes"] == 3
     assert storage.read_json(gcs_emulator.url("checkpoints/local/lenet5/state.json"))["epoch"] == 1
-    champion = registry.read_champion(gcs_emulator.url("registry"), "shapes", "lenet5")
-    assert champion is not None and registry.is_complete(champion["uri"])
+    (lineage,) = registry.list_registry(gcs_emulator.url("registry"))
+    champion = lineage["models"]["lenet5"]["champion"]
+    assert lineage["reference"].startswith("shapes/") and registry.is_complete(champion["uri"])
     published = set(storage.list_files(champion["uri"]))
-    assert {"model.keras", "history.csv", "result.json", "manifest.json", "saved_model/saved_model.pb"} <= published
-    assert [decision["decision"] for decision in summary["promotion"]] == ["promoted"]
-    assert "promoted" in (tmp_path / "run" / "report.html").read_text()
+    assert {"model.keras", "history.csv", "result.json", "manifest.json", "correctness.json",
+            "saved_model/saved_model.pb"} <= published
+    assert summary["models"][0]["promotion"]["decision"] == "first"
+    assert "first model on this test set" in (tmp_path / "run" / "report.html").read_text()
 
     # One more epoch: training resumes from the gs:// checkpoint and publishes a second version,
-    # which the registry promotes or keeps by its accuracy against the first.
+    # which the registry promotes only on a significant win over the first on the same 9 test images.
     assert run("--epochs", "2", *locations) == 0
     history = (tmp_path / "run" / "models" / "lenet5" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 2
     assert "resuming lenet5 from gs://" in (tmp_path / "run" / "logs" / "train-model-lenet5.log").read_text()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    decision = summary["promotion"][0]
-    first_accuracy = champion["test_accuracy"]
-    second_accuracy = summary["models"][0]["test_accuracy"]
-    assert decision["decision"] == ("promoted" if second_accuracy > first_accuracy else "kept")
-    versions = {name.split("/")[0] for name in storage.list_files(gcs_emulator.url("registry/shapes/lenet5"))}
-    assert len(versions - {"champion.json"}) == 2
+    decision = summary["models"][0]["promotion"]
+    assert decision["champion_run"] == f"lenet5/{champion['run_id']}" and decision["wins"] + decision["losses"] <= 9
+    significant_win = decision["p_value"] <= 0.05 and decision["wins"] > decision["losses"]
+    assert decision["decision"] == ("promoted" if significant_win else "kept")
+    assert len(registry.list_registry(gcs_emulator.url("registry"))[0]["models"]["lenet5"]["versions"]) == 2
 
     # Another recipe under the same checkpoint location is refused, not silently resumed.
     assert run("--epochs", "2", "--learning-rate", "0.05", *locations) == 2
