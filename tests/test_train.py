@@ -361,6 +361,16 @@ def test_train_without_checkpoint_dir_removes_its_temporary_checkpoints_and_uses
     assert result.validation_split == "validation" and result.epochs == 1
 
 
+def test_without_a_validation_split_the_plateau_schedule_watches_the_training_loss(tiny_dataset, tmp_path):
+    checkpoint_dir = str(tmp_path / "checkpoints")
+    result = train(tiny_dataset, "lenet5", str(tmp_path / "output"), quick_config(schedule="step"),
+                   checkpoint_dir=checkpoint_dir)
+    losses = [float(row["loss"]) for row in read_history(str(tmp_path / "output"))]
+    assert result["epoch_chosen_by"] == "last" and result["best_epoch"] == 2
+    watched = load_checkpoint(checkpoint_dir)["plateau"]["best_validation_loss"]  # the lowest loss it saw
+    assert watched is not None and any(watched == pytest.approx(loss) for loss in losses)
+
+
 def test_unknown_model_is_refused_before_any_work(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="unknown model 'lenet6'; choose one of: .*lenet5"):
         train(tiny_dataset, "lenet6", str(tmp_path / "output"), quick_config())
