@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from components.formatting import format_percent
+
 
 def add_registry_commands(commands) -> None:
     registry = commands.add_parser(
@@ -67,14 +69,14 @@ def describe_lineage(entry: dict) -> list[str]:
         lines.append(f"  {model}: champion {describe_pointer(champion)}")
         for version in listing["versions"]:
             mark = "  <- champion" if champion and champion["run_id"] == version["run_id"] else ""
-            lines.append(f"    {version['reference']}  {version['test_accuracy']:.4f}  {version['completed_at']}{mark}")
+            lines.append(f"    {version['reference']}  {format_percent(version['test_accuracy'])}  {version['completed_at']}{mark}")
     return lines
 
 
 def describe_pointer(pointer: dict | None) -> str:
     if pointer is None:
         return "none"
-    text = f"{pointer['model']}/{pointer['run_id']} ({pointer['test_accuracy']:.4f}, {pointer['how']})"
+    text = f"{pointer['model']}/{pointer['run_id']} ({format_percent(pointer['test_accuracy'])}, {pointer['how']})"
     if pointer.get("pinned"):
         note = pointer["pinned"].get("note")
         text += f", pinned since {pointer['pinned']['at']}" + (f": {note}" if note else "")

@@ -30,8 +30,8 @@ def test_list_names_each_test_set_its_champions_and_versions(populated, capsys):
     assert code == 0
     assert f"digits/{TASK.lineage}: 1,000 test images, 10 classes (0, 1, 2, 3, 4, ...)" in out
     assert f"digits/{OTHER_TASK.lineage}:" in out
-    assert f"task champion (serving): {MODEL}/run-2 (0.8600, promoted)" in out
-    assert f"digits/{TASK.lineage}/{MODEL}/run-2  0.8600" in out
+    assert f"task champion (serving): {MODEL}/run-2 (86.00%, promoted)" in out
+    assert f"digits/{TASK.lineage}/{MODEL}/run-2  86.00%" in out
     code, out, _ = cnnpipe(capsys, "registry", "list", "--registry", populated, "--json")
     listed = json.loads(out)
     assert [entry["models"][MODEL]["champion"]["run_id"] for entry in listed] == ["run-2", "run-1"]
@@ -53,7 +53,7 @@ def test_a_pinned_rollback_survives_a_better_run_until_unpinned(populated, tmp_p
     assert better["decision"] == "kept" and "pinned" in better["reason"]
     assert registry.read_champion(populated, TASK)["run_id"] == "run-1"
     code, out, _ = cnnpipe(capsys, "registry", "list", "--registry", populated)
-    assert f"{MODEL}/run-1 (0.8000, pinned), pinned since" in out and ": rollback" in out
+    assert f"{MODEL}/run-1 (80.00%, pinned), pinned since" in out and ": rollback" in out
 
     code, _, err = cnnpipe(capsys, "registry", "promote", "--registry", populated, f"digits/{TASK.lineage}/{MODEL}/run-3")
     assert code == 2 and err.strip() == (

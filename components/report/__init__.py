@@ -6,6 +6,7 @@
     markdown.py    report.md, the KFP Markdown artifact
     html_page.py   report.html, self-contained (inline CSS, embedded PNG plots)
     plots.py       the matplotlib figures, rendered straight to PNG bytes
+    decisions.py   which split chose each model's epoch, and the registry's decision, in words
 
 `write_report_files` is the entry point; the numbers read the same here, in the console and in the CLI
 because all of them format through components/formatting.py.
