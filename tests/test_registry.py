@@ -246,7 +246,7 @@ def test_a_racing_winner_overwritten_on_a_store_without_preconditions_is_restore
         registry._upload_version(model_dir, version, run_id, correctness.accuracy, result, correctness, {}, "")
         replaced = registry.read_champion(registry_root, TASK, MODEL)["previous"]  # the champion it read
         real_write_json(storage.join(version, registry.MODEL_CLAIM_FILE), {"against": replaced["uri"]})
-        record = registry._pointer_record(registry._version_record(version), replaced,
+        record = registry._pointer_record(registry._version_summary(version), replaced,
                                           registry.Verdict(True, "won"), how="promoted")
         real_write_json(pointer, record)
 

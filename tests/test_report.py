@@ -246,12 +246,13 @@ def test_each_model_states_its_registry_decision_and_which_split_chose_its_epoch
                  "losses": 8, "p_value": 0.2517, "reason": "kept lenet5/nightly-1: <not significant>",
                  "task": {"decision": "not-compared", "champion_run": None, "wins": None, "losses": None,
                           "p_value": None, "reason": "not its architecture's champion"}}
-    with open(tmp_path / "lenet5" / "result.json", encoding="utf-8") as file:
-        result = json.load(file)
-    result.update(promotion=promotion, epoch_chosen_by="last", validation_split=None)
-    with open(tmp_path / "lenet5" / "result.json", "w", encoding="utf-8") as file:
-        json.dump(result, file)
     unpublished = write_result_dir(tmp_path / "resnet20_v1", "resnet20_v1", MODEL_VALUES["resnet20_v1"])
+    for directory, fields in ((kept, dict(promotion=promotion, epoch_chosen_by="last", validation_split=None)),
+                              (unpublished, dict(epoch_chosen_by="validation", validation_split="validation"))):
+        with open(os.path.join(directory, "result.json"), encoding="utf-8") as file:
+            result = json.load(file)
+        with open(os.path.join(directory, "result.json"), "w", encoding="utf-8") as file:
+            json.dump({**result, **fields}, file)
     manifest = {**MANIFEST, "splits": {"train": 108, "test": 30, "validation": 12}}
     summary = write_report_files([kept, unpublished], str(tmp_path / "out"), manifest, RUN_CONFIG)
     by_name = {entry["name"]: entry for entry in summary["models"]}

@@ -35,7 +35,7 @@ def epoch_choice(result: dict, manifest: dict) -> str:
             "images held out as the validation split; the test split was not looked at during training")
 
 
-def promotion(result: dict) -> dict:
+def promotion_block(result: dict) -> dict:
     """The result's promotion block; a model that was not published is `not-compared`, saying why."""
     block = result.get("promotion")
     if block and "decision" in block:

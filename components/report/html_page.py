@@ -25,7 +25,7 @@ from components.report.plots import (
     plot_training_curves,
     plot_validation_overview,
 )
-from components.report import decisions
+from components.report.decisions import NOT_PUBLISHED, any_published, promotion_sentences
 from components.report.summary import ModelResult, reference_note
 from components.report.tables import comparison_columns, promotion_columns
 
@@ -78,12 +78,12 @@ def render_html(results: list[ModelResult], summary: dict, manifest: dict, run_c
     parts += ["<h2>Which epoch each model is</h2>",
               html_sentences([f"{entry['name']}: {entry['epoch_choice']}" for entry in summary["models"]])]
     parts.append("<h2>Model registry</h2>")
-    if decisions.any_published(summary["models"]):
+    if any_published(summary["models"]):
         parts += [html_promotion_table(summary["models"]), html_sentences(
             [sentence for entry in summary["models"]
-             for sentence in decisions.promotion_sentences(entry["name"], entry["promotion"])])]
+             for sentence in promotion_sentences(entry["name"], entry["promotion"])])]
     else:
-        parts.append(f'<p class="muted">{html.escape(decisions.NOT_PUBLISHED)}</p>')
+        parts.append(f'<p class="muted">{html.escape(NOT_PUBLISHED)}</p>')
     for index, model in enumerate(results):
         parts.append(html_model_section(index, model, manifest))
     parts.append("</body></html>")

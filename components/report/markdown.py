@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components.formatting import format_duration, format_percent, format_setting, format_shape, format_splits
-from components.report import decisions
+from components.report.decisions import NOT_PUBLISHED, any_published, promotion_sentences
 from components.report.summary import reference_note
 from components.report.tables import comparison_columns, promotion_columns
 
@@ -35,15 +35,15 @@ def render_markdown(summary: dict, manifest: dict, run_config: dict) -> str:
     lines += ["", "## Which epoch each model is", ""]
     lines += [f"- {markdown_cell(entry['name'])}: {markdown_cell(entry['epoch_choice'])}" for entry in summary["models"]]
     lines += ["", "## Model registry", ""]
-    if not decisions.any_published(summary["models"]):
-        return "\n".join([*lines, decisions.NOT_PUBLISHED]) + "\n"
+    if not any_published(summary["models"]):
+        return "\n".join([*lines, NOT_PUBLISHED]) + "\n"
     lines.append("| " + " | ".join(name for name, _ in promotion_columns()) + " |")
     lines.append("|" + "|".join("---" for _ in promotion_columns()) + "|")
     for entry in summary["models"]:
         lines.append("| " + " | ".join(markdown_cell(cell(entry)) for _, cell in promotion_columns()) + " |")
     lines.append("")
     for entry in summary["models"]:
-        lines += [f"- {markdown_cell(sentence)}" for sentence in decisions.promotion_sentences(entry["name"], entry["promotion"])]
+        lines += [f"- {markdown_cell(sentence)}" for sentence in promotion_sentences(entry["name"], entry["promotion"])]
     return "\n".join(lines) + "\n"
 
 

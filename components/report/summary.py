@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from components.artifacts import HISTORY_FILE
 from components.errors import UserError
 from components.formatting import MISSING, is_number
-from components.report import decisions
+from components.report.decisions import epoch_choice, epoch_chosen_by, promotion_block
 from components.results import read_evaluation_result
 
 # Fields every result.json must carry; they make up the comparison table and summary.json.
@@ -97,10 +97,10 @@ def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) 
         entry["images_seen"] = result.get("images_seen")
         entry["reference_gap"] = reference_gap(result, "reference_accuracy", compared)
         entry["seed_gap"] = reference_gap(result, "seed_accuracy", compared)
-        entry["epoch_chosen_by"] = decisions.epoch_chosen_by(result)
-        entry["epoch_choice"] = decisions.epoch_choice(result, manifest)
+        entry["epoch_chosen_by"] = epoch_chosen_by(result)
+        entry["epoch_choice"] = epoch_choice(result, manifest)
         entry["unchanged_since"] = (result.get("reused_from") or {}).get("run_id")
-        entry["promotion"] = decisions.promotion(result)
+        entry["promotion"] = promotion_block(result)
         models.append(entry)
     summary = {
         "dataset": dataset,
