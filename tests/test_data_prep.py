@@ -377,7 +377,7 @@ def test_bad_seed_is_named(image_folder, tmp_path, seed):
 def test_a_small_validation_fraction_holds_out_one_image_of_each_class(image_folder, tmp_path):
     root, _ = image_folder
     manifest = prepare(root, str(tmp_path / "dataset"), validation_fraction=0.01)
-    assert manifest["class_counts"]["validation"] == [1, 1] and manifest["class_counts"]["train"] == [3, 3]
+    assert manifest.class_counts["validation"] == [1, 1] and manifest.class_counts["train"] == [3, 3]
 
 
 def test_validation_fraction_too_small_for_the_data_is_named(tmp_path):
