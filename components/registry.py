@@ -271,7 +271,7 @@ def judge(challenger: Correctness, champion: Correctness, rule: PromotionRule, c
         f"margin {100 * rule.margin:.2f})"
     )
     if not comparison.significant(rule.alpha):
-        verdict = "not a significant win: a difference this size is what chance (a new random seed) gives"
+        verdict = "not a significant win: chance alone (a new random seed, say) gives a difference this size too often"
         return Verdict(False, f"kept {champion_name}: {evidence}; {verdict}", comparison)
     if gain <= rule.margin:
         return Verdict(False, f"kept {champion_name}: {evidence}; significant, but not above the margin", comparison)

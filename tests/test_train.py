@@ -366,7 +366,7 @@ def test_without_a_validation_split_the_plateau_schedule_watches_the_training_lo
     result = train(tiny_dataset, "lenet5", str(tmp_path / "output"), quick_config(schedule="step"),
                    checkpoint_dir=checkpoint_dir)
     losses = [float(row["loss"]) for row in read_history(str(tmp_path / "output"))]
-    assert result["epoch_chosen_by"] == "last" and result["best_epoch"] == 2
+    assert result.epoch_chosen_by == "last" and result.best_epoch == 2
     watched = load_checkpoint(checkpoint_dir)["plateau"]["best_validation_loss"]  # the lowest loss it saw
     assert watched is not None and any(watched == pytest.approx(loss) for loss in losses)
 
