@@ -16,9 +16,13 @@ from components.formatting import (
     format_points,
     format_table,
 )
+from components.report.decisions import any_published
 from components.report.summary import reference_applies
 
 Column = tuple[str, Callable[[dict], str]]
+# The registry columns `cnnpipe run` prints under its table when the run published its models.
+TERMINAL_PROMOTION_HEADERS = ("Model", "Decision", "Against champion", "Wins / losses", "p (McNemar, one-sided)",
+                              "Task champion")
 
 
 def name_cell(entry: dict) -> str:
@@ -82,7 +86,12 @@ def comparison_text_table(summary: dict) -> str:
     columns = terminal_columns(compared)
     rows = [[cell(entry) for _, cell in columns] for entry in summary["models"]]
     table = format_table([header for header, _ in columns], rows, right_aligned=range(1, len(columns)))
-    return table if compared else f"{table}\npaper ref.: {MISSING} because {reason}"
+    table = table if compared else f"{table}\npaper ref.: {MISSING} because {reason}"
+    if not any_published(summary["models"]):
+        return table
+    registry_columns = [column for column in promotion_columns() if column[0] in TERMINAL_PROMOTION_HEADERS]
+    rows = [[cell(entry) for _, cell in registry_columns] for entry in summary["models"]]
+    return f"{table}\n\n" + format_table([header for header, _ in registry_columns], rows)
 
 
 def promotion_columns() -> list[Column]:
