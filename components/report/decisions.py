@@ -46,7 +46,7 @@ def promotion_block(result: dict) -> dict:
 
 def any_published(entries: list[dict]) -> bool:
     """Whether the run used a registry at all (else the report says so in one line, not a table)."""
-    return any(entry["promotion"]["reason"] != NOT_PUBLISHED for entry in entries)
+    return any(entry.get("promotion") and entry["promotion"]["reason"] != NOT_PUBLISHED for entry in entries)
 
 
 def promotion_sentences(name: str, block: dict) -> list[str]:
