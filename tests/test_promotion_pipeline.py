@@ -67,8 +67,9 @@ def test_pins_significance_and_reuse_through_the_cli_and_the_pipeline(tmp_path, 
     champion = registry.read_champion(root, registry.Task(**{
         key: value for key, value in lineage["lineage"].items() if key != "created_at"}))
     assert champion["uri"] == better["promotion"]["version_uri"]
-    listed = capsys.readouterr().out
-    assert f"pinned {weak_version}" in listed and f"unpinned {weak_version}" in listed
+    printed = capsys.readouterr().out
+    assert f"pinned {weak_version}" in printed and f"unpinned {weak_version}" in printed
+    assert "Against champion" in printed  # `cnnpipe run` prints the registry's decisions under its table
 
 
 def test_two_folders_with_one_basename_never_share_a_champion(gcs_emulator, tmp_path):
