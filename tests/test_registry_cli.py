@@ -9,14 +9,20 @@ from pipeline.cli import main
 from test_registry import BASE_CORRECT, MODEL, OTHER_TASK, TASK, changed, publish
 
 
-@pytest.fixture(params=["gcs", "local"])
-def populated(request, tmp_path):
-    """A registry with two versions of one architecture on one test set and one on another test set."""
-    root = request.getfixturevalue("gcs_emulator").url("cli-models") if request.param == "gcs" else str(tmp_path / "models")
+def populate(root, tmp_path):
+    """Two versions of one architecture on one test set and one on another test set."""
     publish(root, tmp_path, "run-1", BASE_CORRECT)
     publish(root, tmp_path, "run-2", changed(BASE_CORRECT, wins=60))
     publish(root, tmp_path, "run-1", BASE_CORRECT, task=OTHER_TASK)
     return root
+
+
+@pytest.fixture(params=["gcs", "local"])
+def populated(request, tmp_path):
+    """A populated registry in the emulator's bucket or in a local directory."""
+    if request.param == "gcs":
+        return populate(request.getfixturevalue("gcs_emulator").url("cli-models"), tmp_path)
+    return populate(str(tmp_path / "models"), tmp_path)
 
 
 def cnnpipe(capsys, *args):
@@ -78,7 +84,8 @@ def test_promote_by_hand_moves_both_pointers(populated, capsys):
     (("unpin", f"digits/{TASK.lineage}/{MODEL}/run-1"), f"no pointer is pinned to digits/{TASK.lineage}/{MODEL}/run-1"),
     (("show", "digits/0000000000000000"), "no lineage digits/0000000000000000"),
 ])
-def test_mistakes_are_one_line_errors(populated, capsys, arguments, message):
+def test_mistakes_are_one_line_errors(tmp_path, capsys, arguments, message):
     action, reference = arguments
-    code, out, err = cnnpipe(capsys, "registry", action, "--registry", populated, reference)
+    root = populate(str(tmp_path / "models"), tmp_path)
+    code, out, err = cnnpipe(capsys, "registry", action, "--registry", root, reference)
     assert code == 2 and not out and len(err.strip().splitlines()) == 1 and message in err
