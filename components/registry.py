@@ -272,10 +272,10 @@ def judge(challenger: Correctness, champion: Correctness, rule: PromotionRule, c
     )
     if not comparison.significant(rule.alpha):
         verdict = "not a significant win: chance alone (a new random seed, say) gives a difference this size too often"
-        return Verdict(False, f"kept {champion_name}: {evidence}; {verdict}", comparison)
+        return Verdict(False, f"against {champion_name}: {evidence}; {verdict}", comparison)
     if gain <= rule.margin:
-        return Verdict(False, f"kept {champion_name}: {evidence}; significant, but not above the margin", comparison)
-    return Verdict(True, f"promoted over {champion_name}: {evidence}; a significant win above the margin", comparison)
+        return Verdict(False, f"against {champion_name}: {evidence}; significant, but not above the margin", comparison)
+    return Verdict(True, f"against {champion_name}: {evidence}; a significant win above the margin", comparison)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,8 +326,8 @@ def _verdict(challenger: dict, champion: dict | None, rule: PromotionRule, task:
         pin = champion["pinned"]
         base = judge(load_correctness(challenger["uri"]), load_correctness(champion["uri"]), rule, name)
         return Verdict(False, (
-            f"kept {name}: it is pinned since {pin.get('at')} (`cnnpipe registry unpin` lets runs replace it); "
-            f"had it not been: {base.reason}"), base.comparison)
+            f"{name} is pinned since {pin.get('at')} (`cnnpipe registry unpin` lets runs replace it); "
+            f"had it not been, {base.reason}"), base.comparison)
     return judge(load_correctness(challenger["uri"]), load_correctness(champion["uri"]), rule, name)
 
 

@@ -48,7 +48,7 @@ def test_pins_significance_and_reuse_through_the_cli_and_the_pipeline(tmp_path, 
     better = run(tmp_path / "better", root, tmp_path / "digits", *STRONG, "--seed", "1")
     assert better["promotion"]["decision"] == "promoted" and better["promotion"]["p_value"] < 0.001
     assert better["promotion"]["task"]["decision"] == "promoted"
-    assert "promoted over inception10/" in (tmp_path / "better" / "report.md").read_text()
+    assert "inception10: promoted — against inception10/" in (tmp_path / "better" / "report.md").read_text()
 
     # The nightly on unchanged data and recipe: nothing is trained, evaluated or published.
     unchanged = run(tmp_path / "unchanged", root, tmp_path / "digits", *STRONG)

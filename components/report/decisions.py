@@ -51,8 +51,8 @@ def any_published(entries: list[dict]) -> bool:
 
 def promotion_sentences(name: str, block: dict) -> list[str]:
     """The architecture's and the task's decision about model `name`, one sentence each."""
-    sentences = [f"{name}: {block['decision']} ({block['reason']})"]
+    sentences = [f"{name}: {block['decision']} — {block['reason']}"]
     task = block.get("task")
     if task:
-        sentences.append(f"{name} as the task's champion across architectures: {task['decision']} ({task['reason']})")
+        sentences.append(f"{name} as the task's champion across architectures: {task['decision']} — {task['reason']}")
     return sentences
