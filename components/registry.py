@@ -536,6 +536,7 @@ def _version_record(
     task: Task, model_name: str, run_id: str, result: dict, dataset_manifest: dict, training_key: str
 ) -> dict:
     """What a version was made from: test set, data fingerprint, config, package versions, container image."""
+    image = os.environ.get("CNNPIPE_IMAGE") or "local"  # set by the compiled pipeline
     return {
         "format_version": 2,
         **task.to_dict(),
@@ -548,7 +549,9 @@ def _version_record(
         "dataset_manifest": dataset_manifest,
         "config": result.get("config"),
         "versions": _package_versions(),
-        "image": os.environ.get("CNNPIPE_IMAGE") or "local",  # set by the compiled pipeline
+        "image": image,
+        # The build itself when the image was given by digest ("sha256:..."; a tag may move since).
+        "image_digest": image.partition("@")[2] or None,
     }
 
 

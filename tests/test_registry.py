@@ -76,12 +76,22 @@ def test_first_model_becomes_both_champions_and_its_version_is_complete(registry
     assert {"_COMPLETE", "correctness.json", "manifest.json", "result.json", "model.keras"} <= set(storage.list_files(version))
     manifest = storage.read_json(storage.join(version, "manifest.json"))
     assert manifest["test_identity"] == TASK.test_identity and manifest["image"] == "example.org/cnnpipe:1.2.3"
+    assert manifest["image_digest"] is None  # a tag only
     assert {"tensorflow", "keras", "cnnpipe"} <= set(manifest["versions"])
     assert registry.load_correctness(version).correct.tolist() == BASE_CORRECT.tolist()
     for champion in (registry.read_champion(registry_root, TASK, MODEL), registry.read_champion(registry_root, TASK)):
         assert champion["uri"] == version and champion["previous"] is None and champion["how"] == "first"
     lineage = storage.read_json(storage.join(registry.lineage_uri(registry_root, TASK), "lineage.json"))
     assert lineage["test_identity"] == TASK.test_identity and lineage["class_names"] == list("0123456789")
+
+
+def test_a_version_records_the_digest_of_an_image_given_by_digest(tmp_path, monkeypatch):
+    digest = "sha256:" + "0123456789abcdef" * 4
+    monkeypatch.setenv("CNNPIPE_IMAGE", f"example.org/cnnpipe@{digest}")
+    root = str(tmp_path / "models")
+    publish(root, tmp_path, "run-1", BASE_CORRECT)
+    record = storage.read_json(storage.join(registry.version_uri(root, TASK, MODEL, "run-1"), "manifest.json"))
+    assert record["image"] == f"example.org/cnnpipe@{digest}" and record["image_digest"] == digest
 
 
 def test_only_a_significant_win_above_the_margin_is_promoted(registry_root, tmp_path):
