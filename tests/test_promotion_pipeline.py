@@ -16,10 +16,13 @@ from pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 
-# Weak: one epoch of large batches. Strong: six epochs of small batches (80-87 % on the 300 test
-# images, depending on the seed).
+# Weak: one epoch of large batches at the default learning rate. Strong: ten epochs at five times
+# that rate, long enough for inception10 to reach its plateau on these digits (88-90 % on the 300
+# test images whatever the seed), so two seeds differ by noise only; six epochs at the default
+# rate stopped short of it, and its seeds gave genuinely different models.
 WEAK = ("--epochs", "1", "--batch-size", "64")
-STRONG = ("--epochs", "6", "--batch-size", "16")
+STRONG = ("--epochs", "10", "--batch-size", "32", "--learning-rate", "0.01")
+ALPHA = 0.05  # `cnnpipe run --promotion-alpha`'s default
 
 
 def run(output, registry_root, dataset, *flags, model="inception10"):
@@ -59,18 +62,14 @@ def test_pins_significance_and_reuse_through_the_cli_and_the_pipeline(tmp_path, 
     assert not (tmp_path / "unchanged" / "checkpoints").exists()  # no epoch ran
     assert len(registry.list_registry(root)[0]["models"]["inception10"]["versions"]) == 3
 
-    # The same recipe trained again, differing from the champion only in its random seed. This short,
-    # unconverged recipe gives seeds that differ for real (measured: p = 0.40 and 0.70 before the
-    # augmentation moved inside the step, 0.03 after), so only the rule is checked here; that noise
-    # is kept is tested on the registry (test_registry.py), not on this recipe.
+    # The same converged recipe trained again, differing from the champion only in its random seed:
+    # the two models differ by noise only, which is not promoted, and the champion stays.
     seed_only = run(tmp_path / "seed-only", root, tmp_path / "digits", *STRONG, "--retrain")
     promotion = seed_only["promotion"]
-    significant_win = promotion["p_value"] <= 0.05 and promotion["wins"] > promotion["losses"]
-    assert promotion["decision"] == ("promoted" if significant_win else "kept"), promotion
+    assert promotion["decision"] == "kept" and promotion["p_value"] > ALPHA, promotion
     champion = registry.read_champion(root, registry.Task(**{
         key: value for key, value in lineage["lineage"].items() if key != "created_at"}))
-    winner = seed_only if significant_win else better
-    assert champion["uri"] == winner["promotion"]["version_uri"]
+    assert champion["uri"] == better["promotion"]["version_uri"]
     printed = capsys.readouterr().out
     assert f"pinned {weak_version}" in printed and f"unpinned {weak_version}" in printed
     assert "Against champion" in printed  # `cnnpipe run` prints the registry's decisions under its table
