@@ -73,7 +73,7 @@ def run_recipe(dataset_dir: str, model_name: str, train_fields: dict, work_dir: 
     wall_seconds = time.perf_counter() - started
     history = read_history(output_dir)
     return {
-        "config": result["config"],
+        "config": result.config,
         "epochs_run": len(history),
         "best_accuracy": max(row["val_accuracy"] for row in history),
         "wall_seconds": wall_seconds,
@@ -112,7 +112,8 @@ def main() -> int:
     comparisons = []
     with tempfile.TemporaryDirectory(prefix="cnnpipe-recipes-") as work_dir:
         dataset_dir = os.path.join(work_dir, "dataset")
-        manifest = prepare(arguments.dataset, dataset_dir)
+        # The presets' validation share: the accuracy both recipes race to is a validation figure.
+        manifest = prepare(arguments.dataset, dataset_dir, validation_fraction=get_preset("fast").validation_fraction)
         for repeat in range(arguments.repeats):
             comparisons.append(compare_once(dataset_dir, arguments.model, fast_fields, seed_fields, os.path.join(work_dir, f"run{repeat}")))
     summary = {

@@ -18,6 +18,7 @@ pulled before training, pushed after every epoch in the same order as the local 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 FAILURE_FILE = "failed.json"
 LEASE_FILE = "lease.json"
+# Beside a local location's lease: the lock its holder keeps open (see Lease).
+LEASE_LOCK_FILE = "lease.lock"
 # A lease not renewed for this long belongs to a run that is gone (killed, preempted) and may
 # be taken over; a live run renews its lease every LEASE_RENEW_SECONDS (both in seconds).
 LEASE_SECONDS = 600.0
@@ -148,6 +151,7 @@ class Lease:
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew, name=f"lease {location}", daemon=True)
+        self._lock_file = None
 
     def __enter__(self) -> Lease:
         self.claim()
@@ -163,16 +167,21 @@ class Lease:
         except (OSError, RuntimeError, ValueError) as error:  # it expires by itself
             logger.warning("could not release the lease on %s (%s); it expires in %.0f s",
                            self.location, error, self.lease_seconds)
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases its lock
+            self._lock_file = None
 
     def claim(self) -> None:
         """Takes the lease, or raises a one-line UserError naming the run that holds it."""
+        holder_lock_free = self._lock_local_location()
         for _ in range(3):  # another run may write between our read and our conditional write
             try:
                 data, generation = storage.read_with_generation(self.uri)
                 current = json.loads(data)
             except FileNotFoundError:
                 current, generation = None, 0
-            if current and current.get("holder") != self.holder and not holder_is_gone(current.get("holder", "")):
+            if (current and current.get("holder") != self.holder and not holder_lock_free
+                    and not holder_is_gone(current.get("holder", ""))):
                 age = time.time() - float(current.get("renewed_at", 0))
                 if age < self.lease_seconds:
                     raise UserError(
@@ -184,6 +193,26 @@ class Lease:
             except storage.PreconditionFailedError:
                 continue
         raise UserError(f"runs keep claiming {self.location} at the same time; give this run another run_name")
+
+    def _lock_local_location(self) -> bool:
+        """For a local location, takes an exclusive lock on lease.lock, held as long as the lease.
+
+        The kernel releases the lock when its process ends, however it ends and whatever process
+        namespace it ran in (a killed container sharing the folder included), so a free lock means
+        the lease's holder is gone and its lease can be taken over at once. Returns whether the
+        lock was free; False for gs:// (leases there expire instead) and while another run holds it.
+        """
+        if storage.is_gcs(self.location):
+            return False
+        os.makedirs(self.location, exist_ok=True)
+        lock_file = open(os.path.join(self.location, LEASE_LOCK_FILE), "a")
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            return False
+        self._lock_file = lock_file
+        return True
 
     def _write(self, generation: int | None = None) -> None:
         storage.write_json(self.uri, {"holder": self.holder, "renewed_at": time.time()},

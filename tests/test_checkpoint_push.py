@@ -71,7 +71,8 @@ def test_a_second_run_with_a_live_run_name_stops_naming_the_first(location):
     assert not storage.exists(storage.join(location, "lease.json"))
 
 
-def test_a_lease_left_by_a_run_that_is_gone_expires(location):
+def test_a_lease_left_by_a_run_that_is_gone_expires(gcs_emulator):
+    location = gcs_emulator.url("run/model")  # a local lease has a lock instead (below)
     storage.write_json(storage.join(location, "lease.json"), {"holder": "killed-run", "renewed_at": time.time() - 30})
     with pytest.raises(UserError, match="run killed-run is training"):
         checkpoints.Lease(location, "new-run").claim()
@@ -96,3 +97,29 @@ def test_the_lease_of_a_local_run_whose_process_ended_is_taken_over_at_once(loca
     storage.write_json(storage.join(location, "lease.json"), {"holder": holder, "renewed_at": time.time()})
     checkpoints.Lease(location, checkpoints.default_holder()).claim()
     assert storage.read_json(storage.join(location, "lease.json"))["holder"] == checkpoints.default_holder()
+
+
+def test_a_local_lease_is_held_by_a_live_process_lock_and_free_once_it_ends(tmp_path):
+    """Locally the holder keeps lease.lock locked: a run in another process (or a container sharing
+    the folder, with a host name and process ids of its own) blocks a second run while it lives,
+    and its lease is taken over at once after it is killed, however fresh its lease.json."""
+    import signal
+    import subprocess
+    import sys
+
+    location = str(tmp_path / "run" / "model")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from components import checkpoints\n"
+         f"with checkpoints.Lease({location!r}, 'container-a:1'):\n"
+         "    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="run container-a:1 is training into"):
+            checkpoints.Lease(location, "container-b:1").claim()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert storage.read_json(storage.join(location, "lease.json"))["holder"] == "container-a:1"  # left fresh
+    with checkpoints.Lease(location, "container-b:1"):
+        assert storage.read_json(storage.join(location, "lease.json"))["holder"] == "container-b:1"

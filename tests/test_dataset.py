@@ -33,7 +33,7 @@ def test_reader_facts_and_pixel_mean(numbered):
     assert reader.class_names == ["a", "b", "c"] and reader.num_classes == 3
     assert reader.image_shape == (4, 4, 3)
     assert (reader.count("train"), reader.count("test"), reader.count("validation")) == (18, 6, 0)
-    assert reader.validation_split == "test"
+    assert reader.validation_split is None  # no validation split: nothing validates, never the test split
     assert len(reader.manifest.shards["train"]) == 4
     np.testing.assert_allclose(reader.pixel_mean(), written["train"][0].mean(axis=0) / 255.0)
     with pytest.raises(ValueError, match="no validation split"):
