@@ -39,7 +39,7 @@ STATE_FILE = "state.json"
 FAILURE_FILE = "failed.json"
 LEASE_FILE = "lease.json"
 # Beside a local location's lease: the lock its holder keeps open (see Lease).
-LEASE_LOCK_FILE = "lease.lock"
+LEASE_LOCK_FILE = ".lease.lock"  # hidden, like the local back end's own lock files
 # A lease not renewed for this long belongs to a run that is gone (killed, preempted) and may
 # be taken over; a live run renews its lease every LEASE_RENEW_SECONDS (both in seconds).
 LEASE_SECONDS = 600.0
@@ -195,7 +195,7 @@ class Lease:
         raise UserError(f"runs keep claiming {self.location} at the same time; give this run another run_name")
 
     def _lock_local_location(self) -> bool:
-        """For a local location, takes an exclusive lock on lease.lock, held as long as the lease.
+        """For a local location, takes an exclusive lock on .lease.lock, held as long as the lease.
 
         The kernel releases the lock when its process ends, however it ends and whatever process
         namespace it ran in (a killed container sharing the folder included), so a free lock means

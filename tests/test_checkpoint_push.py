@@ -100,7 +100,7 @@ def test_the_lease_of_a_local_run_whose_process_ended_is_taken_over_at_once(loca
 
 
 def test_a_local_lease_is_held_by_a_live_process_lock_and_free_once_it_ends(tmp_path):
-    """Locally the holder keeps lease.lock locked: a run in another process (or a container sharing
+    """Locally the holder keeps .lease.lock locked: a run in another process (or a container sharing
     the folder, with a host name and process ids of its own) blocks a second run while it lives,
     and its lease is taken over at once after it is killed, however fresh its lease.json."""
     import signal

@@ -292,7 +292,7 @@ def test_rerun_with_more_epochs_resumes_and_continues_the_optimizer(trained_run,
     assert [row["seconds"] for row in history[:2]] == [str(row["seconds"]) for row in load_checkpoint(checkpoint_dir)["history"]]
     assert result.train_seconds > first.train_seconds
     state = load_checkpoint(extended_checkpoints)
-    # (Hidden files are the local back end's lock files of the run's lease.)
+    # (Hidden files are the lock files of the run's lease.)
     visible = [name for name in os.listdir(extended_checkpoints) if not name.startswith(".")]
     assert state["epoch"] == 3 and sorted(visible) == sorted(
         {"state.json", state["checkpoint"], state["best_checkpoint"]}

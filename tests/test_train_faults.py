@@ -34,7 +34,7 @@ def test_a_run_with_the_same_checkpoint_location_as_a_live_run_stops_before_trai
         with pytest.raises(UserError, match=f"^run pipeline-run-A is training into {location}"):
             train(dataset, "lenet5", str(tmp_path / "output"), quick_config(), location, holder="pipeline-run-B")
         # Nothing of run B's (the lock file is the local back end's conditional write).
-        assert sorted(os.listdir(location)) == [".lease.json.lock", "lease.json"]
+        assert sorted(os.listdir(location)) == [".lease.json.lock", ".lease.lock", "lease.json"]
 
 
 def test_a_storage_failure_is_not_recorded_but_a_user_mistake_is(dataset, tmp_path):
