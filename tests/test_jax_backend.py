@@ -5,7 +5,6 @@ of the TensorFlow backend.
 Each run is a process of its own, since a process has one Keras backend (components/backends.py).
 """
 
-import csv
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import pytest
 from components.checkpoints import load as load_checkpoint
 from components.recipe import TrainConfig
 from schedule_reference import learning_rate_at_step
-from test_train import write_dataset
+from test_train import read_history, read_result, write_dataset
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shifts, flips and a cosine schedule with warmup: everything a resumed run has to continue.
@@ -55,16 +54,6 @@ def finish(process):
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
     return stdout
-
-
-def read_history(output_dir):
-    with open(os.path.join(output_dir, "history.csv")) as history_file:
-        return list(csv.DictReader(history_file))
-
-
-def read_result(output_dir):
-    with open(os.path.join(output_dir, "train_result.json")) as result_file:
-        return json.load(result_file)
 
 
 @pytest.fixture(scope="module")
