@@ -14,7 +14,6 @@ figure:   in_step images/s ÷ tf_data images/s (>= 1: moving augmentation into t
 
 from __future__ import annotations
 
-import statistics
 
 import common
 import throughput
@@ -73,7 +72,7 @@ def images_per_second(arguments, images, labels, in_step: bool) -> float:
     timer = throughput.EpochTimer()
     dataset = batches(images, labels, config.batch_size, 0, augment_on_cpu=not in_step)
     model.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=arguments.epochs, callbacks=[timer], verbose=0)
-    speed = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
+    speed = common.steady_rate(steps_per_epoch * config.batch_size, timer.seconds)
     progress(f"{arguments.model} augmentation {'in the step' if in_step else 'in tf.data'}: {speed:.1f} images/s")
     return speed
 

@@ -50,6 +50,15 @@ def parse_arguments(name: str, description: str, add_arguments: Callable[[argpar
     return arguments
 
 
+def extract_revision(revision: str, destination: str) -> str:
+    """The revision's components/ package under ``destination`` (git archive): a baseline's code, run
+    by a child Python that puts ``destination`` first on its path."""
+    archive = subprocess.run(["git", "archive", revision, "components"], cwd=REPOSITORY_ROOT, check=True, capture_output=True).stdout
+    os.makedirs(destination)
+    subprocess.run(["tar", "-x", "-C", destination], input=archive, check=True)
+    return destination
+
+
 def cpu_model_name() -> str:
     """lscpu's 'Model name', or the platform's processor string where lscpu is missing."""
     try:
@@ -109,6 +118,13 @@ def progress(message: str) -> None:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def steady_rate(units_per_epoch: float, epoch_seconds: Sequence[float]) -> float:
+    """Units per second in steady state: the first epoch (tracing, autotuning) is left out and the
+    median of the others taken, because on a shared machine a neighbour's burst can double one
+    epoch's time, which a mean would charge to whichever side happened to be running."""
+    return units_per_epoch / median(epoch_seconds[1:])
 
 
 def write_result(path: str, result: dict[str, Any]) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -92,7 +91,7 @@ def training_step_speed(model_name: str, images, labels, fields: dict, epochs: i
     batches = ArrayBatches(images, labels, 10, config.batch_size, config.seed, steps_per_epoch)
     model.fit(batches, steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[batches.epoch_callback(), timer, checkpointer], verbose=0)
     history = checkpointer.state["history"]
-    speed = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
+    speed = common.steady_rate(steps_per_epoch * config.batch_size, timer.seconds)
     progress(f"{model_name} batch {config.batch_size}, {device.mixed_precision}, XLA {device.jit_compile}: {speed:,.0f} images/s")
     return {
         "model": model_name,
@@ -177,7 +176,7 @@ def torch_resnet20_speed(images, labels, batch_size: int, epochs: int, compile_m
         if device == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
-    speed = steps_per_epoch * batch_size / statistics.fmean(seconds[1:])
+    speed = common.steady_rate(steps_per_epoch * batch_size, seconds)
     progress(f"plain PyTorch ResNet20 batch {batch_size} on {device}: {speed:,.0f} images/s")
     return {"images_per_second": speed, "batch_size": batch_size, "compiled": compile_model, "torch": torch.__version__,
             "epoch_seconds": seconds}
@@ -242,7 +241,7 @@ def main() -> int:
         # ours ÷ plain PyTorch for resnet20_v1 at the same batch; NaN where PyTorch is missing
         "ratio": speeds["resnet20_v1"] / torch_speed if torch_speed and "resnet20_v1" in speeds else math.nan,
         "fast_preset": {"model": fast_model, "batch_size": fast["batch_size"],
-                        "seconds_per_epoch_with_checkpoint": statistics.fmean(fast_run["epoch_seconds_with_checkpoint"][1:]),
+                        "seconds_per_epoch_with_checkpoint": common.median(fast_run["epoch_seconds_with_checkpoint"][1:]),
                         "images_per_second": fast_run["images_per_second"]},
         "goal": "resnet20_v1 >= 100000 images/s with augmentation on, ahead of plain PyTorch at the same batch",
         "machine": machine(),

@@ -90,14 +90,6 @@ def make_folder(root: str, per_class: tuple[int, int]) -> str:
     return root
 
 
-def extract_revision(revision: str, destination: str) -> str:
-    """The revision's components/ package under ``destination`` (git archive), for the baseline."""
-    archive = subprocess.run(["git", "archive", revision, "components"], cwd=common.REPOSITORY_ROOT, check=True, capture_output=True).stdout
-    os.makedirs(destination)
-    subprocess.run(["tar", "-x", "-C", destination], input=archive, check=True)
-    return destination
-
-
 class ProcessTreeSampler:
     """Samples a process and its descendants: the peak sums of resident memory (RSS, which counts
     pages the processes share once in each; and PSS, which splits them), and CPU seconds."""
@@ -213,7 +205,7 @@ def main() -> None:
         for size, per_class in sizes.items():
             common.progress(f"folder of {size} images")
             folders[size] = make_folder(os.path.join(folders_dir, f"cifar_like_{size}"), per_class)
-        code = {"baseline": extract_revision(arguments.baseline_revision, os.path.join(scratch, "baseline")),
+        code = {"baseline": common.extract_revision(arguments.baseline_revision, os.path.join(scratch, "baseline")),
                 "ours": common.REPOSITORY_ROOT}
         runs = {variant: {size: [] for size in sizes} for variant in code}
         for repeat in range(arguments.repeats):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from common import progress  # first: common puts the repository on sys.path and sets TensorFlow's log level
+from common import progress, steady_rate  # first: common puts the repository on sys.path and sets TensorFlow's log level
 from components.keras_setup import keras
 
 
@@ -55,22 +54,43 @@ def random_cifar_like(count: int, num_classes: int = 10, shape: Sequence[int] = 
     return images, labels
 
 
-def train_path_images_per_second(
-    model_name: str,
-    images,
-    labels,
-    num_classes: int,
-    config,
-    epochs: int = 2,
-    augment: bool = True,
-) -> dict[str, Any]:
-    """Training images/s through train.py's own path: uint8 arrays in memory -> make_train_dataset
-    -> assemble_model (scaling and mean subtraction inside) -> training_model (augmentation in the
-    step, as `config` says) -> compile_model with the resolved device settings -> fit.
+class Trainer:
+    """A compiled model with its training data, trained one epoch per `epoch()` call, so that
+    several trainers can take turns epoch by epoch in one process (a burst of other work on the
+    machine then hits each of them alike). `settings` says how it was set up."""
 
-    The first epoch (tracing, autotuning) is not counted: images/s = images per epoch / mean
-    seconds of epochs 2.. . Returns that and the settings used.
-    """
+    def __init__(self, model, fit_data: dict[str, Any], images_per_epoch: int, settings: dict[str, Any], cleanup=None):
+        self.model, self.fit_data, self.images_per_epoch, self.settings = model, fit_data, images_per_epoch, settings
+        self.seconds: list[float] = []  # every epoch's, the first (tracing, autotuning) included
+        self._cleanup = cleanup
+
+    def epoch(self) -> float:
+        timer = EpochTimer()
+        self.model.fit(**self.fit_data, epochs=1, callbacks=[timer], verbose=0)
+        self.seconds.append(timer.seconds[0])
+        return self.seconds[-1]
+
+    def close(self) -> None:
+        if self._cleanup:
+            self._cleanup()
+
+    def images_per_second(self, epochs: int) -> dict[str, Any]:
+        """Trains `epochs` epochs; the steady speed (common.steady_rate) and the settings."""
+        for _ in range(epochs):
+            self.epoch()
+        return {
+            "images_per_second": steady_rate(self.images_per_epoch, self.seconds),
+            "fastest_epoch_images_per_second": self.images_per_epoch / min(self.seconds[1:]),
+            **self.settings,
+            "epoch_seconds": self.seconds,
+        }
+
+
+def train_path_trainer(model_name: str, images, labels, num_classes: int, config, augment: bool = True) -> Trainer:
+    """train.py's own path: uint8 arrays prepared as a dataset -> make_train_dataset ->
+    assemble_model (scaling and mean subtraction inside) -> training_model (augmentation in the
+    step, as `config` says) -> compile_model with the resolved device settings -> fit.
+    Close it when done (it holds a scratch folder)."""
     from components import model_assembly as training
     from components.dataset import open_dataset
     from components.augmentation import shift_pixels_for, training_model
@@ -93,40 +113,23 @@ def train_path_images_per_second(
         learning_rate = make_learning_rate(config, steps_per_epoch)
         training.compile_model(model, config, device.jit_compile, steps_per_execution, learning_rate)
         dataset = make_train_dataset(reader, config.batch_size, config.seed, cache=config.cache)
-        timer = EpochTimer()
-        model.fit(dataset.take(steps_per_epoch), epochs=epochs, callbacks=[timer], verbose=0, shuffle=False)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-        scratch.cleanup()
-    images_per_second = steps_per_epoch * config.batch_size / statistics.fmean(timer.seconds[1:])
-    progress(f"{model_name} train.py path, batch {config.batch_size}: {images_per_second:.1f} images/s")
-    return {
-        "images_per_second": images_per_second,
+    settings = {
         "batch_size": config.batch_size,
         "steps_per_execution": steps_per_execution,
         "jit_compile": device.jit_compile,
         "mixed_precision": device.mixed_precision,
         "augmentation": {"shift_pixels": list(shift_pixels), "flip": augment},
-        "epoch_seconds": timer.seconds,
     }
+    fit_data = {"x": dataset, "steps_per_epoch": steps_per_epoch, "shuffle": False}  # the dataset shuffles
+    return Trainer(model, fit_data, steps_per_epoch * config.batch_size, settings, scratch.cleanup)
 
 
-def plain_fit_images_per_second(
-    model_name: str,
-    images,
-    labels,
-    num_classes: int,
-    batch_size: int,
-    epochs: int = 2,
-    steps_per_execution: int = 1,
-    jit_compile: bool = False,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Training images/s of the seed documents' way: float32 arrays scaled and mean-subtracted
-    beforehand, one-hot labels, the zoo model, Adam, `model.fit(x, y)`; no augmentation.
-
-    Like `train_path_images_per_second`, the first epoch is not counted.
-    """
+def plain_fit_trainer(model_name: str, images, labels, num_classes: int, batch_size: int, steps_per_execution: int = 1,
+                      jit_compile: bool = False, seed: int = 0) -> Trainer:
+    """The seed documents' way: float32 arrays scaled and mean-subtracted beforehand, one-hot
+    labels, the zoo model, Adam, `model.fit(x, y)` shuffling every epoch; no augmentation."""
     from components import models
 
     keras.utils.set_random_seed(seed)
@@ -141,14 +144,29 @@ def plain_fit_images_per_second(
         steps_per_execution=steps_per_execution,
         jit_compile=jit_compile,
     )
-    timer = EpochTimer()
-    model.fit(floats, one_hot, batch_size=batch_size, epochs=epochs, shuffle=True, callbacks=[timer], verbose=0)
-    images_per_second = len(images) / statistics.fmean(timer.seconds[1:])
-    progress(f"{model_name} plain fit, batch {batch_size}, steps_per_execution {steps_per_execution}: {images_per_second:.1f} images/s")
-    return {
-        "images_per_second": images_per_second,
-        "batch_size": batch_size,
-        "steps_per_execution": steps_per_execution,
-        "jit_compile": jit_compile,
-        "epoch_seconds": timer.seconds,
-    }
+    settings = {"batch_size": batch_size, "steps_per_execution": steps_per_execution, "jit_compile": jit_compile}
+    return Trainer(model, {"x": floats, "y": one_hot, "batch_size": batch_size, "shuffle": True}, len(images), settings)
+
+
+def train_path_images_per_second(model_name: str, images, labels, num_classes: int, config, epochs: int = 2,
+                                 augment: bool = True) -> dict[str, Any]:
+    """Steady training images/s through train.py's path (train_path_trainer) over `epochs` epochs,
+    the first not counted, with the settings used."""
+    trainer = train_path_trainer(model_name, images, labels, num_classes, config, augment)
+    try:
+        result = trainer.images_per_second(epochs)
+    finally:
+        trainer.close()
+    progress(f"{model_name} train.py path, batch {config.batch_size}: {result['images_per_second']:.1f} images/s")
+    return result
+
+
+def plain_fit_images_per_second(model_name: str, images, labels, num_classes: int, batch_size: int, epochs: int = 2,
+                                steps_per_execution: int = 1, jit_compile: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Steady training images/s of plain `fit` (plain_fit_trainer) over `epochs` epochs, the first
+    not counted, with the settings used."""
+    trainer = plain_fit_trainer(model_name, images, labels, num_classes, batch_size, steps_per_execution, jit_compile, seed)
+    result = trainer.images_per_second(epochs)
+    progress(f"{model_name} plain fit, batch {batch_size}, steps_per_execution {steps_per_execution}: "
+             f"{result['images_per_second']:.1f} images/s")
+    return result

