@@ -6,17 +6,22 @@ ours:     train.py's path — uint8 images in memory, shuffled and batched by tf
           at the seed preset's recipe (Adam 1e-3, batch 128).
 baseline: plain `model.fit` on float32 arrays that were scaled and mean-subtracted beforehand,
           no augmentation, same model, optimizer, batch size and steps_per_execution.
-Ours, the baseline and the baseline with Keras' defaults are built in this process and warmed up by one epoch each (tracing, autotuning); then
-they take turns one epoch at a time for `--repeats` rounds (default 15), each round starting with
-another, so a burst of other work on a shared machine, which can double an epoch's time, falls
-on all of them alike rather than on whichever happened to run then.
+Ours, the baseline and the baseline with Keras' defaults are built in this process and warmed up
+by one epoch each (tracing, autotuning); then they take turns one epoch at a time for `--repeats`
+rounds (default 15), each round starting with another, so a burst of other work on a shared
+machine, which can double an epoch's time, falls on all of them alike rather than on whichever
+happened to run then.
 figure:   the median over rounds of baseline epoch seconds ÷ ours in the same round, i.e. ours'
           speed ÷ the baseline's (target >= 1); beside it the ratio of the median epochs, that of
           the fastest epochs (the least disturbed), and the paired ratio against plain `fit` with
           Keras' defaults (steps_per_execution=1), the seed documents' way.
+step_ratio: the compiled steps alone, ours (augmentation included) against the baseline's, on one
+          batch already in memory, 10 steps at a time, taking turns: what the step itself costs.
 """
 
 from __future__ import annotations
+
+import time
 
 import common
 import throughput
@@ -30,6 +35,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", type=int, default=2048, help="random CIFAR-shaped training images per epoch")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128, the seed documents')")
     parser.set_defaults(repeats=15)  # rounds, each one epoch of every trainer
+
+
+def compare_steps(ours, baseline, images, labels, rounds: int, steps: int = 10) -> dict[str, list[float]]:
+    """Seconds per training step of each model on one fixed batch (uint8 for ours, float32
+    normalized for the baseline), `steps` at a time, taking turns for `rounds` rounds."""
+    import numpy as np
+
+    one_hot = np.eye(10, dtype=np.float32)[labels]
+    floats = images.astype(np.float32) / 255.0
+    batches = {"ours": (ours, images), "baseline": (baseline, floats)}
+    for model, batch in batches.values():
+        model.train_on_batch(batch, one_hot)  # traces the one-batch step
+    seconds = {name: [] for name in batches}
+    for round_index in range(rounds):
+        for name in sorted(batches, reverse=bool(round_index % 2)):
+            model, batch = batches[name]
+            started = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(batch, one_hot)
+            seconds[name].append((time.perf_counter() - started) / steps)
+    return seconds
 
 
 def main() -> int:
@@ -57,6 +83,8 @@ def main() -> int:
             for name in names[round_index % 3:] + names[:round_index % 3]:
                 trainers[name].epoch()
             progress(f"round {round_index + 1}: " + ", ".join(f"{name} {trainer.seconds[-1]:.2f} s" for name, trainer in trainers.items()))
+        step_seconds = compare_steps(ours.model, trainers["baseline"].model, images[:arguments.batch_size],
+                                     labels[:arguments.batch_size], arguments.repeats)
     finally:
         ours.close()
     seconds = {name: trainer.seconds[1:] for name, trainer in trainers.items()}
@@ -80,6 +108,9 @@ def main() -> int:
         "ratio_of_medians": speed["ours"] / speed["baseline"],
         "ratio_fastest_epoch": min(seconds["baseline"]) / min(seconds["ours"]),
         "ratio_vs_keras_defaults": paired_ratio("keras_defaults"),
+        # the compiled steps alone on one batch already in memory (no input pipeline)
+        "step_ratio": median([theirs / own for own, theirs in zip(step_seconds["ours"], step_seconds["baseline"])]),
+        "step_milliseconds": {name: 1000 * median(values) for name, values in step_seconds.items()},
         "target": ">= 1 (steady speed at least that of plain fit)",
         "settings": {name: trainer.settings for name, trainer in trainers.items()},
         "epoch_seconds": {name: trainer.seconds for name, trainer in trainers.items()},
