@@ -88,7 +88,7 @@ def main() -> int:
     finally:
         ours.close()
     seconds = {name: trainer.seconds[1:] for name, trainer in trainers.items()}
-    speed = {name: trainer.images_per_epoch / median(seconds[name]) for name, trainer in trainers.items()}
+    speed = {name: common.steady_rate(trainer.images_per_epoch, trainer.seconds) for name, trainer in trainers.items()}
 
     def paired_ratio(other: str) -> float:
         """Median over rounds of (other's epoch seconds ÷ ours) in the same round."""
