@@ -150,6 +150,8 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int,
         help="resize every image to this square side in prep (default: keep; large photos: 128 on the longer side)",
     )
+    parser.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help="refuse an image larger than N pixels (width x height) before decoding it (default: 64 Mi = 67,108,864)")
     add_training_execution_arguments(parser)
 
 
@@ -209,6 +211,7 @@ def resolve_run_config(args: argparse.Namespace):
         cache=args.cache,
         workers=args.workers,
         image_size=args.image_size,
+        max_image_pixels=args.max_image_pixels,
         backend=args.backend,
     )
 

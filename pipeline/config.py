@@ -90,6 +90,7 @@ class RunConfig:
     train: Mapping[str, Any]
     workers: int = 1  # processes training each model data-parallel
     image_size: int = 0  # side every image is resized to by prep; 0 keeps the source's size
+    max_image_pixels: int = 0  # largest image prep decodes (width x height); 0: components' default
     backend: str = "tensorflow"  # Keras backend of training and evaluation (components/backends.py)
 
     @property
@@ -106,6 +107,7 @@ class RunConfig:
             "train": dict(self.train),
             "workers": self.workers,
             "image_size": self.image_size,
+            "max_image_pixels": self.max_image_pixels,
             "backend": self.backend,
         }
 
@@ -123,6 +125,7 @@ def resolve(
     validation_fraction: float | None = None,
     workers: int | None = None,
     image_size: int | None = None,
+    max_image_pixels: int | None = None,
     backend: str | None = None,
     **train_overrides: Any,
 ) -> RunConfig:
@@ -163,5 +166,7 @@ def resolve(
         workers=workers,
         image_size=checks.integer("--image-size", 0 if image_size is None else image_size, minimum=0,
                                   why="0 = keep the images' size"),
+        max_image_pixels=checks.integer("--max-image-pixels", 0 if max_image_pixels is None else max_image_pixels,
+                                        minimum=0, why="0 = the default, 64 Mi"),
         backend=backend,
     )

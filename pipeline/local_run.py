@@ -173,6 +173,7 @@ def pipeline_arguments(
         "preset": config.preset,
         "workers": config.workers,
         "image_size": config.image_size,
+        "max_image_pixels": config.max_image_pixels,
         "tensorboard_root": tensorboard_root,
         "backend": config.backend,
     }

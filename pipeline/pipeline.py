@@ -76,10 +76,12 @@ def build_pipeline(
         retrain: bool = False,
         workers: int = defaults.workers,
         image_size: int = defaults.image_size,
+        max_image_pixels: int = defaults.max_image_pixels,
         tensorboard_root: str = "",
         backend: str = defaults.backend,
     ):
-        prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed, image_size=image_size)
+        prep = prepare_data(source=dataset, validation_fraction=validation_fraction, seed=seed, image_size=image_size,
+                            max_image_pixels=max_image_pixels)
         disable_cache_for_mutable_source(prep)
         with dsl.ParallelFor(models, parallelism=parallelism) as model_name:
             train_arguments = dict(

@@ -15,7 +15,8 @@ DEFAULT_IMAGE = "cnnpipe:latest"
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def prepare_data(source: str, validation_fraction: float, seed: int, image_size: int, dataset: Output[Dataset]):
+def prepare_data(source: str, validation_fraction: float, seed: int, image_size: int, max_image_pixels: int,
+                 dataset: Output[Dataset]):
     """Load a dataset source, validate it, split it and stream it into sharded TFRecords plus a manifest.
 
     Args:
@@ -26,6 +27,8 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
         seed: Random seed of the validation split and of the bundled dataset's train/test split.
         image_size: Side every image is resized to (0 = the source's size; large photos are
             scaled to 128 pixels on the longer side).
+        max_image_pixels: Largest image (width x height) decoded; a larger one is refused from its
+            header (0 = the default, 64 Mi pixels).
     """
     from components.data_prep import prepare
     from components.errors import pipeline_step
@@ -35,7 +38,8 @@ def prepare_data(source: str, validation_fraction: float, seed: int, image_size:
     shards_location = dataset.uri + "-shards" if dataset.uri.startswith("gs://") else None
     with pipeline_step():
         manifest = prepare(source, dataset.path, validation_fraction=validation_fraction, seed=seed,
-                           image_size=image_size or None, shards_location=shards_location)
+                           image_size=image_size or None, shards_location=shards_location,
+                           max_image_pixels=max_image_pixels or None)
     dataset.metadata.update({"name": manifest.name, "num_classes": manifest.num_classes,
                              "image_shape": manifest.image_shape, "splits": manifest.splits})
 

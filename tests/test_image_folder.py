@@ -75,6 +75,19 @@ def test_the_cli_takes_the_pixel_cap_and_refuses_in_one_line(image_folder, tmp_p
     assert_one_line_error(result, "max_image_pixels (--max-image-pixels) must be an integer >= 1, got 0")
 
 
+def test_a_run_takes_the_pixel_cap_to_its_prep_step_and_stops_in_one_line(image_folder, tmp_path):
+    """`cnnpipe run --max-image-pixels` reaches the prep step inside the pipeline (kfp.local); a bad
+    value stops the run before any step starts."""
+    root, _ = image_folder
+    result = cnnpipe("run", "--dataset", root, "--models", "lenet5", "--epochs", "1", "--max-image-pixels", "100",
+                     "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "image_000.png", "over the decoding cap of 100 pixels", "--max-image-pixels")
+    assert not (tmp_path / "out" / "report.html").exists()
+    result = cnnpipe("run", "--dataset", root, "--max-image-pixels", "-1", "--output", str(tmp_path / "refused"))
+    assert_one_line_error(result, "--max-image-pixels must be an integer >= 0", "got -1")
+    assert not (tmp_path / "refused").exists()
+
+
 def png_header_only(path, width: int, height: int) -> None:
     """A PNG that declares width x height grayscale pixels and holds none (a decompression bomb's header)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
