@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import secrets
 import shutil
 import socket
-import threading
 import time
 from typing import Any
 
 from components import atomic, storage
 from components.errors import UserError
 from components.processes import process_running
-
-logger = logging.getLogger(__name__)
+from components.renewal import RenewedRecord
 
 STATE_FILE = "state.json"
 FAILURE_FILE = "failed.json"
@@ -136,7 +133,7 @@ def holder_is_gone(holder: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and not process_running(int(pid))
 
 
-class Lease:
+class Lease(RenewedRecord):
     """A run's claim on a checkpoint location (local or gs://): while it holds a fresh lease, no
     other run (another pipeline run with the same run_name, say) may train into the location,
     whose checkpoints the two would otherwise prune from under each other. A retry of the same
@@ -146,30 +143,21 @@ class Lease:
 
     def __init__(self, location: str, holder: str, lease_seconds: float = LEASE_SECONDS,
                  renew_seconds: float = LEASE_RENEW_SECONDS):
+        super().__init__(renew_seconds, f"the lease on {location}")
         self.uri = storage.join(location, LEASE_FILE)
         self.location, self.holder = location, holder
-        self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(target=self._renew, name=f"lease {location}", daemon=True)
+        self.lease_seconds = lease_seconds
         self._lock_file = None
 
-    def __enter__(self) -> Lease:
-        self.claim()
-        self._renewer.start()
-        return self
-
-    def __exit__(self, *exception_info) -> None:
-        self._stop.set()
-        self._renewer.join(timeout=self.renew_seconds)
+    def release(self) -> None:
+        """Removes the lease if it is still this run's, and lets go of the local lock."""
         try:
             if storage.exists(self.uri) and storage.read_json(self.uri).get("holder") == self.holder:
                 storage.delete(self.uri)
-        except (OSError, RuntimeError, ValueError) as error:  # it expires by itself
-            logger.warning("could not release the lease on %s (%s); it expires in %.0f s",
-                           self.location, error, self.lease_seconds)
-        if self._lock_file is not None:
-            self._lock_file.close()  # closing the file releases its lock
-            self._lock_file = None
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()  # closing the file releases its lock
+                self._lock_file = None
 
     def claim(self) -> None:
         """Takes the lease, or raises a one-line UserError naming the run that holds it."""
@@ -188,11 +176,13 @@ class Lease:
                         f"run {current.get('holder')} is training into {self.location} (its lease was renewed "
                         f"{max(age, 0):.0f} s ago); give this run another run_name, or wait until that one ends")
             try:
-                self._write(generation)
+                self.renew_once(generation)
                 return
             except storage.PreconditionFailedError:
                 continue
         raise UserError(f"runs keep claiming {self.location} at the same time; give this run another run_name")
+
+    take = claim  # on entering the `with` block
 
     def _lock_local_location(self) -> bool:
         """For a local location, takes an exclusive lock on .lease.lock, held as long as the lease.
@@ -214,16 +204,10 @@ class Lease:
         self._lock_file = lock_file
         return True
 
-    def _write(self, generation: int | None = None) -> None:
+    def renew_once(self, generation: int | None = None) -> None:
+        """Writes the lease: only over the given generation when one is given (0: only if absent)."""
         storage.write_json(self.uri, {"holder": self.holder, "renewed_at": time.time()},
                            if_generation_match=generation)
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.renew_seconds):
-            try:
-                self._write()
-            except (OSError, RuntimeError, ValueError) as error:  # the next renewal may succeed
-                logger.warning("could not renew the lease on %s: %s", self.location, error)
 
 
 def record_failure(location: str, fingerprint: str, message: str) -> None:

@@ -27,6 +27,7 @@ import threading
 import time
 
 from components import checks, storage
+from components.renewal import RenewedRecord
 
 # The heartbeat object, beside the checkpoint's state.json and lease.json.
 HEARTBEAT_FILE = "launcher-heartbeat.json"
@@ -49,7 +50,7 @@ LAUNCHER_GONE_EXIT_CODE = 69
 logger = logging.getLogger(__name__)
 
 
-class LauncherHeartbeat:
+class LauncherHeartbeat(RenewedRecord):
     """The launcher's side: renews the heartbeat object at `uri` on a thread while in the `with` block.
 
     The first write happens on entry (a failure there raises: workers started without a
@@ -60,27 +61,15 @@ class LauncherHeartbeat:
     def __init__(self, uri: str, timeout_seconds: float | None = None):
         self.uri = uri
         self.timeout_seconds = timeout_from_environment() if timeout_seconds is None else timeout_seconds
-        self.renew_seconds = self.timeout_seconds * RENEW_FRACTION
+        super().__init__(self.timeout_seconds * RENEW_FRACTION, f"the heartbeat {uri}")
         self.renewals = 0
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(target=self._renew, name=f"heartbeat {uri}", daemon=True)
 
     def worker_environment(self) -> dict[str, str]:
         """The environment variables that make a worker watch this heartbeat (`watch_launcher`)."""
         return {HEARTBEAT_VARIABLE: self.uri, TIMEOUT_VARIABLE: f"{self.timeout_seconds:g}"}
 
-    def __enter__(self) -> LauncherHeartbeat:
-        self.beat()
-        self._renewer.start()
-        return self
-
-    def __exit__(self, *exception_info) -> None:
-        self._stop.set()
-        self._renewer.join(timeout=self.renew_seconds)
-        try:
-            storage.delete(self.uri)
-        except (OSError, RuntimeError, ValueError) as error:  # the workers are gone by now: nobody reads it
-            logger.warning("could not remove the heartbeat %s: %s", self.uri, error)
+    def release(self) -> None:
+        storage.delete(self.uri)  # the workers are gone by now: left behind, nobody reads it
 
     def beat(self) -> None:
         """Writes the heartbeat once (atomically: a worker never reads half of it)."""
@@ -88,12 +77,7 @@ class LauncherHeartbeat:
         storage.write_json(self.uri, {"launcher": socket.gethostname(), "renewals": self.renewals,
                                       "renewed_at": time.time(), "timeout_seconds": self.timeout_seconds})
 
-    def _renew(self) -> None:
-        while not self._stop.wait(self.renew_seconds):
-            try:
-                self.beat()
-            except (OSError, RuntimeError, ValueError) as error:  # the next renewal may succeed
-                logger.warning("could not renew the heartbeat %s: %s", self.uri, error)
+    take = renew_once = beat  # the first write on entry raises; a failed renewal is logged
 
 
 class HeartbeatWatch:
