@@ -34,7 +34,9 @@ def test_submit_prints_the_run_and_its_link(server, package_path, capsys):
     assert create.body["runtime_config"]["parameters"] == {"epochs": 2}
 
 
-def test_submit_workers_sets_the_pipeline_parameter(server, tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, parameter, expected", [("--workers", "4", "workers", 4),
+                                                               ("--backend", "jax", "backend", "jax")])
+def test_submit_flags_set_their_pipeline_parameters(server, tmp_path, capsys, flag, value, parameter, expected):
     from kfp import compiler
 
     from pipeline.pipeline import build_pipeline
@@ -43,25 +45,10 @@ def test_submit_workers_sets_the_pipeline_parameter(server, tmp_path, capsys):
     package = str(tmp_path / "pipeline.yaml")
     compiler.Compiler().compile(build_pipeline(Placement(image="example.com/cnnpipe:1")), package)
     code, _, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package,
-                         "--pipeline-root", "gs://bucket/root", "--workers", "4")
+                         "--pipeline-root", "gs://bucket/root", flag, value)
     assert code == 0
     (create,) = server.requests_to("POST", "/runs")
-    assert create.body["runtime_config"]["parameters"]["workers"] == 4
-
-
-def test_submit_backend_sets_the_pipeline_parameter(server, tmp_path, capsys):
-    from kfp import compiler
-
-    from pipeline.pipeline import build_pipeline
-    from pipeline.placement import Placement
-
-    package = str(tmp_path / "pipeline.yaml")
-    compiler.Compiler().compile(build_pipeline(Placement(image="example.com/cnnpipe:1")), package)
-    code, _, _ = cnnpipe(capsys, "submit", "--host", server.host, "--package", package,
-                         "--pipeline-root", "gs://bucket/root", "--backend", "jax")
-    assert code == 0
-    (create,) = server.requests_to("POST", "/runs")
-    assert create.body["runtime_config"]["parameters"]["backend"] == "jax"
+    assert create.body["runtime_config"]["parameters"][parameter] == expected
 
 
 def test_submit_wait_prints_each_task_state_and_succeeds(server, package_path, capsys):

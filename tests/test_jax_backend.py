@@ -16,10 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from components.checkpoints import load as load_checkpoint
 from components.recipe import TrainConfig
 from schedule_reference import learning_rate_at_step
-from test_train import read_history, read_result, write_dataset
+from test_train import kill_after_first_checkpoint, read_history, read_result, write_dataset
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shifts, flips and a cosine schedule with warmup: everything a resumed run has to continue.
@@ -65,16 +64,7 @@ def runs(tmp_path_factory):
     uninterrupted = start_training("jax", dataset, root, "jax")
     tensorflow = start_training("tensorflow", dataset, root, "tensorflow")
     killed = start_training("jax", dataset, root, "resumed", pause_seconds=2.0)
-    try:
-        deadline = time.monotonic() + 600
-        while load_checkpoint(str(root / "resumed-checkpoints")) is None:
-            assert killed.poll() is None, "training exited before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.2)
-        killed.send_signal(signal.SIGKILL)
-    finally:
-        killed.communicate()
-    killed_at = load_checkpoint(str(root / "resumed-checkpoints"))["epoch"]
+    killed_at = kill_after_first_checkpoint(killed, str(root / "resumed-checkpoints"))
     assert 1 <= killed_at < CONFIG["epochs"]
     resumed = start_training("jax", dataset, root, "resumed")
     outputs = {"jax": finish(uninterrupted), "tensorflow": finish(tensorflow), "resumed": finish(resumed)}

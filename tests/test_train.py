@@ -5,7 +5,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -377,6 +376,21 @@ def test_unknown_model_is_refused_before_any_work(tiny_dataset, tmp_path):
     assert not os.path.exists(tmp_path / "output")
 
 
+def kill_after_first_checkpoint(process: subprocess.Popen, checkpoint_dir: str) -> int:
+    """SIGKILLs a training process, as a lost machine would, once its first checkpoint is in
+    `checkpoint_dir`; returns that checkpoint's epoch."""
+    try:
+        deadline = time.monotonic() + 600
+        while load_checkpoint(checkpoint_dir) is None:
+            assert process.poll() is None, "training exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.2)
+    finally:
+        process.kill()  # also when the wait failed: no training left behind
+        process.communicate()
+    return load_checkpoint(checkpoint_dir)["epoch"]
+
+
 @pytest.mark.slow
 def test_killed_process_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
     """A real preemption: SIGKILL the training process once a checkpoint exists, then rerun."""
@@ -397,16 +411,7 @@ def test_killed_process_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path)
     process = subprocess.Popen(
         [sys.executable, "-c", script], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    try:
-        deadline = time.monotonic() + 600
-        while load_checkpoint(checkpoint_dir) is None:
-            assert process.poll() is None, "training exited before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    killed_at = load_checkpoint(checkpoint_dir)["epoch"]
+    killed_at = kill_after_first_checkpoint(process, checkpoint_dir)
     assert 1 <= killed_at < 6 and not os.path.exists(os.path.join(output_dir, "train_result.json"))
     config = TrainConfig(epochs=6, batch_size=8, steps_per_execution=1, seed=1, schedule="cosine")
     result = train(tiny_dataset, "lenet5", output_dir, config, checkpoint_dir=checkpoint_dir)
