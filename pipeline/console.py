@@ -166,7 +166,6 @@ class Console:
 
     def _task_line(self, task: Task, text: str, kfp_status: bool = False) -> None:
         """One line of a task (`kfp_status`: kfp's own line saying how the task ended)."""
-        self._follow_executor_input(task, text)
         if task.log:
             task.log.write(text + "\n")
             task.log.flush()
@@ -176,6 +175,7 @@ class Console:
             self._print(f"[{task.name}] {text}")
         if text.strip() and not kfp_status:
             task.tail.append(text)
+        self._follow_executor_input(task, text)
         mistake = reported_user_error(text)
         if mistake is not None:
             task.error = mistake.strip()
@@ -203,6 +203,7 @@ class Console:
         except ValueError:
             return  # not complete yet
         self._resolve_name(task, model_from_executor_input(document))
+        task.tail.clear()  # kfp's preamble and the JSON say nothing about why a task failed
 
     def _resolve_name(self, task: Task, model: str | None = None) -> None:
         """Names the task (with its model if known), opens its log and announces its start."""

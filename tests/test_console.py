@@ -125,7 +125,11 @@ def test_a_user_mistake_in_a_task_names_step_cause_and_log(tmp_path):
         "the pipeline step 'train-model-lenet5' failed: dataset has 0 images; pass a folder with "
         f"train/<class>/ images; log: {log_path}"
     )
-    assert re.search(r"train-model-lenet5 FAILED after .*; last lines of its log:", output)
+    lines = output.splitlines()
+    failed = next(number for number, line in enumerate(lines) if "train-model-lenet5 FAILED after" in line)
+    assert lines[failed].endswith("; last lines of its log:")
+    # The task's own output only: kfp's preamble and the executor's input JSON end before it.
+    assert lines[failed + 1] == "    | TensorFlow chatter that only the log should keep"
     assert "    | error: dataset has 0 images" in output
     assert f"    log: {log_path}" in output
     assert "error: dataset has 0 images" in open(log_path).read()

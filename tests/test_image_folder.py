@@ -158,7 +158,7 @@ def test_a_file_in_another_format_than_its_listed_ones_is_refused(image_folder, 
     root, _ = image_folder
     disguised = os.path.join(root, "train", "cat", "image_000.png")
     Image.new("RGB", (10, 12)).save(disguised, format="PPM")  # a format Pillow reads, but not one of the folder's
-    with pytest.raises(UserError, match=rf"cannot read image {disguised} .*; remove or replace the file"):
+    with pytest.raises(UserError, match=rf"cannot read image {disguised} \(not a BMP, .* or WEBP image\); remove or replace"):
         prepare(root, str(tmp_path / "dataset"))
 
 

@@ -453,6 +453,10 @@ def open_image(path: str, max_image_pixels: int):
             image = Image.open(io.BytesIO(image_file.read()) if whole else image_file, formats=PILLOW_FORMATS)
         except Image.DecompressionBombError:
             raise UserError(over_cap_message(path, "its header declares over twice that", max_image_pixels)) from None
+        except Image.UnidentifiedImageError as error:
+            # Pillow's own message names the in-memory buffer, not the file.
+            readable = ", ".join(PILLOW_FORMATS[:-1]) + " or " + PILLOW_FORMATS[-1]
+            raise UserError(f"cannot read image {path} (not a {readable} image); remove or replace the file") from error
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from error
         with image:
