@@ -166,7 +166,13 @@ def _current_champion_name(version_uri: str) -> str | None:
 
 
 def export_saved_model(keras_path: str, export_dir: str) -> None:
-    """A TensorFlow SavedModel with a ``serve`` signature taking raw 0-255 images."""
+    """A TensorFlow SavedModel with a ``serve`` signature taking raw 0-255 images (under the JAX
+    backend Keras converts the model with jax2tf, which needs TensorFlow too)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise UserError("publishing writes a TensorFlow SavedModel and TensorFlow is not installed here; "
+                        "install tensorflow (the project image has it) or leave out --registry") from None
     from components import models
     from components.keras_setup import keras
 

@@ -114,6 +114,48 @@ def test_both_backends_run_the_same_epochs_rates_and_files(runs):
         assert all(name.startswith("events.out.tfevents.") for name in os.listdir(os.path.join(tensorboard, "train")))
 
 
+EXPORT_SCRIPT = textwrap.dedent("""
+    import sys
+    if sys.argv[3] == "without-tensorflow":
+        sys.modules["tensorflow"] = None  # an import of it fails, as on a machine with JAX alone
+    from components.errors import UserError
+    from components.publish import export_saved_model
+    try:
+        export_saved_model(sys.argv[1], sys.argv[2])
+    except UserError as error:
+        print("refused:", error)
+""")
+
+
+def export_under_jax(model_path, export_dir, tensorflow="with-tensorflow"):
+    environment = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPOSITORY)
+    done = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(model_path), str(export_dir), tensorflow],
+                          cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_a_jax_model_is_published_as_a_saved_model_that_serves_its_predictions(runs, tmp_path):
+    import tensorflow as tf
+
+    from components.keras_setup import keras
+
+    model_path = runs["jax"]["dir"] / "model.keras"
+    export_under_jax(model_path, tmp_path / "saved_model")
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 8, 8, 1)).astype(np.float32)
+    saved_model = tf.saved_model.load(str(tmp_path / "saved_model"))  # held: its variables live with it
+    served = saved_model.serve(tf.constant(images)).numpy()
+    np.testing.assert_allclose(served, keras.models.load_model(model_path).predict(images, verbose=0), rtol=1e-4, atol=1e-6)
+
+
+def test_publishing_without_tensorflow_is_refused_in_one_line(tmp_path):
+    output = export_under_jax(tmp_path / "model.keras", tmp_path / "saved_model", tensorflow="without-tensorflow")
+    assert output.strip() == ("refused: publishing writes a TensorFlow SavedModel and TensorFlow is not installed here; "
+                              "install tensorflow (the project image has it) or leave out --registry")
+    assert not (tmp_path / "saved_model").exists()
+
+
 def test_several_workers_are_refused_under_jax_in_one_line(tmp_path):
     dataset = write_dataset(tmp_path / "dataset")
     script = textwrap.dedent(f"""
