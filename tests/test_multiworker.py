@@ -26,7 +26,7 @@ CONFIG = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 1, "sched
 # The killed run's length: the worker is killed as soon as the first checkpoint is there, and the
 # run still has seconds of epochs to go (each a fraction of a second once traced), so the kill
 # lands mid-run; the rerun trains the rest.
-KILLED_RUN_EPOCHS = 10
+KILLED_RUN_EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
