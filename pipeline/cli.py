@@ -576,7 +576,7 @@ def component_report(args: argparse.Namespace) -> int:
     from components.report import write_report_files
 
     manifest = dataset_manifest.read(args.dataset)
-    write_report_files(args.results, args.output, manifest.to_dict(), {"preset": args.preset, "dataset": manifest.name})
+    write_report_files(args.results, args.output, manifest, {"preset": args.preset, "dataset": manifest.name})
     print(os.path.join(args.output, REPORT_HTML_FILE))
     return 0
 

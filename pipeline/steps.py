@@ -183,7 +183,7 @@ def write_report(
     with pipeline_step():
         manifest = dataset_manifest.read(dataset_location(dataset))
         run_config = {"preset": preset, "dataset": manifest.name, "train": train_config}
-        summary = write_report_files([item.path for item in results], report.path, manifest.to_dict(), run_config)
+        summary = write_report_files([item.path for item in results], report.path, manifest, run_config)
     shutil.copyfile(os.path.join(report.path, REPORT_HTML_FILE), report_html.path)
     shutil.copyfile(os.path.join(report.path, REPORT_MARKDOWN_FILE), report_markdown.path)
     report.metadata["models"] = [entry["name"] for entry in summary["models"]]

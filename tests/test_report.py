@@ -1,6 +1,7 @@
 """Tests for the components.report package on evaluate-style result directories written by the tests."""
 
 import base64
+import dataclasses
 import csv
 import json
 import os
@@ -11,21 +12,20 @@ import pytest
 
 from components.artifacts import MISTAKES_FILE
 from components.formatting import format_setting
+from components.manifest import DatasetManifest
 from components.report import write_report_files
 from components.report.html_page import confused_pairs, dataset_rows
 from components.report.tables import comparison_text_table
 
 CLASS_NAMES = ["<b>cat", "dog & wolf", "$bird$"]
 
-MANIFEST = {
-    "format_version": 1,
-    "name": "pets",
-    "source": "/data/pets",
-    "class_names": CLASS_NAMES,
-    "num_classes": 3,
-    "image_shape": [32, 32, 3],
-    "splits": {"train": 120, "test": 30, "validation": 0},
-}
+MANIFEST = DatasetManifest(
+    format_version=1, name="pets", source="/data/pets", class_names=CLASS_NAMES, num_classes=3,
+    image_shape=[32, 32, 3], splits={"train": 120, "test": 30, "validation": 0}, class_counts={},
+    classes_without_test_images=[], mean=[0.5] * 3, std=[0.25] * 3, pixel_mean="pixel_mean.npy",
+    allow_horizontal_flip=True, resized_images=0, test_held_out_fraction=None, record_format={},
+    shards_location=None, shards={}, sha256={},
+)
 
 # As the pipeline passes it: KFP hands every number of a dict parameter over as a float.
 RUN_CONFIG = {
@@ -115,7 +115,7 @@ def report(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cifar_report(tmp_path_factory):
     """The same three models as if trained on CIFAR-10, the dataset of the paper figures."""
-    return write_three_model_report(tmp_path_factory.mktemp("cifar"), {**MANIFEST, "name": "cifar10"})
+    return write_three_model_report(tmp_path_factory.mktemp("cifar"), dataclasses.replace(MANIFEST, name="cifar10"))
 
 
 def test_writes_the_three_files_and_nothing_temporary(report):
@@ -198,10 +198,10 @@ def test_settings_read_as_a_table_with_whole_numbers(report):
 
 
 def test_dataset_facts_name_a_test_split_held_out_by_prep_and_resized_images():
-    rows = dict(dataset_rows({**MANIFEST, "test_held_out_fraction": 0.2, "resized_images": 1234}))
+    rows = dict(dataset_rows(dataclasses.replace(MANIFEST, test_held_out_fraction=0.2, resized_images=1234)))
     assert rows["Test split"] == "20% of each class, held out by prep"
     assert rows["Resized images"] == "1,234"
-    given = dict(dataset_rows({**MANIFEST, "test_held_out_fraction": 0.0, "resized_images": 0}))
+    given = dict(dataset_rows(dataclasses.replace(MANIFEST, test_held_out_fraction=0.0, resized_images=0)))
     assert "Test split" not in given and "Resized images" not in given
 
 
@@ -253,7 +253,7 @@ def test_each_model_states_its_registry_decision_and_which_split_chose_its_epoch
             result = json.load(file)
         with open(os.path.join(directory, "result.json"), "w", encoding="utf-8") as file:
             json.dump({**result, **fields}, file)
-    manifest = {**MANIFEST, "splits": {"train": 108, "test": 30, "validation": 12}}
+    manifest = dataclasses.replace(MANIFEST, splits={"train": 108, "test": 30, "validation": 12})
     summary = write_report_files([kept, unpublished], str(tmp_path / "out"), manifest, RUN_CONFIG)
     by_name = {entry["name"]: entry for entry in summary["models"]}
     assert by_name["lenet5"]["promotion"] == promotion and by_name["lenet5"]["epoch_chosen_by"] == "last"

@@ -6,6 +6,7 @@ Chromium's --dump-dom prints. A screenshot of the page is kept as a test artifac
 $CNNPIPE_TEST_ARTIFACTS (or the test's temporary directory); its path is printed.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -58,7 +59,7 @@ def artifact_dir(tmp_path):
 def page(tmp_path_factory):
     """The report of three models on CIFAR-10 (the widest comparison table): its report.html."""
     root = tmp_path_factory.mktemp("browser")
-    _, output_dir = write_three_model_report(root, {**MANIFEST, "name": "cifar10"})
+    _, output_dir = write_three_model_report(root, dataclasses.replace(MANIFEST, name="cifar10"))
     return output_dir / "report.html"
 
 

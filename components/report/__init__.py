@@ -20,6 +20,7 @@ import os
 from components import atomic
 from components.artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, SUMMARY_FILE
 from components.errors import UserError
+from components.manifest import DatasetManifest
 from components.report.html_page import render_html
 from components.report.markdown import render_markdown
 from components.report.summary import build_summary, read_result, reference_applies, sort_by_accuracy
@@ -27,13 +28,13 @@ from components.report.summary import build_summary, read_result, reference_appl
 __all__ = ["write_report_files", "reference_applies"]
 
 
-def write_report_files(result_dirs: list[str], output_dir: str, manifest: dict, run_config: dict) -> dict:
+def write_report_files(result_dirs: list[str], output_dir: str, manifest: DatasetManifest, run_config: dict) -> dict:
     """Write report.html, report.md and summary.json for one run into output_dir.
 
     Args:
         result_dirs: evaluate output directories, each holding result.json and history.csv.
         output_dir: directory for the three report files (created if missing).
-        manifest: the dataset manifest (components.manifest.read(...).to_dict()) the models were trained on.
+        manifest: the dataset manifest (components.manifest.read(...)) the models were trained on.
         run_config: the resolved run settings; at least {"preset", "dataset"}. Each model's
             registry decision is the "promotion" block the publish step stored in its result.json.
 

@@ -18,6 +18,7 @@ from components.formatting import (
     format_shape,
     format_splits,
 )
+from components.manifest import DatasetManifest
 from components.report.plots import (
     MAX_ANNOTATED_CLASSES,
     plot_accuracy_against_time,
@@ -52,7 +53,7 @@ img.thumb { width: 96px; height: auto; image-rendering: pixelated; border: 1px s
 """
 
 
-def render_html(results: list[ModelResult], summary: dict, manifest: dict, run_config: dict) -> str:
+def render_html(results: list[ModelResult], summary: dict, manifest: DatasetManifest, run_config: dict) -> str:
     """report.html: one self-contained page with tables and embedded PNG plots."""
     escape = html.escape
     title = f"cnnpipe report: {summary['dataset']}"
@@ -90,17 +91,17 @@ def render_html(results: list[ModelResult], summary: dict, manifest: dict, run_c
     return "\n".join(parts) + "\n"
 
 
-def dataset_rows(manifest: dict) -> list[tuple[str, str]]:
+def dataset_rows(manifest: DatasetManifest) -> list[tuple[str, str]]:
     """Key facts about the dataset for the header."""
     return [
-        ("Dataset", str(manifest.get("name", MISSING))),
-        ("Source", str(manifest.get("source", MISSING))),
-        ("Image shape", format_shape(manifest.get("image_shape"))),
-        ("Classes", str(manifest.get("num_classes", len(manifest.get("class_names", []))))),
-        ("Splits", format_splits(manifest.get("splits"))),
-        *([("Test split", f"{manifest['test_held_out_fraction']:.0%} of each class, held out by prep")]
-          if manifest.get("test_held_out_fraction") else []),
-        *([("Resized images", format_count(manifest["resized_images"]))] if manifest.get("resized_images") else []),
+        ("Dataset", manifest.name),
+        ("Source", manifest.source),
+        ("Image shape", format_shape(manifest.image_shape)),
+        ("Classes", str(manifest.num_classes)),
+        ("Splits", format_splits(manifest.splits)),
+        *([("Test split", f"{manifest.test_held_out_fraction:.0%} of each class, held out by prep")]
+          if manifest.test_held_out_fraction else []),
+        *([("Resized images", format_count(manifest.resized_images))] if manifest.resized_images else []),
     ]
 
 
@@ -187,42 +188,41 @@ def html_sentences(sentences: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in sentences) + "</ul>"
 
 
-def html_model_section(index: int, model: ModelResult, manifest: dict) -> str:
+def html_model_section(index: int, model: ModelResult, manifest: DatasetManifest) -> str:
     """Per-model section: training curves, confusion matrix, per-class table, training config."""
     result = model.result
     escape = html.escape
-    class_names = [str(name) for name in result.get("class_names") or manifest.get("class_names", [])]
+    class_names = [str(name) for name in result.class_names or manifest.class_names]
     parts = [
         f'<h2 id="model-{index}">{escape(model.name)}</h2>',
-        f'<p class="muted">Family: {escape(str(result.get("family", MISSING)))} · '
-        f"test accuracy {format_percent(result['test_accuracy'])} · "
-        f"best validation accuracy {format_percent(result.get('best_validation_accuracy'))} · "
-        f"{format_count(result['epochs'])} epochs in {format_duration(result['train_seconds'])} "
-        f"({format_count(result.get('optimizer_steps'))} optimizer steps, "
-        f"{format_count(result.get('images_seen'))} training images seen)</p>",
+        f'<p class="muted">Family: {escape(result.family)} · '
+        f"test accuracy {format_percent(result.test_accuracy)} · "
+        f"best validation accuracy {format_percent(result.best_validation_accuracy)} · "
+        f"{format_count(result.epochs)} epochs in {format_duration(result.train_seconds)} "
+        f"({format_count(result.optimizer_steps)} optimizer steps, "
+        f"{format_count(result.images_seen)} training images seen)</p>",
         '<div class="plots">',
         html_image(plot_training_curves(model), f"training curves of {model.name}"),
     ]
-    confusion = result.get("confusion_matrix")
+    confusion = result.confusion_matrix
     if confusion:
         heatmap = plot_confusion_matrix(confusion, class_names, model.name)
         parts.append(html_image(heatmap, f"confusion matrix of {model.name}"))
     parts.append("</div>")
     if confusion:
         parts += ["<h3>Most confused classes</h3>", html_confused_pairs(confused_pairs(confusion, class_names))]
-    if "mistakes" in result:
-        parts += ["<h3>Most confidently wrong test images</h3>", html_mistakes(model, class_names)]
-    per_class = result.get("per_class") or []
+    parts += ["<h3>Most confidently wrong test images</h3>", html_mistakes(model, class_names)]
+    per_class = result.per_class
     if per_class:
         opened = " open" if len(per_class) <= MAX_ANNOTATED_CLASSES else ""
         parts.append(
             f"<details{opened}><summary>Per-class precision and recall</summary>"
             f"{html_per_class_table(per_class)}</details>"
         )
-    if isinstance(result.get("config"), dict):
+    if result.config:
         parts.append(
             "<details><summary>Training configuration</summary>"
-            f"{html_key_value_table(setting_rows(result['config']))}</details>"
+            f"{html_key_value_table(setting_rows(result.config))}</details>"
         )
     return "\n".join(parts)
 
@@ -263,7 +263,7 @@ def html_confused_pairs(pairs: list[dict]) -> str:
 def html_mistakes(model: ModelResult, class_names: list[str]) -> str:
     """A gallery of the test images the model gets most confidently wrong (evaluate's mistakes.npy),
     each with its true and predicted class and the predicted probability."""
-    mistakes = model.result["mistakes"]
+    mistakes = model.result.mistakes
     if not mistakes:
         return '<p class="muted">The model classified every test image correctly.</p>'
     thumbnails = read_thumbnails(model.result_dir, len(mistakes))

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from components.formatting import format_duration, format_percent, format_setting, format_shape, format_splits
+from components.manifest import DatasetManifest
 from components.report.decisions import NOT_PUBLISHED, any_published, promotion_sentences
 from components.report.summary import reference_note
 from components.report.tables import comparison_columns, promotion_columns
 
 
-def render_markdown(summary: dict, manifest: dict, run_config: dict) -> str:
+def render_markdown(summary: dict, manifest: DatasetManifest, run_config: dict) -> str:
     """report.md: the comparison table and key numbers, no images."""
     best = summary["models"][0]
     lines = [
         f"# cnnpipe report: {markdown_cell(summary['dataset'])}",
         "",
-        f"- Dataset: **{markdown_cell(summary['dataset'])}**, images {format_shape(manifest.get('image_shape'))}, "
-        f"{summary['num_classes']} classes, splits {format_splits(manifest.get('splits'))}",
+        f"- Dataset: **{markdown_cell(summary['dataset'])}**, images {format_shape(manifest.image_shape)}, "
+        f"{summary['num_classes']} classes, splits {format_splits(manifest.splits)}",
         f"- Preset: **{markdown_cell(summary['preset'])}**",
         *([f"- Recipe: {markdown_cell(recipe_line(run_config['train']))}"] if isinstance(run_config.get("train"), dict) else []),
         f"- Best model: **{markdown_cell(best['name'])}** with test accuracy {format_percent(best['test_accuracy'])} "

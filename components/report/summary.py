@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from components.artifacts import HISTORY_FILE
 from components.errors import UserError
 from components.formatting import MISSING, is_number
+from components.manifest import DatasetManifest
 from components.report.decisions import epoch_choice, epoch_chosen_by, promotion_block
-from components.results import read_evaluation_result
+from components.results import EvaluationResult, read_evaluation_result
 
 # Fields every result.json must carry; they make up the comparison table and summary.json.
 REQUIRED_NUMBER_FIELDS = (
@@ -39,19 +40,19 @@ class ModelResult:
     """One evaluated model: its result.json and its per-epoch history (column name -> values)."""
 
     result_dir: str
-    result: dict
+    result: EvaluationResult
     history: dict
 
     @property
     def name(self) -> str:
         """The model's name in the zoo (`cnnpipe models`)."""
-        return str(self.result["name"])
+        return self.result.name
 
 
 def read_result(result_dir: str) -> ModelResult:
     """Read and check one evaluate output directory (its record: components/results.py)."""
-    result = read_evaluation_result(str(result_dir)).to_dict()
-    not_numbers = [field for field in REQUIRED_NUMBER_FIELDS if not is_number(result[field])]
+    result = read_evaluation_result(str(result_dir))
+    not_numbers = [field for field in REQUIRED_NUMBER_FIELDS if not is_number(getattr(result, field))]
     if not_numbers:
         raise UserError(
             f"result.json in {result_dir!r} has non-numeric {', '.join(not_numbers)}; rerun the evaluate step"
@@ -76,41 +77,41 @@ def read_history(result_dir: str) -> dict:
 
 def sort_by_accuracy(results: list[ModelResult]) -> list[ModelResult]:
     """Best test accuracy first; ties by name so the order is stable."""
-    return sorted(results, key=lambda model: (-float(model.result["test_accuracy"]), model.name))
+    return sorted(results, key=lambda model: (-float(model.result.test_accuracy), model.name))
 
 
-def build_summary(results: list[ModelResult], manifest: dict, run_config: dict) -> dict:
+def build_summary(results: list[ModelResult], manifest: DatasetManifest, run_config: dict) -> dict:
     """The summary.json document (field names fixed by DESIGN.md; extra fields after them)."""
-    dataset = manifest.get("name") or run_config.get("dataset")
+    dataset = manifest.name
     compared, _ = reference_applies(dataset)
     models = []
     for model in results:
         result = model.result
-        entry = {field: finite_or_none(result[field]) for field in ("name", *REQUIRED_NUMBER_FIELDS)}
-        entry["reference_accuracy"] = finite_or_none(result.get("reference_accuracy"))
-        entry["seed_accuracy"] = finite_or_none(result.get("seed_accuracy"))
-        entry["family"] = result.get("family")
-        entry["backend"] = result.get("backend", "tensorflow")  # the Keras backend it trained and was evaluated on
-        entry["best_validation_accuracy"] = finite_or_none(result.get("best_validation_accuracy"))
+        entry = {field: finite_or_none(getattr(result, field)) for field in ("name", *REQUIRED_NUMBER_FIELDS)}
+        entry["reference_accuracy"] = finite_or_none(result.reference_accuracy)
+        entry["seed_accuracy"] = finite_or_none(result.seed_accuracy)
+        entry["family"] = result.family
+        entry["backend"] = result.backend  # the Keras backend it trained and was evaluated on
+        entry["best_validation_accuracy"] = finite_or_none(result.best_validation_accuracy)
         # The work done, as counted by the optimizer: epochs x ceil(train images / batch) steps.
-        entry["optimizer_steps"] = result.get("optimizer_steps")
-        entry["images_seen"] = result.get("images_seen")
+        entry["optimizer_steps"] = result.optimizer_steps
+        entry["images_seen"] = result.images_seen
         entry["reference_gap"] = reference_gap(result, "reference_accuracy", compared)
         entry["seed_gap"] = reference_gap(result, "seed_accuracy", compared)
         entry["epoch_chosen_by"] = epoch_chosen_by(result)
         entry["epoch_choice"] = epoch_choice(result, manifest)
-        entry["unchanged_since"] = (result.get("reused_from") or {}).get("run_id")
+        entry["unchanged_since"] = (result.reused_from or {}).get("run_id")
         entry["promotion"] = promotion_block(result)
         models.append(entry)
     summary = {
         "dataset": dataset,
         "preset": run_config.get("preset"),
-        "num_classes": manifest.get("num_classes", len(manifest.get("class_names", []))),
+        "num_classes": manifest.num_classes,
         "models": models,
         "best_model": models[0]["name"],
-        "class_names": list(manifest.get("class_names", [])),
-        "image_shape": manifest.get("image_shape"),
-        "splits": manifest.get("splits"),
+        "class_names": list(manifest.class_names),
+        "image_shape": manifest.image_shape,
+        "splits": manifest.splits,
         # Whether reference_accuracy / seed_accuracy compare with this run (see reference_applies).
         "reference_dataset": REFERENCE_DATASET,
         "reference_compared": compared,
@@ -125,12 +126,12 @@ def reference_applies(dataset) -> tuple[bool, str]:
     return False, f"the paper figures are CIFAR-10 test accuracies and this run is on {dataset}"
 
 
-def reference_gap(result: dict, field: str, compared: bool) -> float | None:
+def reference_gap(result: EvaluationResult, field: str, compared: bool) -> float | None:
     """Test accuracy minus the figure in `field`, when the figure exists and compares."""
-    figure = result.get(field)
+    figure = getattr(result, field)
     if not compared or not is_number(figure) or not math.isfinite(figure):
         return None
-    return finite_or_none(float(result["test_accuracy"]) - figure)
+    return finite_or_none(float(result.test_accuracy) - figure)
 
 
 def reference_note(summary: dict) -> str:
