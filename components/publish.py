@@ -145,13 +145,16 @@ def reuse_evaluated(model_dir: str, output_dir: str, registry_root: str) -> Eval
         if storage.exists(uri):
             storage.download(uri, os.path.join(output_dir, name))
     published = read_evaluation_result(output_dir)
-    earlier = (published.promotion or {}).get("decision", "unknown")
+    champion = _current_champion_name(source["uri"])
+    if champion == f"{published.name}/{source['run_id']}":
+        standing = "it is its architecture's champion"
+    else:
+        standing = f"its architecture's champion is {champion}" if champion else "its architecture has no champion"
     reason = (
         f"unchanged since {source['run_id']}: the same data and recipe as that published version, so nothing "
-        f"was trained, evaluated or published again (its decision then: {earlier})"
+        f"was trained, evaluated or published again; {standing}"
     )
-    result = dataclasses.replace(published, reused_from=source,
-                                 promotion=registry.not_compared(reason, _current_champion_name(source["uri"])))
+    result = dataclasses.replace(published, reused_from=source, promotion=registry.not_compared(reason, champion))
     write_evaluation_result(output_dir, result)
     return result
 

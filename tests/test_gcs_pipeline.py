@@ -45,6 +45,13 @@ def test_gcs_dataset_checkpoints_and_registry_end_to_end(gcs_emulator, tmp_path,
     assert summary["models"][0]["promotion"]["decision"] == "first"
     assert "first model on this test set" in (tmp_path / "run" / "report.html").read_text()
 
+    # The same command again (a rerun after a kill that came once the model was published): the
+    # registry holds this data and recipe, so nothing trains, and the report says where it stands.
+    assert run("--epochs", "1", *locations) == 0
+    again = json.loads((tmp_path / "run" / "summary.json").read_text())["models"][0]
+    assert again["unchanged_since"] == champion["run_id"] and again["promotion"]["decision"] == "not-compared"
+    assert again["promotion"]["reason"].endswith("; it is its architecture's champion")
+
     # One more epoch: training resumes from the gs:// checkpoint and publishes a second version,
     # which the registry promotes only on a significant win over the first on the same 9 test images.
     assert run("--epochs", "2", *locations) == 0

@@ -57,6 +57,8 @@ def test_pins_significance_and_reuse_through_the_cli_and_the_pipeline(tmp_path, 
     assert unchanged["promotion"]["decision"] == "not-compared" and unchanged["unchanged_since"] == pinned_run
     assert unchanged["test_accuracy"] == pinned["test_accuracy"]
     assert f"unchanged since {pinned_run}" in (tmp_path / "unchanged" / "report.md").read_text()
+    better_version = "inception10/" + better["promotion"]["version_uri"].rsplit("/", 1)[-1]
+    assert unchanged["promotion"]["reason"].endswith(f"; its architecture's champion is {better_version}")
     assert not (tmp_path / "unchanged" / "checkpoints").exists()  # no epoch ran
     assert len(registry.list_registry(root)[0]["models"]["inception10"]["versions"]) == 3
 
