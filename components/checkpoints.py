@@ -155,13 +155,20 @@ class Lease(RenewedRecord):
             if storage.exists(self.uri) and storage.read_json(self.uri).get("holder") == self.holder:
                 storage.delete(self.uri)
         finally:
-            if self._lock_file is not None:
-                self._lock_file.close()  # closing the file releases its lock
-                self._lock_file = None
+            self._unlock()
 
     def claim(self) -> None:
         """Takes the lease, or raises a one-line UserError naming the run that holds it."""
         holder_lock_free = self._lock_local_location()
+        try:
+            self._write_claim(holder_lock_free)
+        except BaseException:
+            self._unlock()  # a lease not taken keeps no lock
+            raise
+
+    take = claim  # on entering the `with` block
+
+    def _write_claim(self, holder_lock_free: bool) -> None:
         for _ in range(3):  # another run may write between our read and our conditional write
             try:
                 data, generation = storage.read_with_generation(self.uri)
@@ -182,7 +189,10 @@ class Lease(RenewedRecord):
                 continue
         raise UserError(f"runs keep claiming {self.location} at the same time; give this run another run_name")
 
-    take = claim  # on entering the `with` block
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases its lock
+            self._lock_file = None
 
     def _lock_local_location(self) -> bool:
         """For a local location, takes an exclusive lock on .lease.lock, held as long as the lease.

@@ -123,3 +123,19 @@ def test_a_local_lease_is_held_by_a_live_process_lock_and_free_once_it_ends(tmp_
     assert storage.read_json(storage.join(location, "lease.json"))["holder"] == "container-a:1"  # left fresh
     with checkpoints.Lease(location, "container-b:1"):
         assert storage.read_json(storage.join(location, "lease.json"))["holder"] == "container-b:1"
+
+
+def test_a_local_claim_that_fails_keeps_no_lock(tmp_path):
+    """A claim that raises (here: a lease.json that is not JSON) lets go of .lease.lock, so the
+    process that failed does not keep other runs from taking the location over."""
+    import fcntl
+    import os
+
+    location = str(tmp_path / "run" / "model")
+    os.makedirs(location)
+    with open(os.path.join(location, "lease.json"), "w") as lease:
+        lease.write("not json")
+    with pytest.raises(ValueError):
+        checkpoints.Lease(location, "run-a").claim()
+    with open(os.path.join(location, checkpoints.LEASE_LOCK_FILE), "a") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while held
