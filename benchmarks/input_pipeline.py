@@ -68,19 +68,19 @@ def main() -> int:
     images, labels = throughput.random_cifar_like(arguments.images)
     config = TrainConfig(batch_size=arguments.batch_size, augment=True, horizontal_flip=True)
     ours = throughput.train_path_trainer(arguments.model, images, labels, 10, config)
-    arrays = (arguments.model, images, labels, 10, arguments.batch_size)
-    trainers = {
-        "ours": ours,
-        "baseline": throughput.plain_fit_trainer(*arrays, ours.settings["steps_per_execution"], ours.settings["jit_compile"]),
-        "keras_defaults": throughput.plain_fit_trainer(*arrays),
-    }
     try:
+        arrays = (arguments.model, images, labels, 10, arguments.batch_size)
+        trainers = {
+            "ours": ours,
+            "baseline": throughput.plain_fit_trainer(*arrays, ours.settings["steps_per_execution"], ours.settings["jit_compile"]),
+            "keras_defaults": throughput.plain_fit_trainer(*arrays),
+        }
         for trainer in trainers.values():
             trainer.epoch()  # tracing and autotuning: not counted
         names = list(trainers)
         for round_index in range(arguments.repeats):
             # One epoch each per round, starting with a different one every round.
-            for name in names[round_index % 3:] + names[:round_index % 3]:
+            for name in names[round_index % len(names):] + names[:round_index % len(names)]:
                 trainers[name].epoch()
             progress(f"round {round_index + 1}: " + ", ".join(f"{name} {trainer.seconds[-1]:.2f} s" for name, trainer in trainers.items()))
         step_seconds = compare_steps(ours.model, trainers["baseline"].model, images[:arguments.batch_size],

@@ -1,8 +1,8 @@
 """Tests for the components.report package on evaluate-style result directories written by the tests."""
 
 import base64
-import dataclasses
 import csv
+import dataclasses
 import json
 import os
 import re
